@@ -1,0 +1,428 @@
+"""BLT forward pass: entropy model, local encoder, global transformer, local decoder.
+
+Parameter tree (plain nested dicts; `blt.md` §7.2 names):
+  local_encoder/…, global_transformer/…, local_decoder/…, entropy_model/…
+
+Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
+`init_params`, `abstract_params`, `logical_axes`, `entropy_logits`, `entropies`, `patch`,
+`forward`, and the stage functions `encode`, `global_latents`, `decode` that BLT-D training and
+the cached decoders reuse.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bltjax import hashing, patching
+from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
+from bltjax.layers import (
+  Block,
+  CrossAttention,
+  Einsum,
+  RMSNorm,
+  attend,
+  dtype_of,
+  local_mask,
+  trunc_normal,
+)
+
+Params = dict[str, Any]
+BLT_KEYS = ("local_encoder", "global_transformer", "local_decoder")
+
+
+def _remat(cls, policy: str):
+  if policy == "none":
+    return cls
+  pol = None
+  if policy == "dots":
+    pol = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+  return nn.remat(cls, policy=pol)
+
+
+class Stack(nn.Module):
+  """`n_layers` blocks with a shared mask; a list submodule so names are layers_{l}."""
+
+  cfg: TransformerConfig
+  embed_axis: str
+  dtype: Any
+  param_dtype: Any
+  remat: str = "none"
+
+  def setup(self):
+    blk = _remat(Block, self.remat)
+    self.layers = [blk(self.cfg, self.embed_axis, self.dtype, self.param_dtype)
+                   for _ in range(self.cfg.n_layers)]
+
+
+class HashEmbeddings(nn.Module):
+  num_tables: int
+  vocab: int
+  dim: int
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, hash_ids_BxSxT, weight_BxSxT):
+    table = self.param(
+      "embedding", nn.with_logical_partitioning(trunc_normal(self.dim**-0.5),
+                                                ("hash_tables", "hash_vocab", "embed_local")),
+      (self.num_tables, self.vocab, self.dim), self.param_dtype)
+    t_idx = jnp.arange(self.num_tables)[None, None, :]
+    e_BxSxTxD = table[t_idx, hash_ids_BxSxT].astype(self.dtype)
+    return jnp.einsum("bstd,bst->bsd", e_BxSxTxD, weight_BxSxT.astype(self.dtype))
+
+
+class LocalEncoder(nn.Module):
+  cfg: BLTConfig
+
+  def setup(self):
+    c = self.cfg
+    e = c.encoder
+    dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+    self.tok_embeddings = nn.Embed(
+      c.input_vocab, e.dim, dtype=dt, param_dtype=pdt,
+      embedding_init=nn.with_logical_partitioning(trunc_normal(e.dim**-0.5),
+                                                  ("vocab", "embed_local")))
+    if c.hash.num_tables:
+      self.hash_embeddings = HashEmbeddings(c.hash.num_tables, c.hash.vocab, e.dim, dt, pdt)
+    blk = _remat(Block, c.remat)
+    self.layers = [blk(e, "embed_local", dt, pdt) for _ in range(e.n_layers)]
+    self.patch_embedding_projection = Einsum(
+      (e.dim, c.cross_attn_k * e.dim), ("embed_local", "embed_cross"), "bpd,de->bpe",
+      e.dim**-0.5, dt, pdt)
+    self.cross_attn_layers = [CrossAttention(e.dim, c.cross_attn_nheads or e.n_heads, e.norm_eps,
+                                             "embed_local", dt, pdt)]
+
+  def embed(self, ids_BxS, pos_BxS, valid_BxS):
+    """Byte embedding plus the hash n-gram embeddings (no scaling in the release)."""
+    c = self.cfg
+    ids_BxS = jnp.where(valid_BxS, ids_BxS, 0)
+    x = self.tok_embeddings(ids_BxS)
+    if c.hash.num_tables:
+      h = c.hash
+      hash_ids = hashing.hash_ngram_ids(ids_BxS, group_sizes=h.group_sizes,
+                                        nb_functions=h.nb_functions, vocab=h.vocab)
+      w_BxSxT = jnp.ones(hash_ids.shape, jnp.float32)
+      if h.short_ngrams == "omit":
+        w_BxSxT = hashing.ngram_valid_mask(pos_BxS, group_sizes=h.group_sizes,
+                                           nb_functions=h.nb_functions).astype(jnp.float32)
+      x = x + self.hash_embeddings(hash_ids, w_BxSxT)
+      if h.normalize == "mean":
+        x = x / (len(h.group_sizes) + 1)
+    return x
+
+  def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
+    x = self.embed(ids_BxS, pos_BxS, valid_BxS)
+    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.encoder.window)
+    for layer in self.layers:
+      x = layer(x, pos_BxS, mask)
+    return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
+
+  def pool(self, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int):
+    """Max-pool init, projection to C queries per patch, cross-attention over the patch's bytes."""
+    c = self.cfg
+    b, s, d = h_BxSxD.shape
+    seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, num_patches)  # pads go to a dropped segment
+    pooled = jax.vmap(lambda h, i: jax.ops.segment_max(h, i, num_segments=num_patches + 1))(
+      h_BxSxD, seg_BxS)[:, :num_patches]
+    count = jax.vmap(lambda i: jnp.bincount(i, length=num_patches + 1))(seg_BxS)[:, :num_patches]
+    pooled = jnp.where(count[..., None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+    q_BxPxE = self.patch_embedding_projection(pooled)
+    k = c.cross_attn_k
+    q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
+    qpatch = jnp.arange(num_patches * k) // k
+    mask = (patch_ids_BxS[:, None, :] == qpatch[None, :, None]) & valid_BxS[:, None, :]
+    out = self.cross_attn_layers[0](q_BxQxD, h_BxSxD, mask)
+    out = q_BxQxD + out if c.cross_attn_residual == "double" else out
+    return out.reshape(b, num_patches, k * d)
+
+
+class GlobalTransformer(nn.Module):
+  cfg: BLTConfig
+
+  def setup(self):
+    c = self.cfg
+    g = c.global_
+    dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+    if c.needs_global_projection:
+      din = c.cross_attn_k * c.encoder.dim
+      self.token_embedding_projection = Einsum((din, g.dim), ("embed_cross", "embed"),
+                                               "bpe,ed->bpd", din**-0.5, dt, pdt)
+    blk = _remat(Block, c.remat)
+    self.layers = [blk(g, "embed", dt, pdt) for _ in range(g.n_layers)]
+
+  def project_in(self, x_BxPxE):
+    if self.cfg.needs_global_projection:
+      return self.token_embedding_projection(x_BxPxE)
+    return x_BxPxE.astype(dtype_of(self.cfg.dtype))
+
+  def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
+    x = self.project_in(x_BxPxE)
+    mask = local_mask(pos_BxP, pos_BxP, doc_BxP, doc_BxP, valid_BxP, None)
+    for layer in self.layers:
+      x = layer(x, pos_BxP, mask)
+    return x  # no final norm in the release
+
+
+class LocalDecoder(nn.Module):
+  cfg: BLTConfig
+
+  def setup(self):
+    c = self.cfg
+    d = c.decoder
+    dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+    self.patch_embedding_projection = Einsum(
+      (c.global_.dim, c.cross_attn_k * d.dim), ("embed", "embed_cross"), "bpd,de->bpe",
+      c.global_.dim**-0.5, dt, pdt)
+    blk = _remat(Block, c.remat)
+    self.layers = [blk(d, "embed_local", dt, pdt) for _ in range(d.n_layers)]
+    self.cross_attn_layers = [CrossAttention(d.dim, c.cross_attn_nheads or d.n_heads, d.norm_eps,
+                                             "embed_local", dt, pdt)
+                              for _ in range(d.n_layers)]
+    self.norm = RMSNorm(d.norm_eps, "embed_local", dt, pdt)
+    self.output = Einsum((d.dim, c.vocab_size), ("embed_local", "vocab"), "bsd,dv->bsv",
+                         d.dim**-0.5, dt, pdt)
+
+  def latent_kv(self, o_BxPxDg):
+    """Per-layer cross-attention keys/values of every patch latent: [L] x ([B,P,C,H,K] x 2)."""
+    c = self.cfg
+    b, p, _ = o_BxPxDg.shape
+    proj = self.patch_embedding_projection(o_BxPxDg).reshape(b, p * c.cross_attn_k, -1)
+    out = []
+    for xa in self.cross_attn_layers:
+      k, v = xa.kv(proj)
+      out.append((k.reshape(b, p, c.cross_attn_k, *k.shape[2:]),
+                  v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
+    return out
+
+  def layer(self, i: int, h_BxSxD, kv_i, lat_idx_BxS, pos_BxS, mask_BxSxT):
+    """Decoder layer i on full sequences: cross-attend own latent, then the local block."""
+    h_BxSxD = self.cross(i, h_BxSxD, kv_i, lat_idx_BxS)
+    return self.layers[i](h_BxSxD, pos_BxS, mask_BxSxT)
+
+  def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxS):
+    k_BxPxCxHxK, v_BxPxCxHxK = kv_i
+    take = jax.vmap(lambda a, idx: a[idx])
+    out = self.cross_attn_layers[i].gathered(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxS),
+                                             take(v_BxPxCxHxK, lat_idx_BxS))
+    return h_BxSxD + out if self.cfg.cross_attn_residual == "double" else out
+
+  def head(self, h_BxSxD):
+    return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
+
+  def __call__(self, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg, lat_idx_BxS):
+    kvs = self.latent_kv(o_BxPxDg)
+    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.decoder.window)
+    h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
+    for i in range(len(self.layers)):
+      h = self.layer(i, h, kvs[i], lat_idx_BxS, pos_BxS, mask)
+    return self.head(h)
+
+
+class BLT(nn.Module):
+  cfg: BLTConfig
+
+  def setup(self):
+    self.local_encoder = LocalEncoder(self.cfg)
+    self.global_transformer = GlobalTransformer(self.cfg)
+    self.local_decoder = LocalDecoder(self.cfg)
+
+  def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, start_BxS1, num_patches: int):
+    a = byte_arrays(start_BxS1, ids_BxS, valid_BxS, num_patches)
+    h, x_g = self.local_encoder(ids_BxS, pos_BxS, doc_BxS, valid_BxS, a["patch_ids"], num_patches)
+    o = self.global_transformer(x_g, a["patch_pos"], a["patch_doc"], a["patch_valid"])
+    return self.local_decoder(h, pos_BxS, doc_BxS, valid_BxS, o, a["dec_ids"])
+
+
+class EntropyModel(nn.Module):
+  """The released `LMTransformer` patcher: embeddings, blocks, RMSNorm, 260-way head."""
+
+  cfg: TransformerConfig
+  vocab_size: int = 260
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+
+  def setup(self):
+    c = self.cfg
+    self.tok_embeddings = nn.Embed(
+      self.vocab_size, c.dim, dtype=self.dtype, param_dtype=self.param_dtype,
+      embedding_init=nn.with_logical_partitioning(trunc_normal(c.dim**-0.5),
+                                                  ("vocab", "embed_local")))
+    blk = _remat(Block, self.remat)
+    self.layers = [blk(c, "embed_local", self.dtype, self.param_dtype)
+                   for _ in range(c.n_layers)]
+    self.norm = RMSNorm(c.norm_eps, "embed_local", self.dtype, self.param_dtype)
+    self.output = Einsum((c.dim, self.vocab_size), ("embed_local", "vocab"), "bsd,dv->bsv",
+                         c.dim**-0.5, self.dtype, self.param_dtype)
+
+  def embed(self, ids_BxS):
+    return self.tok_embeddings(ids_BxS)
+
+  def head(self, h_BxSxD):
+    return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
+
+  def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
+    x = self.embed(jnp.where(valid_BxS, ids_BxS, 0))
+    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.window)
+    for layer in self.layers:
+      x = layer(x, pos_BxS, mask)
+    return self.head(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Derived per-byte / per-patch arrays.
+
+
+def doc_ids_from_ids(ids_BxS: jnp.ndarray) -> jnp.ndarray:
+  """Document index per byte: an EOS belongs to the document it ends (blt.md §4.1)."""
+  eos = (ids_BxS == EOS_ID).astype(jnp.int32)
+  return jnp.cumsum(eos, axis=-1) - eos
+
+
+def byte_arrays(start_BxS1, ids_BxS, valid_BxS, num_patches: int) -> dict[str, jnp.ndarray]:
+  """Patch ids, decoder latent ids and per-patch positions/validity/documents."""
+  patch_ids = jnp.minimum(patching.patch_ids_from_starts(start_BxS1), num_patches - 1)
+  dec_ids = jnp.clip(patching.decoder_patch_ids_from_starts(start_BxS1), 0, num_patches - 1)
+  n_B = jnp.minimum(patching.num_patches(start_BxS1), num_patches)
+  b = ids_BxS.shape[0]
+  patch_pos = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), (b, num_patches))
+  patch_valid = patch_pos < n_B[:, None]
+  # Global document reset: a patch holding an EOS closes its document (official block_causal).
+  eos_BxS = ((ids_BxS == EOS_ID) & valid_BxS).astype(jnp.int32)
+  seg = jnp.where(valid_BxS, patch_ids, num_patches)
+  has_eos = jax.vmap(lambda e, i: jax.ops.segment_max(e, i, num_segments=num_patches + 1))(
+    eos_BxS, seg)[:, :num_patches]
+  has_eos = jnp.maximum(has_eos, 0)
+  patch_doc = jnp.cumsum(has_eos, axis=-1) - has_eos
+  return dict(patch_ids=patch_ids, dec_ids=dec_ids, num_patches=n_B, patch_pos=patch_pos,
+              patch_valid=patch_valid, patch_doc=patch_doc)
+
+
+def _defaults(ids_BxS, lengths_B=None, doc_BxS=None):
+  b, s = ids_BxS.shape
+  ids_BxS = ids_BxS.astype(jnp.int32)
+  if lengths_B is None:
+    lengths_B = jnp.full((b,), s, jnp.int32)
+  pos_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  valid_BxS = pos_BxS < lengths_B[:, None]
+  ids_BxS = jnp.where(valid_BxS, ids_BxS, 0)
+  if doc_BxS is None:
+    doc_BxS = doc_ids_from_ids(ids_BxS)
+  return ids_BxS, lengths_B, pos_BxS, valid_BxS, doc_BxS
+
+
+# ------------------------------------------------------------------------------------------------
+# Module constructors, init and metadata.
+
+
+@functools.lru_cache(maxsize=64)
+def blt_module(cfg: BLTConfig) -> BLT:
+  return BLT(cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def entropy_module(cfg: BLTConfig) -> EntropyModel:
+  return EntropyModel(cfg.entropy, cfg.vocab_size, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
+                      cfg.remat)
+
+
+def _init_boxed(cfg: BLTConfig, rng) -> Params:
+  k1, k2 = jax.random.split(rng)
+  s = 8
+  ids = jnp.ones((1, s), jnp.int32)
+  ids, _, pos, valid, doc = _defaults(ids)
+  start = jnp.ones((1, s + 1), bool)
+  out = dict(blt_module(cfg).init(k1, ids, pos, doc, valid, start, s + 1)["params"])
+  if cfg.entropy is not None:
+    out["entropy_model"] = entropy_module(cfg).init(k2, ids, pos, doc, valid)["params"]
+  return out
+
+
+def init_params(cfg: BLTConfig, rng) -> Params:
+  """Materialised parameters as plain nested dicts (logical-axis boxes removed)."""
+  return nn.meta.unbox(_init_boxed(cfg, rng))
+
+
+def abstract_params(cfg: BLTConfig) -> Params:
+  """Shapes and dtypes only: a 7B model is described without allocating it."""
+  return nn.meta.unbox(jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0)))
+
+
+def logical_axes(cfg: BLTConfig) -> Params:
+  """Tree of `PartitionSpec`s of logical axis names, same structure as the params."""
+  boxed = jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0))
+  return nn.get_partition_spec(boxed)
+
+
+def blt_params(params: Params) -> Params:
+  return {k: params[k] for k in BLT_KEYS}
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward functions.
+
+
+def entropy_logits(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
+  ids_BxS, _, pos, valid, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  return entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxS, pos, doc, valid)
+
+
+def entropies(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
+  """Entropy (nats, fp32) of the entropy model's next-byte prediction at every position."""
+  return patching.entropies_from_logits(entropy_logits(params, cfg, ids_BxS, lengths_B, doc_BxS))
+
+
+def patch(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
+  """Patch starts over S+1 slots with the config's patcher."""
+  ids_BxS, lengths_B, _, _, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  h = None
+  if cfg.patcher.mode == "entropy":
+    h = entropies(params, cfg, ids_BxS, lengths_B, doc)
+  return patching.patch_starts(cfg.patcher, ids_BxS=ids_BxS, lengths_B=lengths_B, H_BxS=h)
+
+
+def forward(params: Params, cfg: BLTConfig, ids_BxS, start_BxS1=None, lengths_B=None,
+            max_patches: int | None = None, doc_BxS=None):
+  """Next-byte logits [B, S, 260] (fp32). Runs the patcher when `start_BxS1` is None."""
+  ids_BxS, lengths_B, pos, valid, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  if start_BxS1 is None:
+    start_BxS1 = patch(params, cfg, ids_BxS, lengths_B, doc)
+  p = max_patches or ids_BxS.shape[1] + 1
+  return blt_module(cfg).apply({"params": blt_params(params)}, ids_BxS, pos, doc, valid,
+                               start_BxS1, p)
+
+
+def _method(cfg, name, params, *args):
+  return blt_module(cfg).apply({"params": blt_params(params)}, *args,
+                               method=lambda m, *a: getattr(m, name)(*a))
+
+
+def encode(params: Params, cfg: BLTConfig, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS,
+           num_patches: int):
+  """Local encoder: (byte states h_enc [B,S,De], patch inputs [B,P,C·De])."""
+  return blt_module(cfg).apply(
+    {"params": blt_params(params)}, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS,
+    num_patches, method=lambda m, *a: m.local_encoder(*a))
+
+
+def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
+  return blt_module(cfg).apply({"params": blt_params(params)}, x_BxPxE, pos_BxP, doc_BxP,
+                               valid_BxP, method=lambda m, *a: m.global_transformer(*a))
+
+
+def decode(params: Params, cfg: BLTConfig, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg,
+           lat_idx_BxS):
+  return blt_module(cfg).apply({"params": blt_params(params)}, h_BxSxD, pos_BxS, doc_BxS,
+                               valid_BxS, o_BxPxDg, lat_idx_BxS,
+                               method=lambda m, *a: m.local_decoder(*a))
+
+
+__all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
+           "entropies", "entropy_logits", "patch", "encode", "global_latents", "decode",
+           "byte_arrays", "doc_ids_from_ids", "attend"]
