@@ -1,0 +1,1 @@
+"""bltjax data layer."""
