@@ -170,12 +170,14 @@ def build(
   Returns:
     The prepared builder; read it with `.as_data_source()[split]`.
   """
-  raw = pathlib.Path(raw_dir)
-  if not raw.is_dir():
-    raise FileNotFoundError(f"manual_dir {raw}: not a directory (run `make data`)")
   tfds.disable_progress_bar()
   kwargs = {"config": config} if config else {}
   builder = builder_cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
+  if builder.is_prepared():
+    return builder  # A prepared copy needs no raw dir (e.g. data/tfds shipped without data/raw).
+  raw = pathlib.Path(raw_dir)
+  if not raw.is_dir():
+    raise FileNotFoundError(f"manual_dir {raw}: not a directory (run `make data`)")
   builder.download_and_prepare(
     download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(raw))
   )
