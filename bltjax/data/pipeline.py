@@ -53,7 +53,6 @@ import ml_collections
 import numpy as np
 
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, ConfigError
-from bltjax.data import corpus
 
 PAD_ID = 0  # Only ever in padding, where `valid` is False.
 
@@ -223,7 +222,9 @@ def _source(data_cfg) -> str:
 
 def mix_builder(data_cfg):
   """The prepared `RealMixBytes` builder for source "default" or "fixture" (built on demand)."""
-  from bltjax.data import builders  # Lazy: tfds import costs ~0.5 s.
+  # Lazy: tfds costs ~0.5 s to import, and `python -m bltjax.data.corpus` must not find corpus
+  # already imported by this package's __init__.
+  from bltjax.data import builders, corpus
 
   source = _source(data_cfg)
   name = _get(data_cfg, "name", "") or "real_mix_v1"
