@@ -281,3 +281,22 @@ def test_unigram_entropy_bits():
   text = (FIXTURE / "shakespeare" / "tragedies" / "macbeth.md").read_bytes()
   h0 = unigram_entropy_bits(text)
   assert 4.0 < h0 < 5.5 and compressor_bpb(text, "xz") < h0
+
+
+# ----------------------------------------------------------------------------------------------
+# Full corpus (after `make data`)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_corpus_after_make_data():
+  if not (corpus.default_raw_dir() / "SHA256SUMS").is_file():
+    pytest.skip("run `make data` first")
+  cfg = pipeline.default_data_config(source="default")
+  splits = pipeline.mix_builder(cfg).info.splits
+  assert {"train_prose", "train_drama", "train_code"} <= set(splits.keys())
+  assert {"novel", "drama", "code"} <= set(pipeline.heldout_domains(cfg))
+  held = {d.read() for s, docs in corpus.corpus_splits(corpus.default_raw_dir()).items()
+          if s.startswith("heldout_") for d in docs}
+  got = _stream_docs(_batches(cfg, n=8, seq_len=8192, batch_size=8), cut_tail=True)
+  assert got and not set(got) & held
