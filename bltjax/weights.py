@@ -147,8 +147,12 @@ def _read_doc(src: Path) -> dict[str, Any]:
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: invalid JSON ({e})") from e
   if not isinstance(doc, dict) or "format_version" not in doc:
-    raise CheckpointError(f"{path}: no format_version, not a bltjax checkpoint config "
-                          "(an HF or Meta config.json must be converted first)")
+    hint = "an HF or Meta config.json must be converted first"
+    if isinstance(doc, dict) and "model_type" in doc:
+      hint = "this is an HF directory: `python -m bltjax.convert --from hf SRC DST`"
+    elif isinstance(doc, dict) and "args" in doc:
+      hint = "this is an official Meta directory: `python -m bltjax.convert --from meta SRC DST`"
+    raise CheckpointError(f"{path}: no format_version, not a bltjax checkpoint config ({hint})")
   if doc["format_version"] != FORMAT_VERSION:
     raise CheckpointError(f"{path}: format_version {doc['format_version']} is not supported "
                           f"(this bltjax reads {FORMAT_VERSION})")

@@ -593,10 +593,12 @@ def _hf_stack(d: Mapping[str, Any], key: str, where: str, name: str,
     raise ConversionError(f"{w}.head_dim: {hd} != hidden_size / num_attention_heads "
                           f"({dim} / {heads}); bltjax derives head_dim")
   eps = sub.get("rms_norm_eps", sub.get("norm_eps", 1e-5))
+  kv = sub.get("num_key_value_heads")
+  kv = None if kv == heads else kv  # canonical: None means MHA in every importer
   try:
     return TransformerConfig(dim=dim, n_layers=sub.get("num_hidden_layers",
                                                        df["num_hidden_layers"]),
-                             n_heads=heads, n_kv_heads=sub.get("num_key_value_heads"),
+                             n_heads=heads, n_kv_heads=kv,
                              ffn_dim=ffn, rope_theta=_rope_theta(sub, w, df["theta"]),
                              norm_eps=float(eps), window=window, name=name)
   except ConfigError as e:
@@ -636,6 +638,11 @@ def config_from_hf(d: Mapping[str, Any], where: str = "config.json") -> BLTConfi
     if sub.get("hidden_size_global", glb.dim) != glb.dim:
       raise ConversionError(f"{where}:{key}.hidden_size_global: {sub['hidden_size_global']} != "
                             f"global_config.hidden_size {glb.dim}")
+    heads = sub.get("num_attention_heads", _HF_STACK_DEFAULTS[key]["num_attention_heads"])
+    if sub.get("num_key_value_heads") not in (None, heads):
+      raise ConversionError(f"{where}:{key}.num_key_value_heads: {sub['num_key_value_heads']} != "
+                            f"num_attention_heads {heads} is not supported (HF would use grouped "
+                            "keys in the cross-attention too; bltjax cross-attention has no GQA)")
     if bool(sub.get("cross_attn_all_layers", want_all)) != want_all:
       raise ConversionError(f"{where}:{key}.cross_attn_all_layers: {sub['cross_attn_all_layers']}"
                             f" is not supported (bltjax implements the release layout: encoder "
@@ -698,6 +705,8 @@ def config_to_hf(cfg: BLTConfig, dtype: str = "float32") -> dict[str, Any]:
   for key, s in (("encoder", cfg.encoder), ("decoder", cfg.decoder)):
     if cfg.cross_attn_nheads not in (None, s.n_heads):
       bad.append(f"cross_attn_nheads (HF uses {key}.n_heads = {s.n_heads})")
+    if s.kv_heads != s.n_heads:
+      bad.append(f"{key}.n_kv_heads (HF would use grouped keys in the cross-attention too)")
   if cfg.encoder.window != cfg.decoder.window:
     bad.append("decoder.window (HF has one local_attention_window_len)")
   if cfg.global_.window is not None:
