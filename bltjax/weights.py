@@ -223,7 +223,10 @@ def load_checkpoint(
     tree_meta = ckpt.metadata(pdir).item_metadata.tree
   except Exception as e:  # orbax raises several types for a damaged directory.
     raise CheckpointError(f"{pdir}: cannot read orbax metadata ({e})") from e
-  abstract = _abstract_tree(tree_meta, None if dtype is None else jnp.dtype(dtype), shardings)
+  dt = None if dtype is None else jnp.dtype(dtype)
+  abstract = _abstract_tree(tree_meta, dt, shardings)
   params = ckpt.restore(pdir, abstract)
   ckpt.close()
+  if dt is not None and dt.name in ("float32", "bfloat16", "float16"):
+    cfg = cfg.replace(param_dtype=dt.name)  # the config describes the arrays it comes with
   return cfg, params

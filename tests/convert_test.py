@@ -48,9 +48,12 @@ def _hf_tensors_equal(d1, d2):
 
 
 @pytest.mark.parametrize("k", [2, 4])
-def test_hf_roundtrip_exact(hf_dirs, tmp_path, k):
+def test_hf_roundtrip_exact(hf_dirs, tmp_path, k, capsys):
   src, model = hf_dirs[k]
-  assert cli(["--from", "hf", str(src), str(tmp_path / "blt"), "-q"]) == 0
+  assert cli(["--from", "hf", str(src), str(tmp_path / "blt"), "-v"]) == 0
+  n = 90 + (k == 4)  # the k=4 fixture adds global_transformer.token_embedding_projection
+  err = capsys.readouterr().err
+  assert f"[{n}/{n}]" in err and "model.patcher.lm_head.weight" in err and "wrote" in err
   cfg, params = weights.load_checkpoint(tmp_path / "blt")
   assert cfg.cross_attn_k == k and cfg.needs_global_projection == (k == 4)
   assert cfg.encoder.ffn_dim == 96 and cfg.global_.ffn_dim == 192

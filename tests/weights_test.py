@@ -70,7 +70,8 @@ def test_roundtrip_exact(saved):
 
 def test_dtype_cast_and_bf16_storage(saved, tmp_path):
   path, cfg, params = saved
-  _, p16 = weights.load_checkpoint(path, dtype="bfloat16")
+  cfg16, p16 = weights.load_checkpoint(path, dtype="bfloat16")
+  assert cfg16 == cfg.replace(param_dtype="bfloat16")
   leaf = p16["local_decoder"]["output"]["kernel"]
   assert leaf.dtype == jax.numpy.bfloat16
   want = params["local_decoder"]["output"]["kernel"].astype(ml_dtypes.bfloat16)

@@ -136,7 +136,8 @@ def write_safetensors(
       if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dt):
         raise ConversionError(f"{path}: tensor {name}: produced {arr.shape} {arr.dtype}, "
                               f"declared {shape} {np.dtype(dt)}")
-      f.write(np.ascontiguousarray(arr).tobytes())
+      # A byte view of the contiguous array: no second copy of a multi-GB hash table.
+      f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
       if progress:
         progress(i + 1, len(specs), name, tuple(shape))
 
