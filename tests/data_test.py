@@ -258,6 +258,17 @@ def test_config_errors_name_the_key(cfg):
     _batches(files, n=1)
 
 
+def test_to_global_batch(cfg):
+  import jax
+
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  (batch,) = _batches(cfg, n=1, batch_size=8)
+  out = pipeline.to_global_batch(batch, sharding)
+  assert out["ids"].shape == (8, 128) and out["ids"].sharding == sharding
+  np.testing.assert_array_equal(np.asarray(out["doc_ids"]), batch["doc_ids"])
+
+
 def test_doc_to_ids_round_trip():
   ids = pipeline.doc_to_ids("h\u00e9")
   np.testing.assert_array_equal(ids, [BOS_ID, 104 + 4, 0xC3 + 4, 0xA9 + 4, EOS_ID])
