@@ -67,14 +67,15 @@ class RMSNorm(nn.Module):
     # Variance in fp32 whatever the compute dtype (blt.md §4.1).
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+    scale = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+    return (y * scale).astype(self.dtype)
 
 
 def rope(x_BxSxHxK: jnp.ndarray, pos_BxS: jnp.ndarray, theta: float) -> jnp.ndarray:
   """Interleaved RoPE: pairs (2m, 2m+1) rotate by pos·θ^(−2m/K); fp32 math, cast back."""
   k = x_BxSxHxK.shape[-1]
   inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
-  ang_BxSxM = pos_BxS.astype(jnp.float32)[..., None] * inv_freq
+  ang_BxSxM = pos_BxS.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
   cos, sin = jnp.cos(ang_BxSxM)[:, :, None, :], jnp.sin(ang_BxSxM)[:, :, None, :]
   x = x_BxSxHxK.astype(jnp.float32)
   x0, x1 = x[..., 0::2], x[..., 1::2]

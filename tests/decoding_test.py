@@ -1,0 +1,89 @@
+"""Cached decoding equals full recompute; sampling is batch-independent."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bltjax import decoding as D
+from tests.model_fixtures import median_threshold, tiny_config, tiny_params
+
+PROMPTS = [b"Hello world", b"a", b"The quick brown fox jumps over the lazy dog. " * 3,
+           bytes(range(200, 256)) + b"\x00\xff"]
+
+
+def _setup(**kw):
+  cfg = tiny_config(**kw)
+  params = tiny_params(cfg)
+  if cfg.patcher.mode == "entropy":
+    th = median_threshold(params, cfg)
+    cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th))
+  return cfg, params
+
+
+def _check_against_reference(cfg, params, prompts, max_new, width=256):
+  res = D.generate(params, cfg, prompts, max_new=max_new)
+  for prompt, r in zip(prompts, res, strict=True):
+    ref = D.generate_reference(params, cfg, prompt, max_new, width=width)
+    got = r.new_ids + ([2] if r.reason == "eos" else [])
+    assert got == ref[:len(got)], (prompt, got, ref)
+    assert len(got) == len(ref) or r.reason != "length"
+    assert r.nfe_dec == len(got)
+  return res
+
+
+@pytest.mark.parametrize("kw", [
+  dict(window=16),  # generations and prompts cross the local window
+  dict(window=16, max_patch_length=3, k=4),
+  dict(window=32, mode="space", threshold=None),
+])
+def test_cached_greedy_equals_full_recompute(kw):
+  cfg, params = _setup(**kw)
+  res = _check_against_reference(cfg, params, PROMPTS, 40)
+  # Several patches must actually close during generation for the test to mean anything.
+  assert sum(r.nfe_enc for r in res) > 10
+
+
+def test_long_prompt_crosses_window():
+  cfg, params = _setup(window=16)
+  prompts = [bytes(np.random.default_rng(3).integers(32, 127, 300).astype(np.uint8))]
+  _check_against_reference(cfg, params, prompts, 24, width=512)
+
+
+def test_seeded_sampling_independent_of_batch():
+  cfg, params = _setup(window=16)
+  sc = D.SamplingConfig(temperature=1.0, top_k=50, top_p=0.9)
+  alone = D.generate(params, cfg, [PROMPTS[0]], max_new=24, sc=sc, seeds=[7])[0]
+  batch = D.generate(params, cfg, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], max_new=24, sc=sc,
+                     seeds=[1, 7, 3])
+  assert batch[1].new_ids == alone.new_ids
+  other = D.generate(params, cfg, [PROMPTS[0]], max_new=24, sc=sc, seeds=[8])[0]
+  assert other.new_ids != alone.new_ids  # the seed matters
+
+
+def test_stop_strings_and_budget():
+  cfg, params = _setup(window=16)
+  full = D.generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
+  if full.reason == "eos" or len(full.data) < 6:
+    pytest.fail("fixture should generate at least 6 bytes without EOS")
+  stop = full.data[3:5]
+  cut = D.generate(params, cfg, [PROMPTS[0]], max_new=30, stops=(stop,))[0]
+  assert cut.reason == "stop"
+  assert full.data.startswith(cut.data) and stop not in cut.data
+  short = D.generate(params, cfg, [PROMPTS[0]], max_new=3)[0]
+  assert short.reason == "length" and len(short.new_ids) == 3
+
+
+def test_static_patching_is_refused():
+  cfg = tiny_config(mode="static", threshold=None)
+  params = tiny_params(cfg)
+  with pytest.raises(ValueError, match="patcher.mode"):
+    D.generate(params, cfg, [b"x"], max_new=2)
+
+
+def test_stream_matches_batch():
+  cfg, params = _setup(window=16)
+  batch = D.generate(params, cfg, [PROMPTS[0]], max_new=12)[0]
+  streamed = b"".join(D.stream(params, cfg, PROMPTS[0], max_new=12))
+  assert streamed == batch.data
+
