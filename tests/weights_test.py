@@ -158,3 +158,26 @@ def test_not_a_checkpoint(tmp_path, saved):
   (future / "config.json").write_text(json.dumps({**doc, "bogus_key": 1}))
   with pytest.raises(weights.CheckpointError, match="bogus_key"):
     weights.load_config(future)
+
+
+def test_hf_format_roundtrip_without_torch(tmp_path):
+  """bltjax tree -> HF dir -> bltjax tree with numpy only (our safetensors reader and writer)."""
+  from safetensors import safe_open
+
+  cfg = _cfg(4)
+  params = _params(cfg, 5)
+  hf.save_hf(tmp_path / "hf", params, cfg)
+  with safe_open(str(tmp_path / "hf" / "model.safetensors"), "numpy") as f:  # the reference lib
+    wq = f.get_tensor("model.local_encoder.layers.0.self_attn.q_proj.weight")
+    emb = f.get_tensor("model.encoder_hash_tok_embedding.weight")
+    assert f.metadata() == {"format": "pt"}
+  np.testing.assert_array_equal(
+    wq, params["local_encoder"]["layers_0"]["attention"]["wq"]["kernel"].reshape(16, 16).T)
+  np.testing.assert_array_equal(
+    emb, params["local_encoder"]["hash_embeddings"]["embedding"].reshape(2 * 64, 16))
+  cfg2, back = hf.load_hf(tmp_path / "hf")
+  assert cfg2 == cfg
+  a, b = _flat(params), _flat(back)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
