@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import hashing, model as M, patching
+from bltjax import model as M
+from bltjax import patching
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
 from bltjax.layers import attend, local_mask
 
@@ -215,7 +216,7 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec) -> Deco
   n_closed = (n_starts - 1).astype(jnp.int32)  # index of the open patch
   next_start = start_BxS1[rows, n]
   # Bytes of the open patch: from its start to n-1 (none when slot n starts a patch).
-  open_start = patching._last_index_le(start_BxS1)[rows, n]
+  open_start = n - patching.open_patch_lengths(start_BxS1, n) + 1
   patch_len = (n - open_start).astype(jnp.int32)
   cap = spec.patch_cap
   idx = jnp.clip(open_start[:, None] + jnp.arange(cap)[None], 0, s - 1)
@@ -258,8 +259,6 @@ def _latent_kv(params, cfg, o_Bx1xDg):
 
 def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
   """Commits byte x_B at position n for active rows and computes the next logits."""
-  b = x_B.shape[0]
-  rows = jnp.arange(b)
   t_B = state.n
   pos = t_B[:, None]
   w = active_B[:, None]
@@ -380,26 +379,34 @@ step = jax.jit(_step_impl, static_argnames=("cfg",), donate_argnames=("state",))
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   temperature: float = 0.0  # 0: greedy (argmax, ties to the lowest id)
-  top_k: int = 0
+  top_k: int = 0  # 0: off
   top_p: float = 1.0
 
+  def arrays(self, b: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (jnp.full((b,), self.temperature, jnp.float32), jnp.full((b,), self.top_k, jnp.int32),
+            jnp.full((b,), self.top_p, jnp.float32))
 
-def sample(logits_BxV, keys_B, sc: SamplingConfig):
-  """Per-row sampling; a row's draw depends only on its own key and logits."""
-  if sc.temperature <= 0.0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  lg = logits_BxV.astype(jnp.float32) / sc.temperature
-  if sc.top_k:
-    kth = jax.lax.top_k(lg, sc.top_k)[0][:, -1:]
-    lg = jnp.where(lg < kth, -jnp.inf, lg)
-  if sc.top_p < 1.0:
-    srt = jnp.sort(lg, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(srt, axis=-1), axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (always at least the top id).
-    cutoff_idx = jnp.sum(cum - jax.nn.softmax(srt, axis=-1) < sc.top_p, axis=-1) - 1
-    cutoff = jnp.take_along_axis(srt, cutoff_idx[:, None], axis=-1)
-    lg = jnp.where(lg < cutoff, -jnp.inf, lg)
-  return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys_B, lg).astype(jnp.int32)
+
+def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
+  """Per-row greedy or sampling; parameters are arrays, so one compilation serves all settings.
+
+  A row's draw depends only on its own key, parameters and logits (never on the batch).
+  """
+  greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  v = logits_BxV.shape[-1]
+  lg = logits_BxV.astype(jnp.float32) / jnp.maximum(temp_B, 1e-6)[:, None]
+  srt = jnp.sort(lg, axis=-1)[:, ::-1]
+  k = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, v), v)
+  kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)
+  srt = jnp.where(srt < kth, -jnp.inf, srt)
+  probs = jax.nn.softmax(srt, axis=-1)
+  # Nucleus: keep the smallest prefix whose mass reaches top_p (always the top id).
+  before = jnp.cumsum(probs, axis=-1) - probs
+  n_keep = jnp.maximum(jnp.sum(before < top_p_B[:, None], axis=-1), 1)
+  cut = jnp.take_along_axis(srt, (n_keep - 1)[:, None], axis=-1)
+  lg = jnp.where((lg < cut) | (lg < kth), -jnp.inf, lg)
+  drawn = jax.vmap(jax.random.categorical)(keys_B, lg).astype(jnp.int32)
+  return jnp.where(temp_B > 0, drawn, greedy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,21 +430,35 @@ class GenState:
   step: jax.Array  # scalar
 
 
-def _stop_hit(out_BxN, n_new_B, stops: tuple[tuple[int, ...], ...]):
-  hit = jnp.zeros(out_BxN.shape[0], bool)
-  for s in stops:
-    ln = len(s)
-    s_arr = jnp.asarray(s, jnp.int32)
-    start = jnp.maximum(n_new_B - ln, 0)
-    win = jax.vmap(lambda o, i: jax.lax.dynamic_slice(o, (i,), (ln,)))(out_BxN, start)
-    hit |= (n_new_B >= ln) & jnp.all(win == s_arr[None], axis=-1)
-  return hit
+MAX_STOPS, MAX_STOP_LEN = 8, 32
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "sc", "stops"),
-                   donate_argnames=("dstate",))
+def stop_arrays(stops: tuple[bytes, ...]) -> tuple[jax.Array, jax.Array]:
+  """Stop strings as fixed-shape id arrays (so the loop compiles once whatever the stops)."""
+  if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_LEN for s in stops):
+    raise ValueError(f"--stop: at most {MAX_STOPS} strings of at most {MAX_STOP_LEN} bytes")
+  ids = np.zeros((MAX_STOPS, MAX_STOP_LEN), np.int32)
+  lens = np.zeros((MAX_STOPS,), np.int32)
+  for i, s in enumerate(st for st in stops if st):
+    ids[i, MAX_STOP_LEN - len(s):] = [c + OFFSET for c in s]  # right-aligned
+    lens[i] = len(s)
+  return jnp.asarray(ids), jnp.asarray(lens)
+
+
+def _stop_hit(out_BxN, n_new_B, stop_ids_NxL, stop_len_N):
+  ln = stop_ids_NxL.shape[1]
+  padded = jnp.pad(out_BxN, ((0, 0), (ln, 0)))
+  win_BxL = jax.vmap(lambda o, i: jax.lax.dynamic_slice(o, (i,), (ln,)))(padded, n_new_B)
+  tail = jnp.arange(ln)[None, :] >= (ln - stop_len_N)[:, None]  # [N, L] compared positions
+  eq_BxNxL = (win_BxL[:, None, :] == stop_ids_NxL[None]) | ~tail[None]
+  hit_BxN = jnp.all(eq_BxNxL, axis=-1) & (stop_len_N[None] > 0) & (
+    n_new_B[:, None] >= stop_len_N[None])
+  return jnp.any(hit_BxN, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new"), donate_argnames=("dstate",))
 def generate_loop(params, cfg: BLTConfig, dstate: DecodeState, keys_B, budget_B, max_new: int,
-                  sc: SamplingConfig, stops: tuple[tuple[int, ...], ...] = ()):
+                  sampling, stop_ids_NxL, stop_len_N):
   """Generates up to `budget_B` (<= max_new) bytes per row; rows stop independently."""
   cfg = _dec_cfg(cfg)
   b = budget_B.shape[0]
@@ -454,13 +475,13 @@ def generate_loop(params, cfg: BLTConfig, dstate: DecodeState, keys_B, budget_B,
   def body(g):
     d = g.dstate
     keys = jax.vmap(jax.random.fold_in)(keys_B, d.n)  # per row and position: batch-independent
-    tok = sample(d.logits, keys, sc)
+    tok = sample(d.logits, keys, *sampling)
     active = ~g.done
     out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
       g.out, jnp.where(active, g.n_new, max_new), tok)
     n_new = g.n_new + active.astype(jnp.int32)
     is_eos = active & (tok == EOS_ID)
-    hit = active & ~is_eos & _stop_hit(out, n_new, stops) if stops else jnp.zeros_like(active)
+    hit = active & ~is_eos & _stop_hit(out, n_new, stop_ids_NxL, stop_len_N)
     full = active & ~is_eos & ~hit & (n_new >= budget_B)
     # A row whose next byte could need a global slot beyond the cache stops with "context".
     ctx = active & ~is_eos & ~hit & ~full & (d.n_closed >= pmax - 1)
@@ -494,6 +515,7 @@ def ids_to_bytes(ids) -> bytes:
 
 
 def bucket(n: int, minimum: int = 16) -> int:
+  """Next power of two >= n (and >= minimum)."""
   return max(minimum, 1 << (max(1, n) - 1).bit_length())
 
 
@@ -512,11 +534,18 @@ class Generation:
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
              sc: SamplingConfig = SamplingConfig(), seeds: list[int] | None = None,
-             stops: tuple[bytes, ...] = (), max_patches: int | None = None,
-             patch_cap: int = 512) -> list[Generation]:
-  """Batch generation: bucketed prefill, then one jitted while_loop for the whole batch."""
-  ids = [encode_prompt(p) for p in prompts]
-  b = len(ids)
+             stops: tuple[bytes, ...] = (), budgets: list[int] | None = None,
+             max_patches: int | None = None, patch_cap: int = 512,
+             batch_bucket: bool = True) -> list[Generation]:
+  """Batch generation: bucketed prefill, then one jitted while_loop for the whole batch.
+
+  Rows are padded to a power-of-two batch and prompts to a power-of-two length, and sampling
+  parameters and stop strings are arrays, so a CLI run compiles a handful of programs at most.
+  `budgets` gives per-row byte budgets (<= max_new).
+  """
+  n_real = len(prompts)
+  b = bucket(n_real, 1) if batch_bucket else n_real
+  ids = [encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)
   s = bucket(max(len(x) for x in ids))
   arr = np.zeros((b, s), np.int32)
   for i, x in enumerate(ids):
@@ -524,20 +553,23 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   lengths = np.array([len(x) for x in ids], np.int32)
   if cfg.patcher.max_patch_length is not None:
     patch_cap = min(patch_cap, cfg.patcher.max_patch_length)
-  spec = CacheSpec(max_patches=max_patches or (s + max_new + 2), patch_cap=patch_cap)
+  spec = CacheSpec(max_patches=max_patches or bucket(s + max_new + 2), patch_cap=patch_cap)
   st = prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec)
   if int(jnp.max(st.patch_len)) > patch_cap:
     raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
   pre_patches = np.asarray(st.n_closed)
-  seeds = seeds if seeds is not None else [0] * b
-  keys = jnp.stack([jax.random.key(int(x)) for x in seeds])
-  stop_ids = tuple(tuple(c + OFFSET for c in sb) for sb in stops if sb)
+  seeds = list(seeds) if seeds is not None else [0] * n_real
+  keys = jnp.stack([jax.random.key(int(x)) for x in seeds + [0] * (b - n_real)])
+  budget = np.zeros((b,), np.int32)
+  budget[:n_real] = budgets if budgets is not None else max_new
+  if budget.max() > max_new:
+    raise ValueError(f"a row budget exceeds max_new={max_new}")
   out, n_new, reason, nd, ne, _ = generate_loop(
-    params, cfg, st, keys, jnp.full((b,), max_new, jnp.int32), max_new, sc, stop_ids)
+    params, cfg, st, keys, jnp.asarray(budget), max_new, sc.arrays(b), *stop_arrays(stops))
   out, n_new, reason = np.asarray(out), np.asarray(n_new), np.asarray(reason)
   nd, ne = np.asarray(nd), np.asarray(ne)
   res = []
-  for i in range(b):
+  for i in range(n_real):
     toks = out[i, :n_new[i]].tolist()
     r = STOP_NAMES[int(reason[i])]
     if r == "eos":
@@ -567,7 +599,7 @@ def stream(params, cfg: BLTConfig, prompt: bytes, *, max_new: int,
   key = jax.random.key(seed)
   active = jnp.ones((1,), bool)
   for _ in range(max_new):
-    tok = sample(st.logits, jax.vmap(jax.random.fold_in)(key[None], st.n), sc)
+    tok = sample(st.logits, jax.vmap(jax.random.fold_in)(key[None], st.n), *sc.arrays(1))
     t = int(tok[0])
     if t == EOS_ID:
       return

@@ -53,11 +53,11 @@ def test_long_prompt_crosses_window():
 def test_seeded_sampling_independent_of_batch():
   cfg, params = _setup(window=16)
   sc = D.SamplingConfig(temperature=1.0, top_k=50, top_p=0.9)
-  alone = D.generate(params, cfg, [PROMPTS[0]], max_new=24, sc=sc, seeds=[7])[0]
-  batch = D.generate(params, cfg, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], max_new=24, sc=sc,
+  alone = D.generate(params, cfg, [PROMPTS[0]], max_new=30, sc=sc, seeds=[7])[0]
+  batch = D.generate(params, cfg, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], max_new=30, sc=sc,
                      seeds=[1, 7, 3])
   assert batch[1].new_ids == alone.new_ids
-  other = D.generate(params, cfg, [PROMPTS[0]], max_new=24, sc=sc, seeds=[8])[0]
+  other = D.generate(params, cfg, [PROMPTS[0]], max_new=30, sc=sc, seeds=[8])[0]
   assert other.new_ids != alone.new_ids  # the seed matters
 
 
@@ -70,8 +70,9 @@ def test_stop_strings_and_budget():
   cut = D.generate(params, cfg, [PROMPTS[0]], max_new=30, stops=(stop,))[0]
   assert cut.reason == "stop"
   assert full.data.startswith(cut.data) and stop not in cut.data
-  short = D.generate(params, cfg, [PROMPTS[0]], max_new=3)[0]
-  assert short.reason == "length" and len(short.new_ids) == 3
+  short = D.generate(params, cfg, [PROMPTS[0], PROMPTS[1]], max_new=30, budgets=[3, 30])
+  assert short[0].reason == "length" and len(short[0].new_ids) == 3
+  assert short[0].new_ids == full.new_ids[:3]
 
 
 def test_static_patching_is_refused():
@@ -83,7 +84,7 @@ def test_static_patching_is_refused():
 
 def test_stream_matches_batch():
   cfg, params = _setup(window=16)
-  batch = D.generate(params, cfg, [PROMPTS[0]], max_new=12)[0]
-  streamed = b"".join(D.stream(params, cfg, PROMPTS[0], max_new=12))
+  batch = D.generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
+  streamed = b"".join(D.stream(params, cfg, PROMPTS[0], max_new=30))
   assert streamed == batch.data
 
