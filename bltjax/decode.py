@@ -1,0 +1,175 @@
+"""Batch decoding CLI: `python decode.py --checkpoint DIR --method ar --input in.jsonl ...`.
+
+Input lines: {"id": ..., "prompt": "text"} or {"id": ..., "prompt_b64": "..."} (arbitrary bytes).
+Output lines (written and flushed as each batch finishes): id, completion (UTF-8, invalid bytes
+replaced), completion_b64, new_bytes, stop_reason, nfe {decoder, encoder_global},
+est_bandwidth_gb, seconds (the batch's wall time, shared by its rows). A malformed input line is
+reported on stderr and as an error record {"id", "line", "error"}; the other lines still decode.
+Each row samples from its own key (seed, id), so its output never depends on its batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+METHODS = ("ar",)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(prog="decode.py", description=__doc__.splitlines()[0])
+  ap.add_argument("--checkpoint", required=True, help="bltjax checkpoint directory")
+  ap.add_argument("--method", default="ar", choices=METHODS)
+  ap.add_argument("--input", required=True, help="prompts JSONL")
+  ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
+  ap.add_argument("--max-new-bytes", type=int, default=256)
+  ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  ap.add_argument("--top-p", type=float, default=1.0)
+  ap.add_argument("--top-k", type=int, default=0)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--batch-size", type=int, default=8)
+  ap.add_argument("--stop", nargs="*", default=[], help="stop strings (cut from the completion)")
+  ap.add_argument("--resume", action="store_true", help="skip ids already in --output")
+  ap.add_argument("--max-context", type=int, default=8192,
+                  help="bytes of prompt + generation one row may hold")
+  ap.add_argument("--truncate-left", action="store_true",
+                  help="left-truncate prompts longer than the context instead of failing them")
+  ap.add_argument("--mesh", default=None,
+                  help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1")
+  ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
+                  help="cast weights on load")
+  a = ap.parse_args(argv)
+  for key in ("max_new_bytes", "batch_size", "max_context"):
+    if getattr(a, key) <= 0:
+      ap.error(f"--{key.replace('_', '-')} must be positive")
+  if a.max_new_bytes >= a.max_context:
+    ap.error("--max-new-bytes must be smaller than --max-context")
+  return a
+
+
+def read_prompts(path: Path, done_ids: set[str]) -> tuple[list[dict[str, Any]],
+                                                           list[dict[str, Any]]]:
+  """Returns (rows to decode, error records) in file order; never raises on a bad line."""
+  rows, errors = [], []
+  with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        rec = json.loads(line)
+        if not isinstance(rec, dict) or "id" not in rec:
+          raise ValueError("expected an object with an 'id'")
+        if "prompt_b64" in rec:
+          data = base64.b64decode(rec["prompt_b64"], validate=True)
+        elif isinstance(rec.get("prompt"), str):
+          data = rec["prompt"].encode("utf-8", errors="surrogateescape")
+        else:
+          raise ValueError("expected 'prompt' (string) or 'prompt_b64'")
+      except (ValueError, binascii.Error) as e:
+        rid = rec.get("id") if isinstance(locals().get("rec"), dict) else None
+        errors.append({"id": rid, "line": lineno, "error": f"{where}: {e}"})
+        print(f"error: {where}: {e}", file=sys.stderr)
+        continue
+      key = json.dumps(rec["id"])
+      if key in done_ids:
+        continue
+      rows.append({"id": rec["id"], "prompt": data, "line": lineno, "where": where})
+  return rows, errors
+
+
+def done_ids_of(path: Path) -> set[str]:
+  out = set()
+  if path.exists():
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except ValueError:
+          continue  # a line cut by a crash: decode that id again
+        if "error" not in rec:
+          out.add(json.dumps(rec.get("id")))
+  return out
+
+
+def row_seed(seed: int, rid: Any) -> int:
+  return zlib.crc32(json.dumps([seed, rid]).encode()) & 0x7FFFFFFF
+
+
+def main(argv: list[str] | None = None) -> int:
+  a = parse_args(argv)
+  import jax  # noqa: PLC0415 - keep --help fast
+
+  from bltjax import decoding as D, nfe, weights  # noqa: PLC0415
+
+  out_path = Path(a.output)
+  done = done_ids_of(out_path) if a.resume else set()
+  if not a.resume and out_path.exists():
+    out_path.unlink()
+  rows, errors = read_prompts(Path(a.input), done)
+
+  shardings = None
+  if a.mesh:
+    from bltjax import sharding  # noqa: PLC0415
+
+    shape = tuple(int(x) for x in a.mesh.split(","))
+    mesh = sharding.make_mesh(shape, key="--mesh")
+    cfg0 = weights.load_config(a.checkpoint)
+    shardings = sharding.param_shardings(cfg0, mesh)
+  cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
+  counts = nfe.param_counts(params)
+  sc = D.SamplingConfig(a.temperature, a.top_k, a.top_p)
+  stops = tuple(s.encode("utf-8") for s in a.stop)
+  max_prompt = a.max_context - a.max_new_bytes - 1  # BOS
+
+  ok_rows = []
+  for r in rows:
+    if len(r["prompt"]) > max_prompt:
+      if a.truncate_left:
+        r["prompt"] = r["prompt"][-max_prompt:]
+      else:
+        msg = (f"{r['where']}: prompt of {len(r['prompt'])} bytes exceeds --max-context "
+               f"{a.max_context} minus --max-new-bytes {a.max_new_bytes} (use --truncate-left)")
+        errors.append({"id": r["id"], "line": r["line"], "error": msg})
+        print(f"error: {msg}", file=sys.stderr)
+        continue
+    ok_rows.append(r)
+
+  from tqdm import tqdm  # noqa: PLC0415
+
+  with open(out_path, "a", encoding="utf-8") as out:
+    for e in errors:
+      out.write(json.dumps(e) + "\n")
+    out.flush()
+    bar = tqdm(total=len(ok_rows), unit="prompt", desc=f"decode[{a.method}]", file=sys.stderr)
+    for i in range(0, len(ok_rows), a.batch_size):
+      batch = ok_rows[i:i + a.batch_size]
+      t0 = time.perf_counter()
+      res = D.generate(params, cfg, [r["prompt"] for r in batch], max_new=a.max_new_bytes,
+                       sc=sc, seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops,
+                       max_patches=D.bucket(a.max_context + 2))
+      dt = time.perf_counter() - t0
+      for r, g in zip(batch, res, strict=True):
+        rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),
+               "completion_b64": base64.b64encode(g.data).decode("ascii"),
+               "new_bytes": len(g.data), "stop_reason": g.reason,
+               "nfe": {"decoder": g.nfe_dec, "encoder_global": g.nfe_enc},
+               "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
+               "seconds": round(dt, 4)}
+        out.write(json.dumps(rec) + "\n")
+      out.flush()
+      bar.update(len(batch))
+    bar.close()
+  del jax
+  return 1 if errors and not ok_rows else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,69 @@
+"""decode.py CLI: output records, error lines, resume, truncation, batch independence."""
+
+import base64
+import dataclasses
+import json
+
+import pytest
+
+from bltjax import decode as cli, weights
+from tests.model_fixtures import median_threshold, tiny_config, tiny_params
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  cfg = tiny_config(window=16)
+  params = tiny_params(cfg)
+  cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher,
+                                                threshold=median_threshold(params, cfg)))
+  path = tmp_path_factory.mktemp("ckpt") / "tiny"
+  weights.save_checkpoint(path, params, cfg)
+  return path
+
+
+def _run(ckpt, tmp_path, lines, *extra):
+  inp = tmp_path / "in.jsonl"
+  inp.write_text("\n".join(lines) + "\n")
+  out = tmp_path / "out.jsonl"
+  rc = cli.main(["--checkpoint", str(ckpt), "--input", str(inp), "--output", str(out),
+                 "--max-new-bytes", "24", "--max-context", "256", *extra])
+  return rc, [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def test_cli_records_errors_and_resume(ckpt, tmp_path, capsys):
+  lines = [json.dumps({"id": "a", "prompt": "Hello"}),
+           "{not json",
+           json.dumps({"id": 2, "prompt_b64": base64.b64encode(b"\xff\x00\x80").decode()}),
+           json.dumps({"id": "long", "prompt": "x" * 400}),
+           json.dumps({"id": "c", "prompt": "The cat"})]
+  rc, recs = _run(ckpt, tmp_path, lines, "--batch-size", "2")
+  assert rc == 0
+  errs = [r for r in recs if "error" in r]
+  assert {e["line"] for e in errs} == {2, 4}
+  assert "in.jsonl:2" in capsys.readouterr().err
+  good = {r["id"]: r for r in recs if "error" not in r}
+  assert set(good) == {"a", 2, "c"}
+  for r in good.values():
+    data = base64.b64decode(r["completion_b64"])
+    assert r["new_bytes"] == len(data)
+    assert r["completion"] == data.decode("utf-8", errors="replace")
+    assert r["stop_reason"] in ("eos", "length", "stop")
+    assert r["nfe"]["decoder"] >= r["new_bytes"]
+    assert r["est_bandwidth_gb"] > 0
+  # Resume: nothing new is decoded for ids already present.
+  out = tmp_path / "out.jsonl"
+  before = out.read_text()
+  rc, _ = _run(ckpt, tmp_path, lines[:1] + lines[2:3], "--resume")
+  assert out.read_text() == before
+  # Truncation keeps the row instead of failing it.
+  rc, recs = _run(ckpt, tmp_path, [lines[3]], "--truncate-left")
+  assert [r["id"] for r in recs] == ["long"] and "error" not in recs[0]
+
+
+def test_cli_sampling_independent_of_batch(ckpt, tmp_path):
+  a = json.dumps({"id": "a", "prompt": "Hello"})
+  b = json.dumps({"id": "b", "prompt": "Other prompt"})
+  args = ("--temperature", "1.0", "--top-p", "0.9", "--seed", "3")
+  _, alone = _run(ckpt, tmp_path, [a], *args, "--batch-size", "1")
+  _, both = _run(ckpt, tmp_path, [b, a], *args, "--batch-size", "2")
+  assert {r["id"]: r["completion_b64"] for r in both}["a"] == alone[0]["completion_b64"]
