@@ -29,10 +29,10 @@ data: venv
 demo: venv data
 	$(PY) -m bltjax.demo
 
-# Runs every benchmarks/bench_*.py script, if any exist.
+# Runs every benchmarks/*.py script (helpers start with `_`) with its default arguments.
 bench: venv
-	@set -e; for f in benchmarks/bench_*.py; do \
-	  [ -e "$$f" ] || { echo "no benchmarks/bench_*.py yet"; break; }; \
+	@set -e; for f in benchmarks/[!_]*.py; do \
+	  [ -e "$$f" ] || { echo "no benchmarks/*.py yet"; break; }; \
 	  echo "== $$f"; $(PY) "$$f"; \
 	done
 
