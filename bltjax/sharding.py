@@ -1,0 +1,284 @@
+"""One device mesh (data, fsdp, tensor) and the logical-axis rules that place arrays on it.
+
+Parameters and activations carry *logical* axis names (`model.logical_axes`); a single
+`ShardingRules` table maps each name to mesh axes (jax_style.md §4). `logical_to_sharding` turns a
+tree of logical `PartitionSpec`s into `NamedSharding`s, checking that no mesh axis appears twice in
+one spec. Given shapes, it also fits each spec to its array: a dimension that a mesh axis does not
+divide (the 500002-row hash tables on 8 devices) hands that axis to another, divisible dimension of
+the same array (the table's width), else leaves it replicated there. jit out/in shardings must
+divide evenly, so this is what makes released geometries shardable on any mesh.
+
+Parameters are created sharded from birth: `jax.eval_shape(init)` -> shardings ->
+`jax.jit(init, out_shardings=...)`; no host ever holds a full copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bltjax.config import BLTConfig, ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+  """Logical axis name -> mesh axes (a name, a tuple of names, or None = replicated)."""
+
+  batch: MeshAxes = ("data", "fsdp")
+  bytes: MeshAxes = None  # sequence axes stay whole; context parallelism would go here
+  patches: MeshAxes = None
+  embed: MeshAxes = "fsdp"
+  embed_local: MeshAxes = None  # local models are small: replicate rather than all-gather
+  embed_cross: MeshAxes = "tensor"  # k·D projections: split like an FFN width
+  heads: MeshAxes = "tensor"
+  kv_heads: MeshAxes = "tensor"
+  head_dim: MeshAxes = None
+  mlp: MeshAxes = "tensor"
+  vocab: MeshAxes = None
+  hash_tables: MeshAxes = None
+  hash_vocab: MeshAxes = ("fsdp", "tensor")  # the largest tensors; lookups only
+  layers: MeshAxes = None
+  cache_batch: MeshAxes = ("data", "fsdp")
+  cache_seq: MeshAxes = None
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any] | None) -> ShardingRules:
+    """Overrides from a config section (`mesh.rules`); unknown names fail with their key."""
+    if not d:
+      return cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    kw = {}
+    for name, axes in dict(d).items():
+      if name not in known:
+        raise ConfigError(f"mesh.rules.{name}: unknown logical axis (known: {sorted(known)})")
+      if isinstance(axes, list):
+        axes = tuple(axes)
+      for a in _as_tuple(axes):
+        if a not in MESH_AXES:
+          raise ConfigError(f"mesh.rules.{name}: unknown mesh axis {a!r} (mesh: {MESH_AXES})")
+      kw[name] = axes
+    return cls(**kw)
+
+  def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+    if logical is None:
+      return ()
+    if not hasattr(self, logical):
+      raise KeyError(f"no sharding rule for logical axis {logical!r}")
+    return _as_tuple(getattr(self, logical))
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+  if axes is None:
+    return ()
+  if isinstance(axes, str):
+    return (axes,)
+  return tuple(axes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mesh.
+
+
+def resolve_mesh_shape(shape: Sequence[int], n_devices: int, key: str = "mesh.shape"
+                       ) -> tuple[int, int, int]:
+  """Fills one -1 entry so the product equals `n_devices`; errors name the config key."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != len(MESH_AXES):
+    raise ConfigError(f"{key}: needs {len(MESH_AXES)} sizes {MESH_AXES}, got {shape}")
+  if shape.count(-1) > 1:
+    raise ConfigError(f"{key}: at most one axis may be -1 (fill), got {shape}")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"{key}: sizes must be positive or -1, got {shape}")
+  fixed = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if n_devices % fixed:
+      raise ConfigError(f"{key}: {shape} cannot fill {n_devices} devices "
+                        f"({n_devices} is not divisible by {fixed})")
+    shape = tuple(n_devices // fixed if s == -1 else s for s in shape)
+  if math.prod(shape) != n_devices:
+    raise ConfigError(f"{key}: product of {dict(zip(MESH_AXES, shape))} is {math.prod(shape)}, "
+                      f"but there are {n_devices} devices")
+  return shape  # type: ignore[return-value]
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None,
+              key: str = "mesh.shape") -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
+  n = len(devices) if devices is not None else jax.device_count()
+  shape = resolve_mesh_shape(shape, n, key)
+  kw = {} if devices is None else {"devices": devices}
+  # Auto axes (not the 0.9+ Explicit default): BLT's pooling/gathers would need annotations
+  # everywhere in Explicit mode; XLA propagates from the input/param shardings instead.
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), **kw)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh) -> Iterator[Mesh]:
+  """Context manager making `mesh` current: `jax.set_mesh` (>= 0.7) or the older `use_mesh`."""
+  if hasattr(jax, "set_mesh"):
+    with jax.set_mesh(mesh):
+      yield mesh
+  else:  # pragma: no cover - older JAX
+    with jax.sharding.use_mesh(mesh):
+      yield mesh
+
+
+def data_axes_size(mesh: Mesh, rules: ShardingRules = ShardingRules()) -> int:
+  """How many ways the batch dimension is split."""
+  return math.prod(mesh.shape[a] for a in rules.mesh_axes("batch"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Logical -> physical.
+
+
+def logical_to_physical(spec: P, rules: ShardingRules, shape: Sequence[int] | None = None,
+                        mesh: Mesh | None = None) -> P:
+  """Maps one logical `PartitionSpec` to mesh axes.
+
+  Args:
+    spec: logical names per dimension (None = replicated).
+    rules: the rules table.
+    shape: the array's shape; with `mesh`, mesh axes that do not divide their dimension move to
+      another dimension they divide (largest first), else are dropped (replicated).
+    mesh: needed with `shape` for the axis sizes.
+
+  Returns:
+    A physical `PartitionSpec` (built with `P(...)`; tuples no longer compare equal to it).
+
+  Raises:
+    ValueError: a mesh axis would appear twice in the spec.
+  """
+  dims = [list(rules.mesh_axes(name)) for name in spec]
+  used = [a for d in dims for a in d]
+  dup = sorted({a for a in used if used.count(a) > 1})
+  if dup:
+    raise ValueError(f"sharding rules map {spec} onto mesh axes {dup} more than once")
+  if shape is not None and mesh is not None:
+    if len(shape) != len(dims):
+      raise ValueError(f"spec {spec} has {len(dims)} dims, array shape is {tuple(shape)}")
+    spare = []
+    for i, d in enumerate(dims):
+      kept = []
+      for a in d:
+        if shape[i] % (math.prod(mesh.shape[b] for b in kept) * mesh.shape[a]) == 0:
+          kept.append(a)
+        else:
+          spare.append(a)
+      dims[i] = kept
+    # Re-home the axes a dimension could not take, onto the largest dims that still divide.
+    for a in spare:
+      for i in sorted(range(len(dims)), key=lambda j: -shape[j]):
+        if shape[i] % (math.prod(mesh.shape[b] for b in dims[i]) * mesh.shape[a]) == 0:
+          dims[i].append(a)
+          break
+  return P(*[None if not d else (d[0] if len(d) == 1 else tuple(d)) for d in dims])
+
+
+def _is_spec(x: Any) -> bool:
+  return isinstance(x, P)
+
+
+def logical_to_sharding(spec_tree: Any, mesh: Mesh, rules: ShardingRules = ShardingRules(),
+                        shapes: Any = None) -> Any:
+  """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s on `mesh`.
+
+  Args:
+    spec_tree: e.g. `model.logical_axes(cfg)`.
+    mesh: the device mesh.
+    rules: logical -> mesh axes.
+    shapes: optional matching tree of arrays / `ShapeDtypeStruct`s; enables the divisibility fit.
+  """
+  if shapes is None:
+    return jax.tree.map(lambda s: NamedSharding(mesh, logical_to_physical(s, rules)), spec_tree,
+                        is_leaf=_is_spec)
+  return jax.tree.map(
+    lambda s, x: NamedSharding(mesh, logical_to_physical(s, rules, x.shape, mesh)),
+    spec_tree, shapes, is_leaf=_is_spec)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules = ShardingRules()
+                   ) -> NamedSharding:
+  """Leading batch axis split over the data axes, everything else replicated."""
+  return NamedSharding(mesh, logical_to_physical(P("batch", *([None] * (ndim - 1))), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharded-from-birth parameters.
+
+
+@functools.lru_cache(maxsize=8)
+def _model_trees(cfg: BLTConfig) -> tuple[Any, Any]:
+  """(logical specs, abstract params) of `cfg`; each costs a full trace of the init at 7B."""
+  import flax.linen as nn
+
+  from bltjax import model  # Deferred: keeps `import bltjax.sharding` light.
+
+  boxed_init = getattr(model, "_init_boxed", None)
+  if boxed_init is None:  # pragma: no cover - two traces instead of one
+    return model.logical_axes(cfg), model.abstract_params(cfg)
+  boxed = jax.eval_shape(lambda r: boxed_init(cfg, r), jax.random.key(0))
+  return nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
+
+
+def param_shardings(cfg: BLTConfig, mesh: Mesh, rules: ShardingRules = ShardingRules(),
+                    keys: Sequence[str] | None = None) -> Any:
+  """NamedShardings for every parameter of `cfg` (only the top-level `keys`, if given)."""
+  specs, shapes = _model_trees(cfg)
+  if keys is not None:
+    specs, shapes = {k: specs[k] for k in keys}, {k: shapes[k] for k in keys}
+  return logical_to_sharding(specs, mesh, rules, shapes)
+
+
+def abstract_sharded_params(cfg: BLTConfig, mesh: Mesh, rules: ShardingRules = ShardingRules(),
+                            keys: Sequence[str] | None = None) -> Any:
+  """`ShapeDtypeStruct`s with shardings: describes a 7B model without allocating it."""
+  _, shapes = _model_trees(cfg)
+  if keys is not None:
+    shapes = {k: shapes[k] for k in keys}
+  shards = param_shardings(cfg, mesh, rules, keys)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shards)
+
+
+def init_sharded(cfg: BLTConfig, rng: jax.Array, mesh: Mesh,
+                 rules: ShardingRules = ShardingRules(), keys: Sequence[str] | None = None
+                 ) -> Any:
+  """Initialises parameters directly into their shards (`jit(init, out_shardings=...)`)."""
+  from bltjax import model
+
+  shards = param_shardings(cfg, mesh, rules, keys)
+
+  def init(r):
+    p = model.init_params(cfg, r)
+    return p if keys is None else {k: p[k] for k in keys}
+
+  with use_mesh(mesh):
+    return jax.jit(init, out_shardings=shards)(rng)
+
+
+def shard_bytes_per_device(abstract_tree: Any) -> dict[Any, int]:
+  """Bytes each device would hold for a tree of sharded `ShapeDtypeStruct`s (memory planning)."""
+  out: dict[Any, int] = {}
+  for x in jax.tree.leaves(abstract_tree):
+    shard = x.sharding.shard_shape(x.shape)
+    nbytes = int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+    for d in x.sharding.device_set:
+      out[d] = out.get(d, 0) + nbytes
+  return out

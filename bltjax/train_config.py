@@ -1,0 +1,287 @@
+"""The training config: `configs/*.py` sections and their frozen, validated form.
+
+A config file's `get_config()` returns an ml_collections `ConfigDict` with sections
+
+  model  -> `BLTConfig.from_dict` (encoder / global / decoder / entropy / hash / patcher / ...)
+  train  -> `TrainConfig` (task, optimiser, schedule, batch, checkpoints, logging)
+  data   -> `bltjax.data.pipeline` (source, split, ...; see `default_data_config`)
+  mesh   -> shape (data, fsdp, tensor) with one -1 = fill, and optional logical-axis rule overrides
+
+`base_config()` holds every key with its default, so a config file only states what differs and
+command-line overrides (`--config.train.steps=50`) always find the key. `resolve()` turns the dict
+into frozen dataclasses and checks everything that can be checked before compiling; each error
+names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from bltjax.config import (
+  BLTConfig,
+  ConfigError,
+  DiffusionConfig,
+  HashConfig,
+  PatcherConfig,
+  TransformerConfig,
+  ceil_div,
+)
+
+TASKS = ("entropy", "blt")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def section(cls: type, skip: tuple[str, ...] = (), **overrides: Any) -> ml_collections.ConfigDict:
+  """A ConfigDict with every field of dataclass `cls` (defaults, then `overrides`).
+
+  Optional fields whose default is None become typed placeholders, so a command-line override
+  such as `--config.model.patcher.max_patch_length=8` finds the key and parses the value.
+  """
+  c = ml_collections.ConfigDict()
+  for f in dataclasses.fields(cls):
+    if f.name in skip or f.name == "name":
+      continue
+    if f.default is not dataclasses.MISSING:
+      value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+      value = f.default_factory()  # type: ignore[misc]
+    else:
+      value = None
+    if isinstance(value, tuple):
+      value = tuple(value)
+    if value is None:
+      kind = next((t for n, t in _TYPES.items() if n in str(f.type)), None)
+      value = ml_collections.config_dict.placeholder(kind) if kind else None
+    c[f.name] = value
+  for k, v in overrides.items():
+    if k not in c:
+      _fail(f"{cls.__name__}.{k}", f"unknown key (known: {sorted(c.keys())})")
+    c[k] = v
+  return c
+
+
+def stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.ConfigDict:
+  """A transformer-stack section for config files (ffn_dim unset = the official rule)."""
+  return section(TransformerConfig, dim=dim, n_layers=n_layers, n_heads=n_heads, **kw)
+
+
+def entropy_stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.ConfigDict:
+  """The entropy model's stack: RoPE θ 10000, window 512 (blt.md §3.3)."""
+  kw = {"rope_theta": 10000.0, "window": 512, **kw}
+  return stack(dim, n_layers, n_heads, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The `train` section. Paper defaults (blt.md §9) unless stated."""
+
+  task: str = "blt"  # "entropy": next-byte LM on the entropy model | "blt"
+  steps: int = 1000
+  batch_size: int = 8  # global rows per optimiser step (all processes, all microbatches)
+  seq_len: int = 512  # S: ids per row, BOS/EOS included
+  max_patches: int = 0  # static patch budget per row; 0 = auto (see `resolve_max_patches`)
+  min_expected_patch: float = 2.0  # auto max_patches = ceil((S + 1) / this) + 1
+  grad_accum: int = 1  # microbatches per step (lax.scan)
+  lr: float = 4e-4
+  warmup_steps: int = 2000
+  min_lr_ratio: float = 0.0  # cosine decays to lr * this
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1  # masked off norms, embeddings and hash tables
+  clip_norm: float = 1.0
+  seed: int = 0
+  entropy_checkpoint: str = ""  # task blt + entropy patching: a bltjax checkpoint dir
+  log_every: int = 10
+  eval_every: int = 0  # 0 = only at the end
+  eval_windows: int = 8  # held-out windows of S ids per domain; 0 = no evaluation
+  eval_batch_size: int = 0  # 0 = batch_size
+  ckpt_every: int = 100  # 0 = only on exit / preemption
+  keep: int = 3
+  async_checkpoint: bool = True
+  export: bool = True  # write a bltjax inference checkpoint to WORKDIR/export at the end
+  progress: bool = True  # tqdm bar with ETA
+  tensorboard: bool = True
+  step_delay_s: float = 0.0  # test hook: sleep per step so a signal lands mid-run
+
+  def __post_init__(self):
+    if self.task not in TASKS:
+      _fail("train.task", f"must be one of {TASKS}, got {self.task!r}")
+    for key in ("steps", "batch_size", "seq_len", "grad_accum", "keep"):
+      v = getattr(self, key)
+      if not isinstance(v, int) or v < 1:
+        _fail(f"train.{key}", f"must be a positive int, got {v!r}")
+    for key in ("max_patches", "warmup_steps", "log_every", "eval_every", "eval_windows",
+                "eval_batch_size", "ckpt_every", "seed"):
+      v = getattr(self, key)
+      if not isinstance(v, int) or v < 0:
+        _fail(f"train.{key}", f"must be an int >= 0, got {v!r}")
+    if self.seq_len < 2:
+      _fail("train.seq_len", f"needs at least 2 ids (an input and a target), got {self.seq_len}")
+    if self.batch_size % self.grad_accum:
+      _fail("train.grad_accum", f"{self.grad_accum} does not divide train.batch_size "
+            f"{self.batch_size}")
+    if not self.lr > 0:
+      _fail("train.lr", f"must be positive, got {self.lr}")
+    if not 0 <= self.min_lr_ratio <= 1:
+      _fail("train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+    for key in ("b1", "b2"):
+      if not 0 <= getattr(self, key) < 1:
+        _fail(f"train.{key}", f"must be in [0, 1), got {getattr(self, key)}")
+    if not self.eps > 0:
+      _fail("train.eps", f"must be positive, got {self.eps}")
+    if self.weight_decay < 0:
+      _fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+    if not self.clip_norm > 0:
+      _fail("train.clip_norm", f"must be positive, got {self.clip_norm}")
+    if not self.min_expected_patch >= 1:
+      _fail("train.min_expected_patch", f"must be >= 1, got {self.min_expected_patch}")
+    if self.step_delay_s < 0:
+      _fail("train.step_delay_s", f"must be >= 0, got {self.step_delay_s}")
+
+  @property
+  def micro_batch_size(self) -> int:
+    return self.batch_size // self.grad_accum
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+      if key not in known:
+        _fail(f"train.{key}", f"unknown key (known: {sorted(known)})")
+    return cls(**d)
+
+
+def _fail(key: str, msg: str) -> None:
+  raise ConfigError(f"{key}: {msg}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every section and key with its default; config files override what differs."""
+  from bltjax.data import pipeline  # Lazy: grain is only needed when data is configured.
+
+  c = ml_collections.ConfigDict()
+  # Every model key exists (stacks excepted: a config file states its geometry), so
+  # `--config.model.patcher.threshold=...` style overrides always resolve.
+  c.model = section(BLTConfig, skip=("encoder", "global_", "decoder", "entropy", "hash",
+                                     "patcher", "diffusion"))
+  c.model.entropy = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)
+  c.model.hash = section(HashConfig)
+  c.model.patcher = section(PatcherConfig)
+  c.model.diffusion = section(DiffusionConfig)
+  c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
+  c.data = pipeline.default_data_config()
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
+  c.mesh.rules = ml_collections.ConfigDict()  # logical axis -> mesh axes overrides
+  return c
+
+
+def _plain(x: Any) -> Any:
+  if isinstance(x, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, Mapping):
+    return {k: _plain(v) for k, v in x.items()}
+  return x
+
+
+def resolve_max_patches(model: BLTConfig, train: TrainConfig) -> int:
+  """The static patch budget P per row (blt.md §9: packing by bytes, P static).
+
+  Static patching makes ceil(S / patch_size) + 1 patches (the next slot can open one more) plus
+  one per forced start after an EOS, so auto adds 1/8 slack; byte patching needs S + 1.
+  Entropy/space patching use `train.max_patches` or, if 0, ceil((S + 1) / min_expected_patch) + 1.
+  Rows that need more are cut at a patch boundary; their tail is not scored (the metrics report
+  `truncated_frac`).
+  """
+  s = train.seq_len
+  mode = model.patcher.mode
+  need = 0
+  if mode == "static":
+    need = ceil_div(s, int(model.patcher.patch_size)) + 1
+  elif mode == "byte":
+    need = s + 1
+  if train.max_patches:
+    if need and train.max_patches < need and model.patcher.max_patch_length is None:
+      _fail("train.max_patches", f"{mode} patching of {s} ids needs {need} patches, got "
+            f"{train.max_patches}")
+    return min(train.max_patches, s + 1)
+  if need:
+    return min(s + 1, need + ceil_div(need, 8))
+  return min(s + 1, math.ceil((s + 1) / train.min_expected_patch) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  model: BLTConfig
+  train: TrainConfig
+  data: ml_collections.ConfigDict
+  mesh_shape: tuple[int, int, int]
+  rules: Any  # sharding.ShardingRules
+  max_patches: int
+
+
+def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: int,
+            n_processes: int = 1) -> Resolved:
+  """Validates a whole config against the device count; raises `ConfigError` naming the key."""
+  from bltjax import sharding  # Lazy: keeps this module importable without jax.
+
+  for key in ("model", "train", "mesh"):
+    if key not in config:
+      _fail(key, "missing config section")
+  model_d = _plain(config["model"])
+  if not model_d:
+    _fail("model", "empty: a config must describe the model")
+  try:
+    model = BLTConfig.from_dict(model_d)
+  except ConfigError as e:
+    raise ConfigError(f"model.{e}") from None
+  train = TrainConfig.from_dict(_plain(config["train"]))
+  mesh_d = _plain(config["mesh"])
+  mesh_shape = sharding.resolve_mesh_shape(mesh_d.get("shape", (1, -1, 1)), n_devices)
+  rules = sharding.ShardingRules.from_dict(mesh_d.get("rules"))
+  names = dict(zip(sharding.MESH_AXES, mesh_shape))
+  dp = math.prod(names[a] for a in rules.mesh_axes("batch"))
+  if train.batch_size % dp:
+    _fail("train.batch_size", f"{train.batch_size} is not divisible by the data axes "
+          f"({'x'.join(rules.mesh_axes('batch'))} = {dp}) of mesh.shape {mesh_shape}")
+  if train.micro_batch_size % dp:
+    _fail("train.grad_accum", f"microbatch {train.micro_batch_size} (batch_size / grad_accum) "
+          f"is not divisible by the data axes ({dp})")
+  if train.batch_size % n_processes:
+    _fail("train.batch_size", f"{train.batch_size} is not divisible by the {n_processes} "
+          "processes")
+  # Tensor-parallel axes must divide what they split, or the layout silently degrades.
+  tp = math.prod(names[a] for a in rules.mesh_axes("heads"))
+  stacks: list[tuple[str, TransformerConfig]] = [("encoder", model.encoder),
+                                                  ("global", model.global_),
+                                                  ("decoder", model.decoder)]
+  if train.task == "entropy":
+    if model.entropy is None:
+      _fail("model.entropy", "train.task 'entropy' needs an entropy model config")
+    stacks = [("entropy", model.entropy)]
+  for key, s in stacks:
+    if s.n_heads % tp:
+      _fail(f"model.{key}.n_heads", f"{s.n_heads} heads do not split over the tensor axis "
+            f"({tp}) of mesh.shape {mesh_shape}")
+    if s.hidden_dim % tp:
+      _fail(f"model.{key}.ffn_dim", f"FFN width {s.hidden_dim} does not split over the tensor "
+            f"axis ({tp}) of mesh.shape {mesh_shape}")
+  if train.task == "blt":
+    fs = math.prod(names[a] for a in rules.mesh_axes("embed"))
+    if model.global_.dim % fs:
+      _fail("model.global.dim", f"{model.global_.dim} does not split over the embed mesh axes "
+            f"({fs}) of mesh.shape {mesh_shape}")
+    if model.patcher.mode == "entropy" and not train.entropy_checkpoint:
+      _fail("train.entropy_checkpoint", "entropy patching needs a trained entropy model: set "
+            "it to the export of an entropy run (or use model.patcher.mode static/space)")
+  data = config.get("data") or ml_collections.ConfigDict()
+  return Resolved(model, train, data, mesh_shape, rules, resolve_max_patches(model, train))
