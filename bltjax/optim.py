@@ -1,0 +1,130 @@
+"""Optimiser (blt.md §9): AdamW after global-norm clipping, linear warm-up + cosine, and
+gradient accumulation as a `lax.scan` over microbatches.
+
+Weight decay is masked off norm scales, embeddings and hash tables (jax_style.md §5 [D]): those
+are lookups or gains, and decaying them towards 0 only fights the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bltjax.train_config import TrainConfig
+
+# Leaf names (last path key) that never get weight decay.
+NO_DECAY_LEAVES = ("scale", "embedding")
+
+
+def lr_schedule(peak_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+                ) -> optax.Schedule:
+  """0 -> peak over `warmup_steps` (linear), then cosine to peak * min_ratio at `total_steps`."""
+  warmup_steps = min(warmup_steps, total_steps)
+  decay_steps = max(1, total_steps - warmup_steps)
+  cosine = optax.cosine_decay_schedule(peak_lr, decay_steps, alpha=min_ratio)
+  if warmup_steps == 0:
+    return cosine
+  # Step 0 already trains at peak/warmup, not 0: a zero-lr first step would be wasted compute.
+  warm = optax.linear_schedule(peak_lr / warmup_steps, peak_lr, warmup_steps - 1) \
+    if warmup_steps > 1 else optax.constant_schedule(peak_lr)
+  return optax.join_schedules([warm, cosine], [warmup_steps])
+
+
+def decay_mask(params: Any) -> Any:
+  """True where weight decay applies: every leaf except norm scales and embedding tables."""
+
+  def keep(path, _):
+    last = path[-1]
+    name = getattr(last, "key", getattr(last, "name", str(last)))
+    return name not in NO_DECAY_LEAVES
+
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip by global norm, then AdamW with the masked decay; returns (tx, schedule)."""
+  sched = lr_schedule(tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+  tx = optax.chain(
+    optax.clip_by_global_norm(tc.clip_norm),
+    optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
+                mask=decay_mask),
+  )
+  return tx, sched
+
+
+LossFn = Callable[[Any, Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, Any]]]
+
+
+def is_sum_metric(name: str, weight_key: str = "weight") -> bool:
+  """Counts and sums add across microbatches/devices; everything else is a per-target mean."""
+  return name == weight_key or name.startswith("n_") or name.endswith("_sum")
+
+
+def split_microbatches(batch: dict[str, jax.Array], n: int, constrain: Callable | None = None
+                       ) -> dict[str, jax.Array]:
+  """[B, ...] -> [n, B/n, ...] so that every microbatch spans all data shards.
+
+  Row r goes to microbatch r % n: with the batch axis split contiguously over devices, taking
+  strided rows keeps each microbatch evenly spread instead of landing on 1/n of the devices.
+  """
+
+  def one(x):
+    b = x.shape[0]
+    y = x.reshape(b // n, n, *x.shape[1:]).swapaxes(0, 1)
+    return constrain(y) if constrain is not None else y
+
+  return jax.tree.map(one, batch)
+
+
+def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
+                         rng: jax.Array, n_micro: int, constrain: Callable | None = None,
+                         weight_key: str = "weight") -> tuple[jax.Array, dict[str, Any], Any]:
+  """Loss, metrics and gradients of the whole batch from `n_micro` scanned microbatches.
+
+  Each microbatch's mean loss is weighted by its `metrics[weight_key]` (the number of scored
+  targets) when present, so the result equals one pass over the full batch, not a mean of means.
+  Metrics are combined the same way (they are per-target means) except counts and sums
+  (`is_sum_metric`: `weight_key`, `n_*`, `*_sum`), which add up.
+
+  Args:
+    loss_fn: the loss contract `loss_fn(params, batch, rng) -> (loss, metrics)` (cfg bound).
+    params: differentiated parameters.
+    batch: arrays with a leading batch axis divisible by n_micro.
+    rng: folded with the microbatch index.
+    n_micro: number of microbatches (1 = plain value_and_grad).
+    constrain: optional sharding constraint for each [n, B/n, ...] array.
+    weight_key: metrics entry holding the microbatch's target count.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if n_micro == 1:
+    (loss, metrics), grads = grad_fn(params, batch, rng)
+    return loss, metrics, grads
+
+  micro = split_microbatches(batch, n_micro, constrain)
+  # Shapes of one microbatch's outputs: the scan carry must be fixed up front.
+  one = jax.tree.map(lambda x: x[0], micro)
+  (_, m_shape), _ = jax.eval_shape(grad_fn, params, one, rng)
+  zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), t)  # noqa: E731
+
+  def body(carry, xs):
+    i, mb = xs
+    g_acc, m_acc, w_acc = carry
+    (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    w = metrics.get(weight_key, jnp.float32(1.0)).astype(jnp.float32)
+    g_acc = jax.tree.map(lambda a, g: a + w * g.astype(jnp.float32), g_acc, grads)
+    metrics = dict(metrics, loss=loss)
+    m_acc = {k: m_acc[k] + (v if is_sum_metric(k, weight_key) else w * v)
+             for k, v in metrics.items()}
+    return (g_acc, m_acc, w_acc + w), None
+
+  m0 = zeros(dict(m_shape, loss=jax.ShapeDtypeStruct((), jnp.float32)))
+  carry = (zeros(params), m0, jnp.float32(0.0))
+  (g_sum, m_sum, w_sum), _ = jax.lax.scan(body, carry, (jnp.arange(n_micro), micro))
+  denom = jnp.maximum(w_sum, 1e-9)
+  grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, params)
+  metrics = {k: (v if is_sum_metric(k, weight_key) else v / denom) for k, v in m_sum.items()}
+  return metrics.pop("loss"), metrics, grads
