@@ -377,6 +377,42 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
   return _remat(cfg, fn)
 
 
+def _pool(cfg: BLTConfig, enc, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int):
+  """`LocalEncoder.pool` with its cross-attention as a per-patch segment softmax.
+
+  Same math (max-pool init, projection to C queries, queries of patch p attend only the bytes of
+  patch p, double residual), but O(S·C·D) memory instead of dense [P·C, S] scores per head
+  (2 GiB per array at 8k bytes and 16 heads).
+  """
+  b, s, d = h_BxSxD.shape
+  p, c = num_patches, cfg.cross_attn_k
+  seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, p)  # pads go to a dropped segment
+  by_patch = lambda x, op: jax.vmap(lambda xx, i: op(xx, i, num_segments=p + 1))(x, seg_BxS)
+  count_BxP1 = jax.vmap(lambda i: jnp.bincount(i, length=p + 1))(seg_BxS)
+  pooled = by_patch(h_BxSxD, jax.ops.segment_max)[:, :p]
+  pooled = jnp.where(count_BxP1[:, :p, None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+  q_BxQxD = enc.patch_embedding_projection(pooled).reshape(b, p * c, d)
+  xa = enc.cross_attn_layers[0]
+  k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
+  q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, p, c, *k_BxSxHxK.shape[2:])
+  q_BxSxCxHxK = jnp.take_along_axis(
+    q_BxPxCxHxK, jnp.minimum(seg_BxS, p - 1)[:, :, None, None, None], axis=1)
+  sc = jnp.einsum("bschk,bshk->bsch", q_BxSxCxHxK, k_BxSxHxK,
+                  preferred_element_type=jnp.float32) / math.sqrt(k_BxSxHxK.shape[-1])
+  vmask = valid_BxS[:, :, None, None]
+  mx = jax.lax.stop_gradient(jnp.take_along_axis(  # softmax shift: no gradient by invariance
+    by_patch(jnp.where(vmask, sc, -jnp.inf), jax.ops.segment_max), seg_BxS[:, :, None, None],
+    axis=1))
+  e = jnp.where(vmask, jnp.exp(sc - jnp.where(vmask, mx, 0.0)), 0.0)
+  den = jnp.take_along_axis(by_patch(e, jax.ops.segment_sum), seg_BxS[:, :, None, None], axis=1)
+  prob = (e / jnp.where(den > 0, den, 1.0)).astype(v_BxSxHxK.dtype)  # like `attend`
+  pv = prob[..., None].astype(jnp.float32) * v_BxSxHxK[:, :, None].astype(jnp.float32)
+  o_BxPxCxHxK = by_patch(pv, jax.ops.segment_sum)[:, :p].astype(v_BxSxHxK.dtype)
+  out = xa.output(q_BxQxD, o_BxPxCxHxK.reshape(b, p * c, *o_BxPxCxHxK.shape[3:]))
+  out = q_BxQxD + out if cfg.cross_attn_residual == "double" else out  # release double residual
+  return out.reshape(b, p, c * d)
+
+
 def _embed_blocks(cfg: BLTConfig, params: Params, noisy_BxMxZ, bl, ids_BxS, valid_BxS):
   """Block-stream decoder inputs before the encoder layers.
 
@@ -492,8 +528,9 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
     x, hb = _layer(cfg, "local_encoder", i, plan)(params, x, hb, c, bl, None)
   if with_blocks and cfg.diffusion.block_input == "encoder_states":
     hb_dec = hb
-  x_g = _apply(cfg, {"local_encoder": params["local_encoder"]},
-               lambda mm, *r: mm.local_encoder.pool(*r), x, a["patch_ids"], valid, p)
+  enc_sub = {k: v for k, v in params["local_encoder"].items() if k != "hash_embeddings"}
+  x_g = _apply(cfg, {"local_encoder": enc_sub},
+               lambda mm, *r: _pool(cfg, mm.local_encoder, *r), x, a["patch_ids"], valid, p)
   o = model.global_latents(params, cfg, x_g, a["patch_pos"], a["patch_doc"], a["patch_valid"])
   kvs = _apply(cfg, {"local_decoder": params["local_decoder"]},
                lambda mm, oo: mm.local_decoder.latent_kv(oo), o)
@@ -718,36 +755,40 @@ def dense_reference_mask(pos_BxS, doc_BxS, valid_BxS, block_start_BxM, block_doc
 
 def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches: int,
                      act_bytes: int = 2, plan: AttnPlan | None = None) -> dict[str, float]:
-  """The module docstring's per-row activation-memory formula, in bytes, per term."""
+  """The module docstring's per-row activation-memory model, in bytes, per term.
+
+  Calibrated against JAX's saved residuals (benchmarks/bltd_memory.py): per layer and position a
+  stack keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 internals of
+  RMSNorm and cross-attention); the dense global attention keeps 3 fp32 score arrays, the bf16
+  probabilities and the bool mask per layer. With remat only each layer's inputs stay, plus one
+  layer's terms while it is recomputed in the backward pass. Within ~15% of the measured
+  residuals (README "BLT-D").
+  """
   e, g, d = cfg.encoder, cfg.global_, cfg.decoder
-  z = cfg.diffusion.block_size
+  z, b = cfg.diffusion.block_size, act_bytes
   s, m, p = seq_len, num_blocks, num_patches
   n = s + m * z
-  a = 12
-  plan = plan or make_plan(cfg, s, m)
-  per = lambda L, rows, st: L * rows * (a * st.dim + 3 * st.hidden_dim)
-  full = cfg.remat != "none"
-  if full:
-    local = d.n_layers * n * d.dim + e.n_layers * s * e.dim + per(1, n, d)
-    glob = g.n_layers * p * g.dim + per(1, p, g)
-    glob_attn = 12 * g.n_heads * p * p
+  per = lambda st: 6 * st.hidden_dim * b + (5 * b + 40) * st.dim
+  glob_attn = g.n_heads * p * p * (12 + b + 1)
+  local_layer = n * per(d)
+  if cfg.remat == "none":
+    local = d.n_layers * local_layer + e.n_layers * s * per(e)
+    glob = g.n_layers * (p * per(g) + glob_attn)
   else:
-    local = per(d.n_layers, n, d) + per(e.n_layers, s, e)
-    glob = per(g.n_layers, p, g)
-    glob_attn = 8 * g.n_layers * g.n_heads * p * p
-  hashes = cfg.hash.num_tables * s * e.dim
+    local = (d.n_layers * n + e.n_layers * s) * d.dim * b + local_layer
+    glob = g.n_layers * p * g.dim * b + p * per(g) + glob_attn
+  plan = plan or make_plan(cfg, s, m)
   w = s if d.window is None else d.window
   if plan.clean_segment is None:
     clean_attn = 12 * d.n_heads * s * s
   else:
     q = plan.clean_segment
-    nprev = -(-(w - 1) // q)
     nseg = -(-s // q) if plan.clean_chunk is None else min(plan.clean_chunk, -(-s // q))
-    clean_attn = 12 * d.n_heads * nseg * q * (nprev + 1) * q
+    clean_attn = 12 * d.n_heads * nseg * q * (-(-(w - 1) // q) + 1) * q
   mc = m if plan.block_chunk is None else plan.block_chunk
-  block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * act_bytes * mc * w * d.dim
-  out = dict(local=act_bytes * (local + hashes), global_=act_bytes * glob + glob_attn,
-             logits=8 * n * cfg.vocab_size, attention=max(clean_attn, block_attn))
+  block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * b * mc * w * d.dim
+  out = dict(local=float(local), global_=float(glob), logits=8.0 * n * cfg.vocab_size,
+             attention=float(max(clean_attn, block_attn)))
   out["total"] = sum(out.values())
   return out
 

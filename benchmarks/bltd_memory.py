@@ -1,0 +1,135 @@
+"""Activation memory of one BLT-D (and BLT) training step at the 1B geometry.
+
+Backend-independent: JAX's `saved_residuals` lists the arrays the forward pass keeps for the
+backward pass (from abstract shapes, nothing is allocated, so 1B at 8k bytes runs on a laptop).
+
+  resid_gib   residuals kept from forward to backward for one row (remat as configured)
+  layer_gib   residuals of one decoder layer without remat: what rematerialising that layer
+              materialises at once during the backward pass (the transient on top of resid)
+  peak_gib    resid + layer: activation peak per row, excluding parameter-sized buffers
+  formula_gib `diffusion.activation_bytes` for the same setting
+
+XLA:CPU's `memory_analysis()` is not used: its scheduler ignores rematerialisation (a toy remat
+MLP reports the same temp with and without it), so it says nothing about GPU/TPU.
+
+  python benchmarks/bltd_memory.py                              # 1B, 8k bytes, Z=16, remat full
+  python benchmarks/bltd_memory.py --objective=both --block_sizes=4,8,16 --dtype=bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+try:  # public in newer JAX; private in 0.10
+  from jax.ad_checkpoint import saved_residuals  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+  from jax._src.ad_checkpoint import saved_residuals
+
+from bltjax import diffusion, model  # noqa: E402
+from bltjax.config import (  # noqa: E402
+  BLTConfig,
+  DiffusionConfig,
+  HashConfig,
+  PatcherConfig,
+  TransformerConfig,
+)
+
+GIB = 2**30
+
+
+def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> BLTConfig:
+  """The released BLT-1B geometry (blt.md §6) with BLT-D enabled."""
+  st = lambda d, L, h, f, name, w=512: TransformerConfig(d, L, h, ffn_dim=f, window=w, name=name)
+  return BLTConfig(encoder=st(1024, 1, 16, 2816, "encoder"),
+                   global_=st(2048, 25, 16, 5632, "global", None),
+                   decoder=st(1024, 9, 16, 2816, "decoder"),
+                   hash=HashConfig() if hashed else HashConfig(group_sizes=(), nb_functions=0),
+                   patcher=PatcherConfig(mode="static", patch_size=4),
+                   diffusion=DiffusionConfig(block_size=block_size), dtype=dtype, remat=remat)
+
+
+def _bytes(res) -> float:
+  return sum(math.prod(a.shape) * a.dtype.itemsize for a, why in res
+             if not why.startswith("from the argument")) / GIB
+
+
+def _batch(seq_len: int):
+  sds = jax.ShapeDtypeStruct
+  return dict(ids=sds((1, seq_len), jnp.int32), valid=sds((1, seq_len), bool),
+              doc_ids=sds((1, seq_len), jnp.int32), start=sds((1, seq_len + 1), bool))
+
+
+def residuals(cfg: BLTConfig, seq_len: int, max_patches: int, objective: str) -> float:
+  params = model.abstract_params(cfg)
+  params = {k: params[k] for k in model.BLT_KEYS}
+
+  def loss(p, bb):
+    if objective == "bltd":
+      return diffusion.bltd_loss(p, cfg, bb, jax.random.key(0), max_patches=max_patches)[0]
+    logits = model.forward(p, cfg, bb["ids"], bb["start"], jnp.sum(bb["valid"], axis=1),
+                           max_patches, bb["doc_ids"])
+    return jnp.mean(logits[..., 0])
+
+  return _bytes(saved_residuals(loss, params, _batch(seq_len)))
+
+
+def layer_residuals(cfg: BLTConfig, seq_len: int, num_blocks: int) -> float:
+  """One decoder layer over both streams without remat (the backward-pass transient)."""
+  cfg = cfg.replace(remat="none")
+  z, d = cfg.diffusion.block_size, cfg.decoder
+  dt = jnp.dtype(cfg.dtype)
+  sds = jax.ShapeDtypeStruct
+  s, m = seq_len, num_blocks
+  params = model.abstract_params(cfg)
+  plan = diffusion.make_plan(cfg, s, m)
+  fn = diffusion._layer(cfg, "local_decoder", 0, plan)
+  c = dict(pos_BxS=sds((1, s), jnp.int32), doc_BxS=sds((1, s), jnp.int32),
+           valid_BxS=sds((1, s), bool), lat_BxS=sds((1, s), jnp.int32))
+  bl = dict(pos_BxMxZ=sds((1, m, z), jnp.int32), valid_BxMxZ=sds((1, m, z), bool),
+            start_BxM=sds((1, m), jnp.int32), doc_BxM=sds((1, m), jnp.int32),
+            lat_BxM=sds((1, m), jnp.int32))
+  kv = sds((1, m + 1, cfg.cross_attn_k, d.n_heads, d.head_dim), dt)
+  f = lambda p, hc, hb, kv_i, c, bl: sum(jnp.sum(x.astype(jnp.float32))
+                                         for x in fn(p, hc, hb, c, bl, kv_i))
+  return _bytes(saved_residuals(f, params, sds((1, s, d.dim), dt), sds((1, m, z, d.dim), dt),
+                                (kv, kv), c, bl))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--seq_len", type=int, default=8192)
+  ap.add_argument("--block_sizes", default="16", help="comma-separated Z values")
+  ap.add_argument("--patch", type=float, default=4.0, help="mean patch length: P = S / patch + 1")
+  ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
+  ap.add_argument("--dtype", default="bfloat16")
+  ap.add_argument("--objective", default="bltd", choices=("bltd", "blt", "both"))
+  a = ap.parse_args()
+  p = int(a.seq_len / a.patch) + 1
+  for z in (int(v) for v in a.block_sizes.split(",")):
+    cfg = config_1b(z, a.remat, a.dtype)
+    for obj in (("bltd", "blt") if a.objective == "both" else (a.objective,)):
+      row = dict(objective=obj, seq_len=a.seq_len, block_size=z if obj == "bltd" else 0,
+                 patches=p, remat=a.remat, dtype=a.dtype)
+      row["resid_gib"] = residuals(cfg, a.seq_len, p, obj)
+      if obj == "bltd":
+        plan = diffusion.make_plan(cfg, a.seq_len, p - 1)
+        row["plan"] = str(plan)
+        row["layer_gib"] = layer_residuals(cfg, a.seq_len, p - 1)
+        row["peak_gib"] = row["resid_gib"] + row["layer_gib"]
+        est = diffusion.activation_bytes(cfg, a.seq_len, p - 1, p,
+                                         jnp.dtype(a.dtype).itemsize, plan)
+        row["formula_gib"] = est["total"] / GIB
+      print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()
