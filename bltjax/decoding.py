@@ -115,21 +115,26 @@ def _ring_write(buf_BxRx, pos_BxQ, new_BxQx, write_BxQ):
 
 
 def _step_layers(layers, x_BxQxD, pos_BxQ, write_BxQ, kv: KV, window, cross=None):
-  """Runs Q new positions per row through cached layers; returns (x, updated KV)."""
-  kpos = _ring_write(kv.pos, pos_BxQ, pos_BxQ, write_BxQ)
+  """Runs Q new positions per row through cached layers; returns (x, updated KV).
+
+  Keys are scattered straight into the stacked [L, B, R, ...] buffers (in place under donation);
+  rows or positions that must not write use an out-of-range slot, which the scatter drops.
+  """
+  r = kv.pos.shape[1]
+  b_BxQ = jnp.broadcast_to(jnp.arange(pos_BxQ.shape[0])[:, None], pos_BxQ.shape)
+  slot_BxQ = jnp.where(write_BxQ, pos_BxQ % r, r)
+  kpos = kv.pos.at[b_BxQ, slot_BxQ].set(pos_BxQ, mode="drop")
   zeros_q, zeros_k = jnp.zeros_like(pos_BxQ), jnp.zeros_like(kpos)
   mask = local_mask(pos_BxQ, kpos, zeros_q, zeros_k, kpos >= 0, window)
-  ks, vs = [], []
+  k_all, v_all = kv.k, kv.v
   for i, layer in enumerate(layers):
     if cross is not None:
       x_BxQxD = cross(i, x_BxQxD)
     q, k, v = layer.attn_in(x_BxQxD, pos_BxQ)
-    kc = _ring_write(kv.k[i], pos_BxQ, k, write_BxQ)
-    vc = _ring_write(kv.v[i], pos_BxQ, v, write_BxQ)
-    x_BxQxD = layer.attn_out(x_BxQxD, attend(q, kc, vc, mask))
-    ks.append(kc)
-    vs.append(vc)
-  return x_BxQxD, KV(jnp.stack(ks), jnp.stack(vs), kpos)
+    k_all = k_all.at[i, b_BxQ, slot_BxQ].set(k.astype(k_all.dtype), mode="drop")
+    v_all = v_all.at[i, b_BxQ, slot_BxQ].set(v.astype(v_all.dtype), mode="drop")
+    x_BxQxD = layer.attn_out(x_BxQxD, attend(q, k_all[i], v_all[i], mask))
+  return x_BxQxD, KV(k_all, v_all, kpos)
 
 
 def _ring_from_prefill(k_LxBxSxGxK, v_LxBxSxGxK, lengths_B, r: int) -> KV:
@@ -306,6 +311,7 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
     buf, n_closed, gk, gv, lat_k, lat_v = args
 
     def glob_fn(m, buf, blen, pidx, gk, gv):
+      qidx = jnp.minimum(pidx, gk.shape[2] - 1)
       enc = m.local_encoder
       valid = jnp.arange(buf.shape[1])[None] < blen[:, None]
       pid = jnp.zeros(buf.shape[:2], jnp.int32)
@@ -314,31 +320,25 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
       x = g.project_in(x_g)
       pmax = gk.shape[2]
       kpos = jnp.broadcast_to(jnp.arange(pmax)[None], (buf.shape[0], pmax))
-      kvalid = kpos <= pidx[:, None]
-      mask = local_mask(pidx[:, None], kpos, jnp.zeros_like(pidx)[:, None],
-                        jnp.zeros_like(kpos), kvalid, None)
-      ks, vs = [], []
+      mask = local_mask(qidx[:, None], kpos, jnp.zeros_like(qidx)[:, None],
+                        jnp.zeros_like(kpos), kpos <= qidx[:, None], None)
+      rows = jnp.arange(buf.shape[0])
       for i, layer in enumerate(g.layers):
-        q, k, v = layer.attn_in(x, pidx[:, None])
-        kc = jax.vmap(lambda c, j, kk: c.at[j].set(kk[0], mode="drop"))(gk[i], pidx, k)
-        vc = jax.vmap(lambda c, j, vv: c.at[j].set(vv[0], mode="drop"))(gv[i], pidx, v)
-        x = layer.attn_out(x, attend(q, kc, vc, mask))
-        ks.append(kc)
-        vs.append(vc)
+        q, k, v = layer.attn_in(x, qidx[:, None])
+        # pidx is out of range for rows that do not close a patch: their write is dropped.
+        gk = gk.at[i, rows, pidx].set(k[:, 0].astype(gk.dtype), mode="drop")
+        gv = gv.at[i, rows, pidx].set(v[:, 0].astype(gv.dtype), mode="drop")
+        x = layer.attn_out(x, attend(q, gk[i], gv[i], mask))
       lk = m.local_decoder.latent_kv(x)
-      return (jnp.stack(ks), jnp.stack(vs), jnp.stack([k[:, 0] for k, _ in lk]),
-              jnp.stack([v[:, 0] for _, v in lk]))
+      return (gk, gv, jnp.stack([k[:, 0] for k, _ in lk]), jnp.stack([v[:, 0] for _, v in lk]))
 
-    pidx = jnp.where(start_B, n_closed, gk.shape[2])  # rows not closing write nowhere
-    gk2, gv2, lk, lv = M.blt_module(cfg).apply(
-      {"params": M.blt_params(params)}, buf, new_len, jnp.minimum(pidx, gk.shape[2] - 1),
-      gk, gv, method=glob_fn)
-    sel = start_B
-    gk = jnp.where(sel[None, :, None, None, None], gk2, gk)
-    gv = jnp.where(sel[None, :, None, None, None], gv2, gv)
-    lat_k = jnp.where(sel[None, :, None, None, None], lk, lat_k)
-    lat_v = jnp.where(sel[None, :, None, None, None], lv, lat_v)
-    return buf, n_closed + sel.astype(jnp.int32), gk, gv, lat_k, lat_v
+    pidx = jnp.where(start_B, n_closed, gk.shape[2])
+    gk, gv, lk, lv = M.blt_module(cfg).apply(
+      {"params": M.blt_params(params)}, buf, new_len, pidx, gk, gv, method=glob_fn)
+    sel = start_B[None, :, None, None, None]
+    lat_k = jnp.where(sel, lk, lat_k)
+    lat_v = jnp.where(sel, lv, lat_v)
+    return buf, n_closed + start_B.astype(jnp.int32), gk, gv, lat_k, lat_v
 
   args = (buf, state.n_closed, state.glob_k, state.glob_v, state.lat_k, state.lat_v)
   buf, n_closed, gk, gv, lat_k, lat_v = jax.lax.cond(jnp.any(start_B), close, lambda a: a, args)
