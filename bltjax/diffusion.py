@@ -18,10 +18,13 @@ Attention without an (S + M·Z)² mask (§3.7). Per decoder layer:
   * clean: local causal attention over S, either dense [S, S] (short rows) or the *segment*
     formulation: segments of Q queries attend the keys of their own and the ceil((W-1)/Q)
     previous segments, [S/Q, Q, (n_W + 1)·Q] scores per head, exact.
-  * blocks: each block gathers the clean K/V rows [s_p - W, s_p) and appends its own Z rows:
-    [M, Z, W + Z] scores per head, exact. With `block_chunk`, blocks run in chunks of Mc under
-    `lax.map` + `jax.checkpoint`, so the gathered K/V ([Mc, W, 2, G, K]) and the scores exist for
-    one chunk at a time, forward and backward.
+  * blocks ("gather", long rows): each block gathers the clean K/V rows [s_p - W, s_p) and
+    appends its own Z rows: [M, Z, W + Z] scores per head, exact. With `block_chunk`, blocks run
+    in chunks of Mc under `lax.map` + `jax.checkpoint`, so the gathered K/V ([Mc, W, 2, G, K])
+    and the scores exist for one chunk at a time, forward and backward.
+  * blocks ("dense" prefix, rows of S <= 2W): a chunk of C blocks attends all S clean keys plus
+    its C·Z block keys under the mask, [C·Z, S + C·Z] scores: no gather, whose traffic is W/Z
+    times the block stream.
   * cross-attention: block m reads the C keys of o_m directly (no per-byte gather).
 
 Activation memory per row (bytes; b = activation bytes, 2 for bf16; D = local width, F = local
@@ -42,7 +45,8 @@ N/S = 1 + Z·M/S ≈ 1 + Z/n_p (5 at n_p = 4, Z = 16).
 
 Public API:
   build_blocks, sample_t, corrupt_blocks                    §3.1 / §3.2
-  local_attend, block_attend, block_prefix_attend           attention kernels (§3.5, §3.7)
+  local_attend, block_attend, block_prefix_attend,
+  block_dense_prefix_attend, make_plan                      attention kernels (§3.5, §3.7)
   bltd_forward, bltd_loss                                   training (§3.8)
   decode_blocks                                             inference reuse (BLT-D / BLT-DV)
   dense_reference_mask, activation_bytes                    tests and docs
@@ -243,7 +247,7 @@ def block_prefix_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray,
   j >= 0, valid and in the block's document; clean positions are the indices 0..S-1.
   """
   b, s = cvalid_BxS.shape
-  w = s if window is None else window
+  w = s if window is None else min(window, s)  # no key before position 0 exists
   rows = jnp.arange(b, dtype=jnp.int32)[:, None, None]
 
   def body(q, k, v, val, start, doc):
@@ -251,6 +255,40 @@ def block_prefix_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray,
     jc = jnp.clip(j_BxCxW, 0, s - 1)
     pmask = (j_BxCxW >= 0) & cvalid_BxS[rows, jc] & (cdoc_BxS[rows, jc] == doc[:, :, None])
     return block_attend(q, k, v, val, kc_BxSxGxK[rows, jc], vc_BxSxGxK[rows, jc], pmask)
+
+  return _map_chunks(body, chunk, q_BxMxZxHxK, k_BxMxZxGxK, v_BxMxZxGxK, valid_BxMxZ,
+                     start_BxM, doc_BxM)
+
+
+def block_dense_prefix_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray,
+                              v_BxMxZxGxK: jnp.ndarray, valid_BxMxZ: jnp.ndarray,
+                              start_BxM: jnp.ndarray, doc_BxM: jnp.ndarray,
+                              kc_BxSxGxK: jnp.ndarray, vc_BxSxGxK: jnp.ndarray,
+                              cvalid_BxS: jnp.ndarray, cdoc_BxS: jnp.ndarray, window: int | None,
+                              chunk: int | None = None) -> jnp.ndarray:
+  """Same result as `block_prefix_attend` without gathering: for rows of up to ~2W bytes.
+
+  A chunk of C blocks attends [all S clean keys ; the chunk's C·Z block keys] under the §3.5
+  mask (window from the block start, block-diagonal among blocks): [C·Z, S + C·Z] scores per
+  head. No per-block copy of W clean K/V rows, which costs W/Z times the block stream itself.
+  """
+  b, s = cvalid_BxS.shape
+  j_1x1xS = jnp.arange(s, dtype=jnp.int32)[None, None, :]
+
+  def body(q, k, v, val, start, doc):
+    c, z = val.shape[1:]
+    pm = ((j_1x1xS < start[:, :, None]) & cvalid_BxS[:, None, :]
+          & (cdoc_BxS[:, None, :] == doc[:, :, None]))
+    if window is not None:
+      pm &= j_1x1xS >= start[:, :, None] - window
+    pm_BxCZxS = jnp.broadcast_to(pm[:, :, None, :], (b, c, z, s)).reshape(b, c * z, s)
+    own = jnp.eye(c, dtype=bool)[None, :, None, :, None] & val[:, None, None, :, :]
+    own_BxCZxCZ = jnp.broadcast_to(own, (b, c, z, c, z)).reshape(b, c * z, c * z)
+    flat = lambda x: x.reshape(b, c * z, *x.shape[3:])
+    o = attend(flat(q), jnp.concatenate([kc_BxSxGxK, flat(k)], axis=1),
+               jnp.concatenate([vc_BxSxGxK, flat(v)], axis=1),
+               jnp.concatenate([pm_BxCZxS, own_BxCZxCZ], axis=2))
+    return o.reshape(b, c, z, *o.shape[2:])
 
   return _map_chunks(body, chunk, q_BxMxZxHxK, k_BxMxZxGxK, v_BxMxZxGxK, valid_BxMxZ,
                      start_BxM, doc_BxM)
@@ -267,31 +305,43 @@ class AttnPlan:
   clean_segment: int | None = None  # Q for the clean stream's segment form
   clean_chunk: int | None = None  # segments per lax.map step
   block_chunk: int | None = None  # blocks per lax.map step
+  block_prefix: str = "gather"  # "gather" (W rows per block) | "dense" (all S keys, masked)
 
 
 def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int | str | None =
-              "auto", block_chunk: int | str | None = "auto",
+              "auto", block_chunk: int | str | None = "auto", block_prefix: str = "auto",
               budget: int = CHUNK_BUDGET_BYTES) -> AttnPlan:
-  """Picks the segment form once dense clean attention would waste > 2x, and chunk sizes so the
-  transient attention buffers of one layer stay under `budget` bytes per row."""
+  """Picks the layouts from static shapes; every choice gives the same values.
+
+  clean: segments once dense [S, S] attention would waste > 2x (S > 2W). blocks: "dense" prefix
+  keys while S <= 2W (scores M·Z·S, no gather), else "gather" (scores M·Z·(W+Z) plus W gathered
+  rows per block). Chunk sizes keep one layer's transient attention buffers under `budget` bytes
+  per row.
+  """
   d = cfg.decoder
   win = d.window
+  s = seq_len
   seg = clean_segment
   if seg == "auto":
-    seg = None if win is None or seq_len <= 2 * win else min(win, 256)
+    seg = None if win is None or s <= 2 * win else min(win, 256)
   seg_chunk = None
   if seg is not None:
     n_prev = -(-(win - 1) // seg)
     per_seg = 12 * d.n_heads * seg * (n_prev + 1) * seg + 8 * (n_prev + 1) * seg * d.dim
     seg_chunk = max(1, budget // per_seg)
+  mode = block_prefix
+  if mode == "auto":
+    mode = "dense" if win is None or s <= 2 * win else "gather"
+  z = cfg.diffusion.block_size
   chunk = block_chunk
   if chunk == "auto":
-    z = cfg.diffusion.block_size
-    w = seq_len if win is None else win
-    per_block = 12 * d.n_heads * z * (w + z) + 8 * w * d.kv_heads * d.head_dim
-    chunk = max(1, budget // per_block)
+    if mode == "dense":  # C·Z <= S keeps the block-diagonal part no larger than the prefix
+      chunk = min(max(1, s // max(z, 1)), max(1, budget // (12 * d.n_heads * z * 2 * s)))
+    else:
+      w = min(s if win is None else win, s)
+      chunk = max(1, budget // (12 * d.n_heads * z * (w + z) + 8 * w * d.kv_heads * d.head_dim))
     chunk = None if chunk >= num_blocks else chunk
-  return AttnPlan(seg, seg_chunk, chunk)
+  return AttnPlan(seg, seg_chunk, chunk, mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,9 +413,9 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     flat = hb.reshape(b, nm * z, d)
     qb, kb, vb = blk.attn_in(flat, bl["pos_BxMxZ"].reshape(b, nm * z))
     unflat = lambda x: x.reshape(b, nm, z, *x.shape[2:])
-    ob = block_prefix_attend(unflat(qb), unflat(kb), unflat(vb), bl["valid_BxMxZ"],
-                             bl["start_BxM"], bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"],
-                             tc.window, plan.block_chunk)
+    kern = block_dense_prefix_attend if plan.block_prefix == "dense" else block_prefix_attend
+    ob = kern(unflat(qb), unflat(kb), unflat(vb), bl["valid_BxMxZ"], bl["start_BxM"],
+              bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"], tc.window, plan.block_chunk)
     hb = blk.attn_out(flat, ob.reshape(b, nm * z, *ob.shape[3:])).reshape(b, nm, z, d)
     return hc, hb
 
@@ -471,7 +521,8 @@ def _patch_count(cfg: BLTConfig, seq_len: int, max_patches: int | None) -> tuple
 def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], rng: jax.Array,
                  *, max_patches: int | None = None, t: float | jnp.ndarray | None = None,
                  with_blocks: bool = True, clean_segment: int | str | None = "auto",
-                 block_chunk: int | str | None = "auto") -> dict[str, Any]:
+                 block_chunk: int | str | None = "auto", block_prefix: str = "auto"
+                 ) -> dict[str, Any]:
   """Both streams' logits for a batch (§3.8 steps 2–7).
 
   Args:
@@ -482,7 +533,8 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
     max_patches: static global patch slots P (default: diffusion.max_blocks + 1, else S + 1).
     t: fixed noise level (scalar or [B]) instead of sampling, e.g. 0.5 for evaluation.
     with_blocks: False runs the clean stream only (plain BLT; the "no block branch" check).
-    clean_segment, block_chunk: attention layout (`make_plan`); exact for every value.
+    clean_segment, block_chunk, block_prefix: attention layout (`make_plan`); exact for every
+      value.
 
   Returns dict with clean_logits_BxSxV, block_logits_BxMxZxV (None without blocks), blocks
   (`build_blocks` dict), noisy_BxMxZ, mask_BxMxZ, t_B, and valid_BxS / start_BxS1 after the cut
@@ -495,7 +547,7 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
   p, nm = _patch_count(cfg, s, max_patches)
   start, valid = truncate_to_patches(start, valid, p)
   ids = jnp.where(valid, ids, 0)
-  plan = make_plan(cfg, s, nm, clean_segment, block_chunk)
+  plan = make_plan(cfg, s, nm, clean_segment, block_chunk, block_prefix)
   pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (b, s))
   a = model.byte_arrays(start, ids, valid, p)
   dt = dtype_of(cfg.dtype)
@@ -625,8 +677,8 @@ def loss_from_outputs(cfg: BLTConfig, batch: dict[str, jnp.ndarray],
 
 def bltd_loss(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], rng: jax.Array,
               *, max_patches: int | None = None, t: float | jnp.ndarray | None = None,
-              clean_segment: int | str | None = "auto",
-              block_chunk: int | str | None = "auto") -> tuple[jnp.ndarray, Metrics]:
+              clean_segment: int | str | None = "auto", block_chunk: int | str | None = "auto",
+              block_prefix: str = "auto") -> tuple[jnp.ndarray, Metrics]:
   """BLT-D training loss (fast_blt.md §3.8) and metrics, under the `losses.py` contract.
 
   batch: ids int32 [B,S] (BOS 1, bytes + 4, EOS 2, pad 0), valid bool [B,S], doc_ids int32
@@ -640,7 +692,8 @@ def bltd_loss(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], rng
   sum), n_masked, n_masked_correct, n_block_targets, n_blocks, n_dropped_blocks, t_mean.
   """
   out = bltd_forward(params, cfg, batch, rng, max_patches=max_patches, t=t,
-                     clean_segment=clean_segment, block_chunk=block_chunk)
+                     clean_segment=clean_segment, block_chunk=block_chunk,
+                     block_prefix=block_prefix)
   return loss_from_outputs(cfg, batch, out)
 
 
@@ -786,7 +839,11 @@ def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches:
     nseg = -(-s // q) if plan.clean_chunk is None else min(plan.clean_chunk, -(-s // q))
     clean_attn = 12 * d.n_heads * nseg * q * (-(-(w - 1) // q) + 1) * q
   mc = m if plan.block_chunk is None else plan.block_chunk
-  block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * b * mc * w * d.dim
+  if plan.block_prefix == "dense":
+    block_attn = 12 * d.n_heads * mc * z * (s + mc * z) + 2 * b * (s + mc * z) * d.dim
+  else:
+    w = min(w, s)
+    block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * b * mc * w * d.dim
   out = dict(local=float(local), global_=float(glob), logits=8.0 * n * cfg.vocab_size,
              attention=float(max(clean_attn, block_attn)))
   out["total"] = sum(out.values())
@@ -794,6 +851,7 @@ def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches:
 
 
 __all__ = ["build_blocks", "sample_t", "corrupt_blocks", "local_attend", "block_attend",
-           "block_prefix_attend", "AttnPlan", "make_plan", "bltd_forward", "bltd_loss",
+           "block_prefix_attend", "block_dense_prefix_attend", "AttnPlan", "make_plan",
+           "bltd_forward", "bltd_loss",
            "loss_from_outputs", "clean_targets", "decode_blocks", "clean_decoder_kv",
            "dense_reference_mask", "activation_bytes", "MASK_ID"]

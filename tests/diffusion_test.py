@@ -170,9 +170,11 @@ def _rand(key, *shape):
   return jax.random.normal(key, shape, jnp.float32)
 
 
-@pytest.mark.parametrize("chunk", [None, 2])
-def test_block_kernel_equals_dense_attention(chunk):
-  """Gathered-window block attention (optionally chunked + remat) = dense masked attention."""
+@pytest.mark.parametrize("kind,chunk", [("gather", None), ("gather", 2), ("dense", None),
+                                        ("dense", 4)])
+def test_block_kernel_equals_dense_attention(kind, chunk):
+  """Both block kernels (gathered window / masked full prefix; optionally chunked + remat) equal
+  dense attention under the §3.5 mask over [clean ; all blocks]."""
   b = hand_batch()
   bl = blocks(b)
   h, g, kd, nm = 4, 2, 8, 6
@@ -183,9 +185,11 @@ def test_block_kernel_equals_dense_attention(chunk):
   pos = jnp.broadcast_to(jnp.arange(S)[None, :], (2, S))
   valid, doc = jnp.asarray(b["valid"]), jnp.asarray(b["doc_ids"])
 
+  kern = dict(gather=diffusion.block_prefix_attend, dense=diffusion.block_dense_prefix_attend)
+
   def kernel(qb, kb, vb, kc, vc):
-    return diffusion.block_prefix_attend(qb, kb, vb, bl["valid_BxMxZ"], bl["start_BxM"],
-                                         bl["doc_BxM"], kc, vc, valid, doc, 3, chunk)
+    return kern[kind](qb, kb, vb, bl["valid_BxMxZ"], bl["start_BxM"], bl["doc_BxM"], kc, vc,
+                      valid, doc, 3, chunk)
 
   def dense(qb, kb, vb, kc, vc):
     mask = diffusion.dense_reference_mask(pos, doc, valid, bl["start_BxM"], bl["doc_BxM"],
@@ -259,12 +263,17 @@ def setup(block_input: str = "tok_embeddings"):
 
 @functools.cache
 def fwd(block_input: str = "tok_embeddings", with_blocks: bool = True, clean_segment=None,
-        block_chunk=None):
-  """One compiled forward per layout, shared by the tests: (params, batch, t) -> outputs."""
+        block_chunk=None, block_prefix=None):
+  """One compiled forward per layout, shared by the tests: (params, batch, t) -> outputs.
+
+  Default layouts: dense clean attention; blocks by the gathered window for tok_embeddings and by
+  the masked full prefix for encoder_states, so the reference test covers both kernels.
+  """
   cfg = setup(block_input)[0]
+  block_prefix = block_prefix or ("gather" if block_input == "tok_embeddings" else "dense")
   return jit(lambda pp, bb, t: diffusion.bltd_forward(
     pp, cfg, bb, jax.random.key(2), max_patches=S + 1, t=t, with_blocks=with_blocks,
-    clean_segment=clean_segment, block_chunk=block_chunk))
+    clean_segment=clean_segment, block_chunk=block_chunk, block_prefix=block_prefix))
 
 
 @functools.cache
