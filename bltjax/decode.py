@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import decoding as D, nfe, weights  # noqa: PLC0415
+  from bltjax import decoding as D  # noqa: PLC0415
+  from bltjax import nfe, weights
 
   out_path = Path(a.output)
   done = done_ids_of(out_path) if a.resume else set()
@@ -153,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
       batch = ok_rows[i:i + a.batch_size]
       t0 = time.perf_counter()
       res = D.generate(params, cfg, [r["prompt"] for r in batch], max_new=a.max_new_bytes,
-                       sc=sc, seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops,
-                       max_patches=D.bucket(a.max_context + 2))
+                       sc=sc, seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)
       dt = time.perf_counter() - t0
       for r, g in zip(batch, res, strict=True):
         rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),

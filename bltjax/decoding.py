@@ -7,8 +7,9 @@ cross-attention + global step. Neither reference implementation caches anything.
 State invariant after `prefill` and after every `step`, per row with `n` committed ids:
   * the entropy / encoder / decoder KV rings hold positions 0..n-1 (the last R of them);
   * `next_start` says whether slot n starts a patch (decided from H[n-1]);
-  * patches 0..n_closed-1 are closed and their keys/values are in the global cache; the open
-    patch has index n_closed and its byte states are in `patch_buf[:, :patch_len]` (empty when
+  * patches 0..n_closed-1 are closed and their keys/values are in the global cache (the newest
+    one possibly still in `pend_k/pend_v`, see `flush_global`); the open
+    patch has index n_closed; `patch_max` and `patch_k/v[:, :patch_len]` hold its bytes (none when
     slot n starts a patch, because the patch holding byte n-1 was closed already);
   * `lat_k/lat_v` are the decoder cross-attention keys/values of the latent of patch
     n_closed-1 — the latent position n-1 reads by the previous-patch rule (blt.md §4.4);
@@ -30,11 +31,12 @@ import numpy as np
 from bltjax import model as M
 from bltjax import patching
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
-from bltjax.layers import attend, local_mask
+from bltjax.layers import attend, attend_hm, attend_prefix, local_mask
 
 
 class KV(NamedTuple):
-  """A ring buffer of keys/values for one stack: k, v [L, B, R, G, K]; pos [B, R] (-1 empty)."""
+  """A ring buffer of keys/values for one stack: k, v [L, B, G, R, K] (head-major, so attention
+  reads it without transposes); pos [B, R] (-1 empty)."""
 
   k: jax.Array
   v: jax.Array
@@ -47,10 +49,15 @@ class DecodeState:
   ent: KV | None
   enc: KV
   dec: KV
-  glob_k: jax.Array  # [Lg, B, Pmax, G, K]
+  glob_k: jax.Array  # [Lg, B, G, Pmax, K]
   glob_v: jax.Array
+  pend_k: jax.Array  # [Lg, B, G, K] keys of the patch closed last step, written next step
+  pend_v: jax.Array
+  pend_idx: jax.Array  # [B] their global slot (Pmax = nothing pending)
   n_closed: jax.Array  # [B] closed patches (= index of the open patch)
-  patch_buf: jax.Array  # [B, Pcap, De] encoder byte states of the open patch
+  patch_max: jax.Array  # [B, De] running max of the open patch's byte states (pooling init)
+  patch_k: jax.Array  # [B, Pcap, Hx, Kx] encoder cross-attention keys of the open patch's bytes
+  patch_v: jax.Array
   patch_len: jax.Array  # [B]
   lat_k: jax.Array  # [Ld, B, C, Hx, Kx] latent keys the decoder reads now
   lat_v: jax.Array
@@ -62,13 +69,22 @@ class DecodeState:
   logits: jax.Array  # [B, V] fp32 at position n-1
 
 
+GLOBAL_CHUNK = 128  # global-cache slots read per attention block while decoding
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheSpec:
   """Static sizes of the decoding state."""
 
-  max_patches: int  # global cache slots; a row that needs more stops with "context"
+  max_patches: int  # global cache slots (a multiple of GLOBAL_CHUNK when larger); a row that
+  # needs more stops with "context"
   patch_cap: int = 512  # bytes one patch may hold (blt.md §11.3); max_patch_length if set
   ring_extra: int = 0  # extra ring slots for multi-position (speculative) steps
+
+  def __post_init__(self):
+    if self.max_patches > GLOBAL_CHUNK and self.max_patches % GLOBAL_CHUNK:
+      raise ValueError(f"max_patches={self.max_patches} must be <= {GLOBAL_CHUNK} or a multiple "
+                       "of it")
 
   def ring(self, window: int | None, max_len: int) -> int:
     return (window if window is not None else max_len) + self.ring_extra
@@ -131,9 +147,10 @@ def _step_layers(layers, x_BxQxD, pos_BxQ, write_BxQ, kv: KV, window, cross=None
     if cross is not None:
       x_BxQxD = cross(i, x_BxQxD)
     q, k, v = layer.attn_in(x_BxQxD, pos_BxQ)
-    k_all = k_all.at[i, b_BxQ, slot_BxQ].set(k.astype(k_all.dtype), mode="drop")
-    v_all = v_all.at[i, b_BxQ, slot_BxQ].set(v.astype(v_all.dtype), mode="drop")
-    x_BxQxD = layer.attn_out(x_BxQxD, attend(q, k_all[i], v_all[i], mask))
+    # Advanced indices around a slice: the update is [B, Q, G, K], exactly k's shape.
+    k_all = k_all.at[i, b_BxQ, :, slot_BxQ].set(k.astype(k_all.dtype), mode="drop")
+    v_all = v_all.at[i, b_BxQ, :, slot_BxQ].set(v.astype(v_all.dtype), mode="drop")
+    x_BxQxD = layer.attn_out(x_BxQxD, attend_hm(q, k_all[i], v_all[i], mask))
   return x_BxQxD, KV(k_all, v_all, kpos)
 
 
@@ -148,9 +165,9 @@ def _ring_from_prefill(k_LxBxSxGxK, v_LxBxSxGxK, lengths_B, r: int) -> KV:
   take = jax.vmap(lambda a, i: a[i])  # per row: [S, G, K] gathered at [R]
   k = jax.vmap(lambda a: take(a, t_c))(k_LxBxSxGxK)
   v = jax.vmap(lambda a: take(a, t_c))(v_LxBxSxGxK)
-  return KV(jnp.where(ok[None, :, :, None, None], k, 0), jnp.where(ok[None, :, :, None, None],
-                                                                   v, 0),
-            jnp.where(ok, t_BxR, -1).astype(jnp.int32))
+  k = jnp.where(ok[None, :, :, None, None], k, 0).transpose(0, 1, 3, 2, 4)
+  v = jnp.where(ok[None, :, :, None, None], v, 0).transpose(0, 1, 3, 2, 4)
+  return KV(k, v, jnp.where(ok, t_BxR, -1).astype(jnp.int32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,12 +243,18 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec) -> Deco
   cap = spec.patch_cap
   idx = jnp.clip(open_start[:, None] + jnp.arange(cap)[None], 0, s - 1)
   buf = jnp.take_along_axis(h, idx[..., None], axis=1)
-  buf = jnp.where((jnp.arange(cap)[None] < patch_len[:, None])[..., None], buf, 0)
+  in_patch = jnp.arange(cap)[None] < patch_len[:, None]
+  buf = jnp.where(in_patch[..., None], buf, 0)
+  pk, pv = M.blt_module(cfg).apply({"params": M.blt_params(params)}, buf,
+                                   method=lambda m, x: m.local_encoder.pool_kv(x))
+  pmax_BxD = jnp.max(jnp.where(in_patch[..., None], buf, -jnp.inf), axis=1)
+  pmax_BxD = jnp.where(patch_len[:, None] > 0, pmax_BxD, 0).astype(buf.dtype)
 
   pmax = spec.max_patches
   pad_p = max(0, pmax - p)
   gk = jnp.pad(g_k, ((0, 0), (0, 0), (0, pad_p), (0, 0), (0, 0)))[:, :, :pmax]
   gv = jnp.pad(g_v, ((0, 0), (0, 0), (0, pad_p), (0, 0), (0, 0)))[:, :, :pmax]
+  gk, gv = gk.transpose(0, 1, 3, 2, 4), gv.transpose(0, 1, 3, 2, 4)
 
   lat_idx = jnp.clip(n_closed - 1, 0, p - 1)
   o_lat = o[rows, lat_idx][:, None]
@@ -246,7 +269,10 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec) -> Deco
     ent=ent_kv,
     enc=_ring_from_prefill(enc_k, enc_v, lengths_B, spec.ring(cfg.encoder.window, s)),
     dec=_ring_from_prefill(dk, dv, lengths_B, spec.ring(win_d, s)),
-    glob_k=gk, glob_v=gv, n_closed=n_closed, patch_buf=buf, patch_len=patch_len,
+    glob_k=gk, glob_v=gv, pend_k=jnp.zeros(gk.shape[:3] + gk.shape[4:], gk.dtype),
+    pend_v=jnp.zeros(gv.shape[:3] + gv.shape[4:], gv.dtype),
+    pend_idx=jnp.full((b,), gk.shape[3], jnp.int32), n_closed=n_closed, patch_max=pmax_BxD,
+    patch_k=pk, patch_v=pv, patch_len=patch_len,
     lat_k=lat_k, lat_v=lat_v, n=n, hist=hist.astype(jnp.int32),
     H_last=(h_BxS[rows, last] if h_BxS is not None else jnp.zeros((b,), jnp.float32)),
     rule_start=rule_BxS1[rows, n], next_start=next_start, logits=logits[rows, last])
@@ -260,6 +286,16 @@ def _latent_kv(params, cfg, o_Bx1xDg):
 
 # ------------------------------------------------------------------------------------------------
 # One byte.
+
+
+def flush_global(state: DecodeState) -> tuple[jax.Array, jax.Array]:
+  """The global cache with the pending keys written (in place under donation)."""
+  rows = jnp.arange(state.pend_idx.shape[0])
+  gk, gv = state.glob_k, state.glob_v
+  for i in range(gk.shape[0]):
+    gk = gk.at[i, rows, :, state.pend_idx].set(state.pend_k[i], mode="drop")
+    gv = gv.at[i, rows, :, state.pend_idx].set(state.pend_v[i], mode="drop")
+  return gk, gv
 
 
 def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
@@ -292,12 +328,21 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
     e = enc.embed(hist, hpos, hpos >= 0)[:, -1:]
     return _step_layers(enc.layers, e, pos, w, kv, cfg.encoder.window)
 
-  h_Bx1xD, enc_kv = M.blt_module(cfg).apply({"params": M.blt_params(params)}, hist, pos,
-                                            state.enc, method=enc_fn)
-  cap = state.patch_buf.shape[1]
-  buf = jax.vmap(lambda bf, i, v: bf.at[i].set(v, mode="drop"))(
-    state.patch_buf, jnp.where(active_B, patch_len, cap), h_Bx1xD[:, 0].astype(
-      state.patch_buf.dtype))
+  def enc_fn2(m, hist, pos, kv):
+    h, kv = enc_fn(m, hist, pos, kv)
+    return h, kv, m.local_encoder.pool_kv(h)
+
+  h_Bx1xD, enc_kv, (hk, hv) = M.blt_module(cfg).apply(
+    {"params": M.blt_params(params)}, hist, pos, state.enc, method=enc_fn2)
+  # The open patch keeps a running max (pooling init) and its bytes' cross-attention K/V.
+  cap = state.patch_k.shape[1]
+  rows = jnp.arange(x_B.shape[0])
+  slot = jnp.where(active_B, patch_len, cap)
+  pk = state.patch_k.at[rows, slot].set(hk[:, 0].astype(state.patch_k.dtype), mode="drop")
+  pv = state.patch_v.at[rows, slot].set(hv[:, 0].astype(state.patch_v.dtype), mode="drop")
+  h_BxD = h_Bx1xD[:, 0].astype(state.patch_max.dtype)
+  pmax = jnp.where((patch_len > 0)[:, None], jnp.maximum(state.patch_max, h_BxD), h_BxD)
+  pmax = jnp.where(active_B[:, None], pmax, state.patch_max)
   new_len = patch_len + active_B.astype(jnp.int32)
 
   # 3. Does slot n+1 start a patch?
@@ -308,40 +353,42 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
 
   # 4. Close the patch holding byte n: pool, cross-attend, one global step, new latent.
   def close(args):
-    buf, n_closed, gk, gv, lat_k, lat_v = args
+    """Pool the patch holding byte n, one global step, new latent. Reads the global cache but
+    returns only the new per-layer keys/values, so the `cond` never copies the cache."""
+    n_closed, gk, gv, lat_k, lat_v = args
+    chunk = min(GLOBAL_CHUNK, gk.shape[3])
 
-    def glob_fn(m, buf, blen, pidx, gk, gv):
-      qidx = jnp.minimum(pidx, gk.shape[2] - 1)
-      enc = m.local_encoder
-      valid = jnp.arange(buf.shape[1])[None] < blen[:, None]
-      pid = jnp.zeros(buf.shape[:2], jnp.int32)
-      x_g = enc.pool(buf, pid, valid, 1)  # [B, 1, C*De]
+    def glob_fn(m, pmax, pk, pv, blen, qidx, gk, gv):
+      valid = jnp.arange(pk.shape[1])[None] < blen[:, None]
+      x_g = m.local_encoder.pool_one(pmax, pk, pv, valid)[:, None]  # [B, 1, C*De]
       g = m.global_transformer
       x = g.project_in(x_g)
-      pmax = gk.shape[2]
-      kpos = jnp.broadcast_to(jnp.arange(pmax)[None], (buf.shape[0], pmax))
-      mask = local_mask(qidx[:, None], kpos, jnp.zeros_like(qidx)[:, None],
-                        jnp.zeros_like(kpos), kpos <= qidx[:, None], None)
-      rows = jnp.arange(buf.shape[0])
+      ks, vs = [], []
       for i, layer in enumerate(g.layers):
         q, k, v = layer.attn_in(x, qidx[:, None])
-        # pidx is out of range for rows that do not close a patch: their write is dropped.
-        gk = gk.at[i, rows, pidx].set(k[:, 0].astype(gk.dtype), mode="drop")
-        gv = gv.at[i, rows, pidx].set(v[:, 0].astype(gv.dtype), mode="drop")
-        x = layer.attn_out(x, attend(q, gk[i], gv[i], mask))
+        o = attend_prefix(q[:, 0], gk[i], gv[i], qidx, k[:, 0], v[:, 0], chunk)
+        x = layer.attn_out(x, o[:, None])
+        ks.append(k[:, 0])
+        vs.append(v[:, 0])
       lk = m.local_decoder.latent_kv(x)
-      return (gk, gv, jnp.stack([k[:, 0] for k, _ in lk]), jnp.stack([v[:, 0] for _, v in lk]))
+      return (jnp.stack(ks), jnp.stack(vs), jnp.stack([k[:, 0] for k, _ in lk]),
+              jnp.stack([v[:, 0] for _, v in lk]))
 
-    pidx = jnp.where(start_B, n_closed, gk.shape[2])
-    gk, gv, lk, lv = M.blt_module(cfg).apply(
-      {"params": M.blt_params(params)}, buf, new_len, pidx, gk, gv, method=glob_fn)
+    qidx = jnp.minimum(n_closed, gk.shape[3] - 1)
+    new_k, new_v, lk, lv = M.blt_module(cfg).apply(
+      {"params": M.blt_params(params)}, pmax, pk, pv, new_len, qidx, gk, gv, method=glob_fn)
     sel = start_B[None, :, None, None, None]
-    lat_k = jnp.where(sel, lk, lat_k)
-    lat_v = jnp.where(sel, lv, lat_v)
-    return buf, n_closed + start_B.astype(jnp.int32), gk, gv, lat_k, lat_v
+    return new_k, new_v, jnp.where(sel, lk, lat_k), jnp.where(sel, lv, lat_v)
 
-  args = (buf, state.n_closed, state.glob_k, state.glob_v, state.lat_k, state.lat_v)
-  buf, n_closed, gk, gv, lat_k, lat_v = jax.lax.cond(jnp.any(start_B), close, lambda a: a, args)
+  # The global cache is written *before* the cond that reads it (the keys of the patch closed
+  # at the previous step), never after: a cache updated after a `cond` read gets copied whole.
+  gk, gv = flush_global(state)
+  no_close = (jnp.zeros_like(state.pend_k), jnp.zeros_like(state.pend_v))
+  pend_k, pend_v, lat_k, lat_v = jax.lax.cond(
+    jnp.any(start_B), close, lambda a: no_close + (a[3], a[4]),
+    (state.n_closed, gk, gv, state.lat_k, state.lat_v))
+  pend_idx = jnp.where(start_B, state.n_closed, gk.shape[3])
+  n_closed = state.n_closed + start_B.astype(jnp.int32)
 
   # 5. Local decoder at n, reading the latent of the last closed patch.
   def dec_fn(m, h, pos, kv, lat_k, lat_v):
@@ -362,8 +409,10 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
   keep = lambda new, old: jnp.where(  # noqa: E731
     active_B.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
   return DecodeState(
-    ent=ent_kv, enc=enc_kv, dec=dec_kv, glob_k=gk, glob_v=gv, n_closed=n_closed,
-    patch_buf=buf, patch_len=jnp.where(active_B, new_len, state.patch_len),
+    ent=ent_kv, enc=enc_kv, dec=dec_kv, glob_k=gk, glob_v=gv, pend_k=pend_k, pend_v=pend_v,
+    pend_idx=pend_idx, n_closed=n_closed,
+    patch_max=pmax, patch_k=pk, patch_v=pv,
+    patch_len=jnp.where(active_B, new_len, state.patch_len),
     lat_k=lat_k, lat_v=lat_v, n=t_B + active_B.astype(jnp.int32), hist=hist,
     H_last=keep(H_B, state.H_last), rule_start=keep(rule_B, state.rule_start),
     next_start=keep(start_B, state.next_start), logits=keep(logits, state.logits))
@@ -462,7 +511,7 @@ def generate_loop(params, cfg: BLTConfig, dstate: DecodeState, keys_B, budget_B,
   """Generates up to `budget_B` (<= max_new) bytes per row; rows stop independently."""
   cfg = _dec_cfg(cfg)
   b = budget_B.shape[0]
-  pmax = dstate.glob_k.shape[2]
+  pmax = dstate.glob_k.shape[3]
   g0 = GenState(dstate=dstate, out=jnp.zeros((b, max_new), jnp.int32),
                 n_new=jnp.zeros((b,), jnp.int32), done=budget_B <= 0,
                 reason=jnp.where(budget_B <= 0, STOP_LENGTH, STOP_NONE).astype(jnp.int32),
@@ -593,7 +642,7 @@ def stream(params, cfg: BLTConfig, prompt: bytes, *, max_new: int,
   s = bucket(len(ids))
   arr = np.zeros((1, s), np.int32)
   arr[0, :len(ids)] = ids
-  spec = CacheSpec(max_patches=max_patches or (s + max_new + 2),
+  spec = CacheSpec(max_patches=max_patches or bucket(s + max_new + 2),
                    patch_cap=cfg.patcher.max_patch_length or 512)
   st = prefill(params, cfg, jnp.asarray(arr), jnp.asarray([len(ids)], jnp.int32), spec)
   key = jax.random.key(seed)

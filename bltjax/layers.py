@@ -98,6 +98,55 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT) -> jnp.ndarray:
   return o.reshape(b, q, h, kd)
 
 
+def attend_hm(q_BxQxHxK, k_BxGxTxK, v_BxGxTxK, mask_BxQxT) -> jnp.ndarray:
+  """`attend` over head-major caches ([B, G, T, K]): no transposes of the cache on every step."""
+  b, q, h, kd = q_BxQxHxK.shape
+  g = k_BxGxTxK.shape[1]
+  q_BxGxRxQxK = q_BxQxHxK.reshape(b, q, g, h // g, kd).transpose(0, 2, 3, 1, 4)
+  s = jnp.einsum("bgrqk,bgtk->bgrqt", q_BxGxRxQxK, k_BxGxTxK,
+                 preferred_element_type=jnp.float32) / math.sqrt(kd)
+  m = mask_BxQxT[:, None, None, :, :]
+  s = jnp.where(m, s, MASK_VALUE)
+  p = jax.nn.softmax(s, axis=-1)
+  p = jnp.where(m, p, 0.0)
+  o = jnp.einsum("bgrqt,bgtk->bqgrk", p.astype(v_BxGxTxK.dtype), v_BxGxTxK)
+  return o.reshape(b, q, h, kd)
+
+
+def attend_prefix(q_BxHxK, k_BxGxTxK, v_BxGxTxK, n_prev_B, k_BxGxK, v_BxGxK,
+                  chunk: int) -> jnp.ndarray:
+  """One query per row over its own new key plus cache slots 0..n_prev_B-1, read in chunks.
+
+  Online softmax over `chunk`-slot blocks with a dynamic trip count, so a large static cache
+  (the global model's patch slots) costs what is used, not what is allocated. The query's own
+  key/value come separately, so the caller can write the cache after (outside any `cond`).
+  """
+  b, h, kd = q_BxHxK.shape
+  g = k_BxGxTxK.shape[1]
+  r = h // g
+  q = q_BxHxK.reshape(b, g, r, kd).astype(jnp.float32) / math.sqrt(kd)
+  s_self = jnp.einsum("bgrk,bgk->bgr", q, k_BxGxK.astype(jnp.float32))
+  init = (s_self, jnp.ones_like(s_self),
+          jnp.broadcast_to(v_BxGxK.astype(jnp.float32)[:, :, None, :], (b, g, r, kd)))
+
+  def body(c, carry):
+    m, l, acc = carry
+    k = jax.lax.dynamic_slice_in_dim(k_BxGxTxK, c * chunk, chunk, axis=2).astype(jnp.float32)
+    v = jax.lax.dynamic_slice_in_dim(v_BxGxTxK, c * chunk, chunk, axis=2).astype(jnp.float32)
+    s = jnp.einsum("bgrk,bgtk->bgrt", q, k)
+    ok = (c * chunk + jnp.arange(chunk))[None, :] < n_prev_B[:, None]
+    s = jnp.where(ok[:, None, None, :], s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    p = jnp.exp(s - m_new[..., None])
+    scale = jnp.exp(m - m_new)
+    return (m_new, l * scale + jnp.sum(p, axis=-1),
+            acc * scale[..., None] + jnp.einsum("bgrt,bgtk->bgrk", p, v))
+
+  n_chunks = (jnp.max(n_prev_B) + chunk - 1) // chunk
+  _, l, acc = jax.lax.fori_loop(0, n_chunks, body, init)
+  return (acc / l[..., None]).reshape(b, h, kd).astype(v_BxGxTxK.dtype)
+
+
 def local_mask(qpos_BxQ, kpos_BxT, qdoc_BxQ, kdoc_BxT, kvalid_BxT, window: int | None):
   """Causal (optionally windowed, W keys incl. self) mask that never crosses a document."""
   d = qpos_BxQ[:, :, None] - kpos_BxT[:, None, :]

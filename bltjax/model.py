@@ -141,6 +141,26 @@ class LocalEncoder(nn.Module):
     out = q_BxQxD + out if c.cross_attn_residual == "double" else out
     return out.reshape(b, num_patches, k * d)
 
+  def pool_kv(self, h_BxTxD):
+    """Cross-attention keys/values of byte states; decoding caches them per byte."""
+    return self.cross_attn_layers[0].kv(h_BxTxD)
+
+  def pool_one(self, pooled_BxD, k_BxTxHxK, v_BxTxHxK, valid_BxT):
+    """One patch per row from its max-pooled state and its bytes' cached keys/values.
+
+    Equals `pool` for a single non-empty patch, at O(patch length) instead of re-projecting
+    every byte: [B, C·De].
+    """
+    c = self.cfg
+    b, d = pooled_BxD.shape
+    k = c.cross_attn_k
+    q_BxCxD = self.patch_embedding_projection(pooled_BxD[:, None]).reshape(b, k, d)
+    xa = self.cross_attn_layers[0]
+    mask = jnp.broadcast_to(valid_BxT[:, None, :], (b, k, valid_BxT.shape[1]))
+    out = xa.output(q_BxCxD, attend(xa.query(q_BxCxD), k_BxTxHxK, v_BxTxHxK, mask))
+    out = q_BxCxD + out if c.cross_attn_residual == "double" else out
+    return out.reshape(b, k * d)
+
 
 class GlobalTransformer(nn.Module):
   cfg: BLTConfig
