@@ -72,6 +72,12 @@ def stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.Co
   return section(TransformerConfig, dim=dim, n_layers=n_layers, n_heads=n_heads, **kw)
 
 
+def global_stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.ConfigDict:
+  """The global transformer: plain causal over patches, no window (as released and in HF)."""
+  kw = {"window": None, **kw}
+  return stack(dim, n_layers, n_heads, **kw)
+
+
 def entropy_stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.ConfigDict:
   """The entropy model's stack: RoPE θ 10000, window 512 (blt.md §3.3)."""
   kw = {"rope_theta": 10000.0, "window": 512, **kw}

@@ -5,13 +5,13 @@ n-grams 3..8 with 500002 rows; entropy patching with the 100M entropy model.
 ~6.7 B non-hash + 3.84 B hash-table parameters: shard with fsdp (and tensor) over a pod.
 """
 
-from bltjax.train_config import base_config, entropy_stack, stack
+from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():
   c = base_config()
   c.model.encoder = stack(1280, 1, 20)
-  c.model["global"] = stack(4096, 32, 32)
+  c.model["global"] = global_stack(4096, 32, 32)
   c.model.decoder = stack(1280, 6, 20)
   c.model.entropy = entropy_stack(768, 14, 12)
   c.model.cross_attn_k = 4

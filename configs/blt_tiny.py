@@ -7,13 +7,13 @@ Entropy patching needs the export of an entropy run (configs/entropy_tiny.py), e
 or run without one: --config.model.patcher.mode static.
 """
 
-from bltjax.train_config import base_config, entropy_stack, stack
+from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():
   c = base_config()
   c.model.encoder = stack(64, 1, 4, ffn_dim=192)
-  c.model["global"] = stack(128, 2, 4, ffn_dim=384)
+  c.model["global"] = global_stack(128, 2, 4, ffn_dim=384)
   c.model.decoder = stack(64, 2, 4, ffn_dim=192)
   c.model.entropy = entropy_stack(64, 2, 4, ffn_dim=192)
   c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=4099, nb_functions=1)
@@ -23,7 +23,7 @@ def get_config():
   c.train.steps = 400
   c.train.batch_size = 16
   c.train.seq_len = 256
-  c.train.lr = 3e-3
+  c.train.lr = 6e-3
   c.train.warmup_steps = 50
   c.train.min_lr_ratio = 0.1
   c.train.log_every = 25

@@ -1,6 +1,6 @@
 """Tiny entropy model for CPU (the patcher of configs/blt_tiny.py; same model section)."""
 
-from bltjax.train_config import base_config, entropy_stack, stack
+from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():
@@ -8,7 +8,7 @@ def get_config():
   # The BLT part only describes the model this entropy model will patch for; task "entropy"
   # trains and exports `entropy_model` alone.
   c.model.encoder = stack(64, 1, 4, ffn_dim=192)
-  c.model["global"] = stack(128, 2, 4, ffn_dim=384)
+  c.model["global"] = global_stack(128, 2, 4, ffn_dim=384)
   c.model.decoder = stack(64, 2, 4, ffn_dim=192)
   c.model.entropy = entropy_stack(64, 2, 4, ffn_dim=192)
   c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=4099, nb_functions=1)
@@ -17,7 +17,7 @@ def get_config():
   c.train.steps = 300
   c.train.batch_size = 16
   c.train.seq_len = 256
-  c.train.lr = 3e-3
+  c.train.lr = 6e-3
   c.train.warmup_steps = 50
   c.train.min_lr_ratio = 0.1
   c.train.log_every = 25
