@@ -507,7 +507,7 @@ def _stop_hit(out_BxN, n_new_B, stop_ids_NxL, stop_len_N):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new"), donate_argnames=("dstate",))
 def generate_loop(params, cfg: BLTConfig, dstate: DecodeState, keys_B, budget_B, max_new: int,
-                  sampling, stop_ids_NxL, stop_len_N):
+                  sampling, stop_ids_NxL, stop_len_N, eos_id=EOS_ID):
   """Generates up to `budget_B` (<= max_new) bytes per row; rows stop independently."""
   cfg = _dec_cfg(cfg)
   b = budget_B.shape[0]
@@ -529,7 +529,7 @@ def generate_loop(params, cfg: BLTConfig, dstate: DecodeState, keys_B, budget_B,
     out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
       g.out, jnp.where(active, g.n_new, max_new), tok)
     n_new = g.n_new + active.astype(jnp.int32)
-    is_eos = active & (tok == EOS_ID)
+    is_eos = active & (tok == eos_id)  # eos_id = -1: EOS is an ordinary byte (benchmarks)
     hit = active & ~is_eos & _stop_hit(out, n_new, stop_ids_NxL, stop_len_N)
     full = active & ~is_eos & ~hit & (n_new >= budget_B)
     # A row whose next byte could need a global slot beyond the cache stops with "context".
@@ -585,7 +585,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
              sc: SamplingConfig = SamplingConfig(), seeds: list[int] | None = None,
              stops: tuple[bytes, ...] = (), budgets: list[int] | None = None,
              max_patches: int | None = None, patch_cap: int = 512,
-             batch_bucket: bool = True) -> list[Generation]:
+             batch_bucket: bool = True, stop_at_eos: bool = True) -> list[Generation]:
   """Batch generation: bucketed prefill, then one jitted while_loop for the whole batch.
 
   Rows are padded to a power-of-two batch and prompts to a power-of-two length, and sampling
@@ -614,7 +614,8 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   if budget.max() > max_new:
     raise ValueError(f"a row budget exceeds max_new={max_new}")
   out, n_new, reason, nd, ne, _ = generate_loop(
-    params, cfg, st, keys, jnp.asarray(budget), max_new, sc.arrays(b), *stop_arrays(stops))
+    params, cfg, st, keys, jnp.asarray(budget), max_new, sc.arrays(b), *stop_arrays(stops),
+    jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
   out, n_new, reason = np.asarray(out), np.asarray(n_new), np.asarray(reason)
   nd, ne = np.asarray(nd), np.asarray(ne)
   res = []
