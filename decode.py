@@ -1,4 +1,4 @@
-"""Batch decoding: `python decode.py --checkpoint DIR --method ar --input in.jsonl --output out.jsonl`.
+"""Batch decoding: `python decode.py --checkpoint DIR --method ar --input X.jsonl --output Y.jsonl`.
 
 Thin entry point; the logic lives in `bltjax/decode.py` (importable from notebooks).
 """
