@@ -1,0 +1,192 @@
+"""BLT-D end-to-end check on CPU: a tiny BLT-D against a BLT trained identically (fast_blt.md §3).
+
+  python scripts/bltd_verify.py [--workdir runs/bltd_verify] [--steps 400] [--block_size 8]
+                                [--block_input encoder_states] [--entropy_export DIR]
+
+Stages (finished runs resume from their checkpoints, so re-running only re-evaluates):
+  1. entropy model   configs/entropy_tiny.py (or --entropy_export DIR)
+  2. threshold       θ with P(H > θ) = 1/4 on training text: ~4-byte patches, as in Fast BLT
+  3. BLT-D           configs/bltd_tiny.py through bltjax.train (the train.py code path)
+     BLT             the same config, same data order and seed, diffusion.block_size = 0
+  4. causal bpb      train.py's held-out evaluation (same windows for both models)
+  5. masked bytes    BLT-D at t = 0.5 on the held-out windows: accuracy and nats per masked byte,
+                     against the unigram baseline (the most frequent training byte; its cross-
+                     entropy) and the oracle unigram (the most frequent masked byte itself)
+Writes WORKDIR/results.json and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_PATCH = 4.0
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def train_batches(data_cfg: Any, seq_len: int, n: int, seed: int = 123) -> list[dict]:
+  from bltjax.data import pipeline
+
+  it = pipeline.make_train_iterator(data_cfg, seq_len=seq_len, batch_size=16, seed=seed,
+                                    process_index=0, process_count=1)
+  return [next(it) for _ in range(n)]
+
+
+def calibrate(export: Path, data: list[dict]) -> tuple[float, float]:
+  """(θ, mean patch length on `data`) for ~TARGET_PATCH-byte entropy patches."""
+  import jax
+  import jax.numpy as jnp
+
+  from bltjax import losses, model, weights
+
+  cfg, params = weights.load_checkpoint(export)
+  ent = jax.jit(lambda p, b: model.entropies(p, cfg, b["ids"], losses.lengths_of(b["valid"]),
+                                             b["doc_ids"]))
+  hs = [np.asarray(ent(params, {k: jnp.asarray(v) for k, v in b.items()}))[b["valid"]]
+        for b in data]
+  theta = float(np.quantile(np.concatenate(hs), 1.0 - 1.0 / TARGET_PATCH))
+  cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, mode="entropy", threshold=theta))
+  starts = jax.jit(lambda p, b: losses.train_patch_starts(p, cfg, b))
+  n_tok = n_patch = 0
+  for b in data:
+    s = np.asarray(starts(params, {k: jnp.asarray(v) for k, v in b.items()}))
+    n_tok += int(b["valid"].sum())
+    n_patch += int(s[:, :-1][b["valid"]].sum())
+  return theta, n_tok / max(n_patch, 1)
+
+
+def masked_eval(config, params: dict, ent_export: Path, counts: np.ndarray, t: float,
+                seeds: int) -> dict[str, float]:
+  """BLT-D block reconstruction at noise level t on train.py's held-out windows."""
+  import jax
+  import jax.numpy as jnp
+
+  from bltjax import diffusion, losses, train, train_config, weights
+
+  r = train_config.resolve(config, jax.device_count())
+  cfg = r.model
+  _, ent = weights.load_checkpoint(ent_export)
+  full = {**params, "entropy_model": ent["entropy_model"]}
+
+  @jax.jit
+  def run(p, batch, key):
+    batch = dict(batch, start=losses.train_patch_starts(p, cfg, batch))
+    out = diffusion.bltd_forward(p, cfg, batch, key, max_patches=r.max_patches, t=t)
+    logp = jax.nn.log_softmax(out["block_logits_BxMxZxV"], axis=-1)
+    tgt = out["blocks"]["ids_BxMxZ"]
+    nll = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    return out["mask_BxMxZ"], tgt, jnp.argmax(logp, axis=-1), nll
+
+  probs = (counts + 1.0) / (counts + 1.0).sum()
+  mode = int(np.argmax(counts))
+  hits = uni_hits = n = 0
+  nll_sum = uni_nll = 0.0
+  tgts = []
+  for batches in train.eval_sets(r).values():
+    for b in batches:
+      for sd in range(seeds):
+        mask, tgt, pred, nll = (np.asarray(x) for x in run(full, b, jax.random.key(sd)))
+        tm = tgt[mask]
+        n += tm.size
+        hits += int((pred[mask] == tm).sum())
+        uni_hits += int((tm == mode).sum())
+        nll_sum += float(nll[mask].sum())
+        uni_nll += float(-np.log(probs[tm]).sum())
+        tgts.append(tm)
+  tgts = np.concatenate(tgts)
+  oracle = np.bincount(tgts, minlength=260).max() / max(tgts.size, 1)
+  return dict(t=t, masked_bytes=n, masked_acc=hits / max(n, 1),
+              unigram_acc=uni_hits / max(n, 1), oracle_unigram_acc=float(oracle),
+              masked_nats=nll_sum / max(n, 1), unigram_nats=uni_nll / max(n, 1))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--workdir", default=str(REPO / "runs" / "bltd_verify"))
+  ap.add_argument("--entropy_export", default="", help="reuse a trained entropy model")
+  ap.add_argument("--steps", type=int, default=0, help="0: the config's train.steps")
+  ap.add_argument("--block_size", type=int, default=0, help="0: the config's block size")
+  ap.add_argument("--block_input", default="", help="tok_embeddings | encoder_states ('': config)")
+  ap.add_argument("--t", type=float, default=0.5)
+  ap.add_argument("--seeds", type=int, default=4, help="noise draws per held-out window")
+  a = ap.parse_args()
+
+  from bltjax import train
+
+  wd = Path(a.workdir)
+  wd.mkdir(parents=True, exist_ok=True)
+  res: dict[str, Any] = {"seconds": {}}
+  t0 = time.time()
+  ent_export = Path(a.entropy_export) if a.entropy_export else wd / "entropy" / "export"
+  if not (ent_export / "params").is_dir() and not a.entropy_export:
+    c = load_config("entropy_tiny")
+    c.train.update(progress=False)
+    train.train_and_evaluate(c, wd / "entropy")
+  res["seconds"]["entropy"] = time.time() - t0
+
+  base = load_config("bltd_tiny")
+  data = train_batches(base.data, base.train.seq_len, 8)
+  theta, mean_len = calibrate(ent_export, data)
+  res["patcher"] = dict(threshold=theta, mean_patch_len_train=mean_len)
+  print(f"[bltd_verify] θ = {theta:.4f} nats -> mean patch {mean_len:.2f} bytes", flush=True)
+  counts = np.zeros(260)
+  for b in train_batches(base.data, base.train.seq_len, 64, seed=7):
+    tv = b["valid"][:, 1:] & (b["ids"][:, 1:] != 1)
+    counts += np.bincount(b["ids"][:, 1:][tv], minlength=260)
+
+  runs = {}
+  for name in ("bltd", "blt"):
+    c = load_config("bltd_tiny")
+    c.model.patcher.update(threshold=theta)
+    c.train.update(entropy_checkpoint=str(ent_export), progress=False, export=False)
+    if a.steps:
+      c.train.steps = a.steps
+    if a.block_size:
+      c.model.diffusion.block_size = a.block_size
+    if a.block_input:
+      c.model.diffusion.block_input = a.block_input
+    if name == "blt":
+      c.model.diffusion.block_size = 0
+    t1 = time.time()
+    out = train.train_and_evaluate(c, wd / name)
+    res["seconds"][name] = time.time() - t1
+    runs[name] = (c, out)
+    res[name] = dict(eval={k.removeprefix("eval/"): v for k, v in out["eval"].items()},
+                     train=out["train"], block_size=c.model.diffusion.block_size,
+                     block_input=c.model.diffusion.block_input, steps=c.train.steps)
+
+  c, out = runs["bltd"]
+  res["masked"] = masked_eval(c, out["params"], ent_export, counts, a.t, a.seeds)
+  d_bpb = res["bltd"]["eval"]["mean_bpb"]
+  b_bpb = res["blt"]["eval"]["mean_bpb"]
+  res["causal_bpb_ratio"] = d_bpb / b_bpb
+  res["unigram_entropy_bits"] = float(-(counts / counts.sum() * np.log2(
+    np.where(counts > 0, counts / counts.sum(), 1))).sum())
+  (wd / "results.json").write_text(json.dumps(res, indent=1))
+  m = res["masked"]
+  print(json.dumps(dict(bltd_bpb=d_bpb, blt_bpb=b_bpb, ratio=res["causal_bpb_ratio"],
+                        **{k: m[k] for k in ("masked_acc", "unigram_acc", "oracle_unigram_acc",
+                                             "masked_nats", "unigram_nats")}), indent=1))
+  ok = res["causal_bpb_ratio"] <= 1.10 and m["masked_acc"] > 2 * m["oracle_unigram_acc"]
+  print(f"[bltd_verify] {'PASS' if ok else 'FAIL'}: causal bpb within 10% of BLT and masked "
+        f"accuracy {m['masked_acc']:.3f} vs unigram {m['unigram_acc']:.3f} "
+        f"(oracle {m['oracle_unigram_acc']:.3f}); {math.fsum(res['seconds'].values()):.0f}s")
+
+
+if __name__ == "__main__":
+  main()
