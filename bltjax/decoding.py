@@ -592,6 +592,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   parameters and stop strings are arrays, so a CLI run compiles a handful of programs at most.
   `budgets` gives per-row byte budgets (<= max_new).
   """
+  check_supported(cfg)
   n_real = len(prompts)
   b = bucket(n_real, 1) if batch_bucket else n_real
   ids = [encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)

@@ -24,11 +24,10 @@ def test_greedy_equals_hf_generate(tmp_path, k):
   path, model = save_tiny(tmp_path / "hf", k=k)
   cfg, params = convert_hf.load_hf(path)
   rng = np.random.default_rng(k)
-  prompts = [b"my name is", b"x",
-             bytes(rng.integers(32, 127, 150).astype(np.uint8)),
-             # Prompt + generation cross the 512-byte local window.
-             bytes(rng.integers(32, 127, 490).astype(np.uint8))]
-  max_new = 40
+  prompts = [b"my name is", b"x", bytes(rng.integers(32, 127, 150).astype(np.uint8))]
+  if k == 2:  # Prompt + generation cross the 512-byte local window (HF's costliest case).
+    prompts.append(bytes(rng.integers(32, 127, 496).astype(np.uint8)))
+  max_new = 32
   ours = D.generate(params, cfg, prompts, max_new=max_new)
   closed = 0
   for prompt, r in zip(prompts, ours, strict=True):
@@ -36,4 +35,4 @@ def test_greedy_equals_hf_generate(tmp_path, k):
     got = r.new_ids + ([2] if r.reason == "eos" else [])
     assert got == ref, (prompt[:20], got, ref)
     closed += r.nfe_enc
-  assert closed > 20  # patches really close during generation
+  assert closed > 15  # patches really close during generation

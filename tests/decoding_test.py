@@ -77,9 +77,8 @@ def test_stop_strings_and_budget():
 
 def test_static_patching_is_refused():
   cfg = tiny_config(mode="static", threshold=None)
-  params = tiny_params(cfg)
   with pytest.raises(ValueError, match="patcher.mode"):
-    D.generate(params, cfg, [b"x"], max_new=2)
+    D.generate(None, cfg, [b"x"], max_new=2)  # refused before any weights are touched
 
 
 def test_stream_matches_batch():
