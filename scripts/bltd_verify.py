@@ -4,6 +4,8 @@
                                 [--block_input encoder_states] [--entropy_export DIR]
 
 Stages (finished runs resume from their checkpoints, so re-running only re-evaluates):
+  0. data            the `make data` corpus when built (45 MB of training text), else the committed
+                     fixture (small: long runs overfit it); --data to choose
   1. entropy model   configs/entropy_tiny.py (or --entropy_export DIR)
   2. threshold       θ with P(H > θ) = 1/4 on training text: ~4-byte patches, as in Fast BLT
   3. BLT-D           configs/bltd_tiny.py through bltjax.train (the train.py code path)
@@ -124,6 +126,8 @@ def main() -> None:
   ap.add_argument("--block_input", default="", help="tok_embeddings | encoder_states ('': config)")
   ap.add_argument("--t", type=float, default=0.5)
   ap.add_argument("--seeds", type=int, default=4, help="noise draws per held-out window")
+  ap.add_argument("--data", default="auto",
+                  help="default (the `make data` corpus) | fixture | auto: default when built")
   a = ap.parse_args()
 
   from bltjax import train
@@ -139,7 +143,12 @@ def main() -> None:
     train.train_and_evaluate(c, wd / "entropy")
   res["seconds"]["entropy"] = time.time() - t0
 
+  source = a.data
+  if source == "auto":
+    source = "default" if (REPO / "data" / "tfds" / "real_mix_bytes").is_dir() else "fixture"
+  res["data"] = source
   base = load_config("bltd_tiny")
+  base.data.source = source
   data = train_batches(base.data, base.train.seq_len, 8)
   theta, mean_len = calibrate(ent_export, data)
   res["patcher"] = dict(threshold=theta, mean_patch_len_train=mean_len)
@@ -152,6 +161,7 @@ def main() -> None:
   runs = {}
   for name in ("bltd", "blt"):
     c = load_config("bltd_tiny")
+    c.data.source = source
     c.model.patcher.update(threshold=theta)
     c.train.update(entropy_checkpoint=str(ent_export), progress=False, export=False)
     if a.steps:
