@@ -161,9 +161,12 @@ class DiffusionConfig:
   loss_norm: str = "clean_tokens"  # | "per_stream_mean"
   max_blocks: int | None = None  # None: max_patches - 1
   stratified_t: bool = False
+  # Keys a block sees before its start s: clean positions [s - W, s) of its document (§10 #5);
+  # None = the whole prefix. Decoding keeps max(this, decoder.window) clean keys per layer.
+  block_prefix_window: int | None = 512
 
   def __post_init__(self):
-    if self.block_size not in (0, 4, 8, 16) and self.block_size < 0:
+    if not isinstance(self.block_size, int) or self.block_size < 0:  # paper: 4, 8, 16
       _fail("diffusion.block_size", f"must be 0 or positive, got {self.block_size}")
     if self.block_input not in ("tok_embeddings", "encoder_states"):
       _fail("diffusion.block_input", f"unknown {self.block_input!r}")
@@ -171,6 +174,10 @@ class DiffusionConfig:
       _fail("diffusion.t_min", f"must be in (0, 1), got {self.t_min}")
     if self.loss_norm not in ("clean_tokens", "per_stream_mean"):
       _fail("diffusion.loss_norm", f"unknown {self.loss_norm!r}")
+    w = self.block_prefix_window
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+      _fail("diffusion.block_prefix_window", f"must be a positive int or None (whole prefix), "
+            f"got {w!r}")
 
   @property
   def enabled(self) -> bool:

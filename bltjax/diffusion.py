@@ -313,13 +313,14 @@ def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int 
               budget: int = CHUNK_BUDGET_BYTES) -> AttnPlan:
   """Picks the layouts from static shapes; every choice gives the same values.
 
-  clean: segments once dense [S, S] attention would waste > 2x (S > 2W). blocks: "dense" prefix
-  keys while S <= 2W (scores M·Z·S, no gather), else "gather" (scores M·Z·(W+Z) plus W gathered
-  rows per block). Chunk sizes keep one layer's transient attention buffers under `budget` bytes
-  per row.
+  clean: segments once dense [S, S] attention would waste > 2x (S > 2W, W the decoder window).
+  blocks: "dense" prefix keys while S <= 2W_b (W_b = diffusion.block_prefix_window; scores M·Z·S,
+  no gather), else "gather" (scores M·Z·(W_b+Z) plus W_b gathered rows per block). Chunk sizes
+  keep one layer's transient attention buffers under `budget` bytes per row.
   """
   d = cfg.decoder
   win = d.window
+  bwin = cfg.diffusion.block_prefix_window
   s = seq_len
   seg = clean_segment
   if seg == "auto":
@@ -331,14 +332,14 @@ def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int 
     seg_chunk = max(1, budget // per_seg)
   mode = block_prefix
   if mode == "auto":
-    mode = "dense" if win is None or s <= 2 * win else "gather"
+    mode = "dense" if bwin is None or s <= 2 * bwin else "gather"
   z = cfg.diffusion.block_size
   chunk = block_chunk
   if chunk == "auto":
     if mode == "dense":  # C·Z <= S keeps the block-diagonal part no larger than the prefix
       chunk = min(max(1, s // max(z, 1)), max(1, budget // (12 * d.n_heads * z * 2 * s)))
     else:
-      w = min(s if win is None else win, s)
+      w = min(s if bwin is None else bwin, s)
       chunk = max(1, budget // (12 * d.n_heads * z * (w + z) + 8 * w * d.kv_heads * d.head_dim))
     chunk = None if chunk >= num_blocks else chunk
   return AttnPlan(seg, seg_chunk, chunk, mode)
@@ -415,7 +416,8 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     unflat = lambda x: x.reshape(b, nm, z, *x.shape[2:])
     kern = block_dense_prefix_attend if plan.block_prefix == "dense" else block_prefix_attend
     ob = kern(unflat(qb), unflat(kb), unflat(vb), bl["valid_BxMxZ"], bl["start_BxM"],
-              bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"], tc.window, plan.block_chunk)
+              bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"],
+              cfg.diffusion.block_prefix_window, plan.block_chunk)
     hb = blk.attn_out(flat, ob.reshape(b, nm * z, *ob.shape[3:])).reshape(b, nm, z, d)
     return hc, hb
 
@@ -714,7 +716,8 @@ def decode_blocks(params: Params, cfg: BLTConfig, block_ids_BxMxZ: jnp.ndarray,
                    unless `block_h_BxMxZxD` gives the decoder inputs (block_input variants).
     block_pos      RoPE positions (s + k); block_valid: slots that exist (pad slots are ignored).
     block_start    s, the first block position: prefix key j is visible iff
-                   s - W <= prefix_pos[j] < s and prefix_valid[j] (W = decoder window, or all).
+                   s - W <= prefix_pos[j] < s and prefix_valid[j] (W =
+                   diffusion.block_prefix_window, or all when None).
     latent         the latent each block cross-attends ([B,M,D_g], e.g. o_{p-1} or the §4.3
                    block latent).
     prefix_kv      per decoder layer (k, v), each [B,T,G,K], RoPE already applied: the decoder's
@@ -724,7 +727,7 @@ def decode_blocks(params: Params, cfg: BLTConfig, block_ids_BxMxZ: jnp.ndarray,
   their cache through the clean (causal) path.
   """
   b, nm, z = block_ids_BxMxZ.shape
-  w = cfg.decoder.window
+  w = cfg.diffusion.block_prefix_window
   dt = dtype_of(cfg.dtype)
   if block_h_BxMxZxD is None:
     ids = jnp.where(block_valid_BxMxZ, block_ids_BxMxZ, 0)
@@ -784,19 +787,23 @@ def clean_decoder_kv(params: Params, cfg: BLTConfig, h_BxSxD: jnp.ndarray, pos_B
 
 
 def dense_reference_mask(pos_BxS, doc_BxS, valid_BxS, block_start_BxM, block_doc_BxM,
-                         block_valid_BxMxZ, window: int | None) -> jnp.ndarray:
+                         block_valid_BxMxZ, window: int | None,
+                         block_window: int | None | str = "same") -> jnp.ndarray:
   """The §3.5 mask over the concatenation [clean S ; block 0 ; … ; block M-1]: [B, N, N].
 
+  `window` is the clean stream's; `block_window` the blocks' prefix window ("same" = window).
   O(N²) memory: for tests and documentation only; training never builds it.
   """
+  if block_window == "same":
+    block_window = window
   b, s = pos_BxS.shape
   _, nm, z = block_valid_BxMxZ.shape
   cc = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, window)
   j = pos_BxS[:, None, :]
   bc = ((j < block_start_BxM[:, :, None]) & (doc_BxS[:, None, :] == block_doc_BxM[:, :, None])
         & valid_BxS[:, None, :])
-  if window is not None:
-    bc &= j >= block_start_BxM[:, :, None] - window
+  if block_window is not None:
+    bc &= j >= block_start_BxM[:, :, None] - block_window
   bc_BxMZxS = jnp.broadcast_to(bc[:, :, None, :], (b, nm, z, s)).reshape(b, nm * z, s)
   same_block = jnp.eye(nm, dtype=bool)[None, :, None, :, None]
   bb = same_block & block_valid_BxMxZ[:, None, None, :, :]
@@ -842,7 +849,8 @@ def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches:
   if plan.block_prefix == "dense":
     block_attn = 12 * d.n_heads * mc * z * (s + mc * z) + 2 * b * (s + mc * z) * d.dim
   else:
-    w = min(w, s)
+    bw = cfg.diffusion.block_prefix_window
+    w = min(s if bw is None else bw, s)
     block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * b * mc * w * d.dim
   out = dict(local=float(local), global_=float(glob), logits=8.0 * n * cfg.vocab_size,
              attention=float(max(clean_attn, block_attn)))

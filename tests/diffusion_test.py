@@ -1,5 +1,6 @@
 """BLT-D training (bltjax/diffusion.py): blocks, masks, kernels, loss vs a slow reference."""
 
+import dataclasses
 import functools
 
 import jax
@@ -21,6 +22,7 @@ from bltjax.config import (
 from bltjax.layers import attend
 
 S, Z, W = 16, 4, 5
+WB = 4  # the blocks' prefix window (diffusion.block_prefix_window), unlike the stacks' W
 
 # These tiny graphs run in microseconds; LLVM's optimisation passes are most of their compile time
 # (about half the suite), so this file's own jits skip them. Numerics do not depend on it.
@@ -28,6 +30,7 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 
 
 def tiny_cfg(block_input: str = "tok_embeddings", hashed: bool = False, **diff) -> BLTConfig:
+  diff = {"block_prefix_window": WB, **diff}
   st = lambda d, L, name, w=W: TransformerConfig(d, L, 2, ffn_dim=2 * d, window=w, name=name)
   hsh = HashConfig(group_sizes=(3,), vocab=31) if hashed else HashConfig(group_sizes=(),
                                                                          nb_functions=0)
@@ -122,9 +125,10 @@ def test_noise_masks_only_targets():
 
 
 def numpy_mask(b: dict[str, np.ndarray], bl: dict[str, np.ndarray], row: int, m: int,
-               window: int) -> np.ndarray:
+               window: int, block_window: int | None = None) -> np.ndarray:
   """The §3.5 mask for [clean S ; block m] written out with loops (the slow reference's mask)."""
   s_p, n = int(bl["start_BxM"][row, m]), S + Z
+  bw = window if block_window is None else block_window
   valid, doc = b["valid"][row], b["doc_ids"][row]
   out = np.zeros((n, n), bool)
   for i in range(S):
@@ -132,7 +136,7 @@ def numpy_mask(b: dict[str, np.ndarray], bl: dict[str, np.ndarray], row: int, m:
       out[i, j] = 0 <= i - j < window and doc[i] == doc[j] and valid[j]
   for k in range(Z):
     for j in range(S):
-      out[S + k, j] = s_p - window <= j < s_p and doc[j] == doc[min(s_p, S - 1)] and valid[j]
+      out[S + k, j] = s_p - bw <= j < s_p and doc[j] == doc[min(s_p, S - 1)] and valid[j]
     for k2 in range(Z):
       out[S + k, S + k2] = bl["valid_BxMxZ"][row, m, k2]
   return out
@@ -326,7 +330,7 @@ def reference_block_logits(params, cfg, b, out, p):
     for m in np.flatnonzero(bl["exists_BxM"][r]):
       s_p = int(bl["start_BxM"][r, m])
       bpos = s_p + np.arange(Z)
-      mask = numpy_mask(b, bl, r, m, W)[None]
+      mask = numpy_mask(b, bl, r, m, W, WB)[None]
       allpos = np.concatenate([np.arange(S), bpos])[None]
       if cfg.diffusion.block_input == "tok_embeddings":
         table = params["local_encoder"]["tok_embeddings"]["embedding"]
@@ -374,8 +378,7 @@ def test_batched_loss_equals_per_block_reference(block_input):
   np.testing.assert_allclose(loss, (sum_c + sum_m) / tv.sum(), rtol=1e-5)
   np.testing.assert_allclose(m["masked_loss"], nll_b[mask].mean(), rtol=1e-5)
   np.testing.assert_allclose(m["clean_loss"], nll_c[tv].mean(), rtol=1e-5)
-  cfg2 = cfg.replace(diffusion=DiffusionConfig(block_size=Z, block_input=block_input,
-                                               loss_norm="per_stream_mean"))
+  cfg2 = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, loss_norm="per_stream_mean"))
   loss2, _ = loss_of(cfg2, b, out)
   n_target = np.asarray(out["blocks"]["target_BxMxZ"]).sum()
   np.testing.assert_allclose(loss2, sum_c / tv.sum() + sum_m / n_target, rtol=1e-5)

@@ -94,6 +94,8 @@ def test_7b_has_k4_and_projection():
   (lambda c: c.model.patcher.update(mode="bpe"), r"^model.patcher.mode: must be one of"),
   (lambda c: c.train.update(max_patches=4), r"^train.max_patches: static patching of 32 ids"),
   (lambda c: c.mesh.rules.update(embed="model"), r"^mesh.rules.embed: unknown mesh axis"),
+  (lambda c: c.model.diffusion.update(block_prefix_window=0),
+   r"^model.diffusion.block_prefix_window: must be a positive int or None"),
 ])
 def test_bad_configs_fail_naming_the_key(edit, key):
   c = tiny_train_config.get_config("blt")
