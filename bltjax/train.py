@@ -40,7 +40,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax import checkpoint, losses, model, optim, sharding
+from bltjax import checkpoint, losses, model, optim, sharding, warm_start
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, ConfigError
 from bltjax.train_config import Resolved, resolve
 
@@ -278,6 +278,7 @@ class Trainer:
   frozen: Any
   frozen_shardings: Any
   loss_fn: Any
+  warm_start_counts: dict[str, int] | None = None
 
   @classmethod
   def create(cls, config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path,
@@ -312,7 +313,9 @@ class Trainer:
   # -- state ---------------------------------------------------------------------------------
 
   def init_state(self) -> Any:
-    """Fresh state, created directly in its shards."""
+    """Fresh state, created directly in its shards; `train.init_from_blt` then copies in a
+    trained BLT's weights (`bltjax.warm_start`; the optimiser moments start at zero either way).
+    """
     keys, tx, cfg = TRAINABLE[self.r.train.task], self.tx, self.cfg
 
     def init(rng):
@@ -321,7 +324,13 @@ class Trainer:
       return {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)}
 
     with sharding.use_mesh(self.mesh):
-      return jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(self.r.train.seed))
+      state = jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(self.r.train.seed))
+      src = self.r.train.init_from_blt
+      if src:
+        params, self.warm_start_counts = warm_start.load(
+          src, cfg, state["params"], keys, sharding.replicated(self.mesh))
+        state = dict(state, params=params)
+    return state
 
   def full_params(self, params: Any) -> Any:
     return {**params, **self.frozen}
@@ -477,6 +486,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
       log(f"[bltjax.train] resumed from {ckpt.directory}/{latest}")
   else:
     state = tr.init_state()
+    if tc.init_from_blt and main:
+      log(f"[bltjax.train] initialised from {tc.init_from_blt}: {tr.warm_start_counts}")
   step = int(jax.device_get(state["step"]))
   train_step, eval_step = tr.make_train_step(), tr.make_eval_step()
   sets = eval_sets(r)

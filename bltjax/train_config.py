@@ -105,6 +105,7 @@ class TrainConfig:
   clip_norm: float = 1.0
   seed: int = 0
   entropy_checkpoint: str = ""  # task blt + entropy patching: a bltjax checkpoint dir
+  init_from_blt: str = ""  # task blt: start a new run from this checkpoint's BLT weights
   log_every: int = 10
   eval_every: int = 0  # 0 = only at the end
   eval_windows: int = 8  # held-out windows of S ids per domain; 0 = no evaluation
@@ -271,6 +272,8 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: in
                                                   ("global", model.global_),
                                                   ("decoder", model.decoder)]
   if train.task == "entropy":
+    if train.init_from_blt:
+      _fail("train.init_from_blt", "only for train.task 'blt' (BLT / BLT-D weights)")
     if model.entropy is None:
       _fail("model.entropy", "train.task 'entropy' needs an entropy model config")
     stacks = [("entropy", model.entropy)]
@@ -286,6 +289,8 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: in
     if model.global_.dim % fs:
       _fail("model.global.dim", f"{model.global_.dim} does not split over the embed mesh axes "
             f"({fs}) of mesh.shape {mesh_shape}")
+    if train.init_from_blt and not isinstance(train.init_from_blt, str):
+      _fail("train.init_from_blt", f"must be a checkpoint path, got {train.init_from_blt!r}")
     if model.patcher.mode == "entropy" and not train.entropy_checkpoint:
       _fail("train.entropy_checkpoint", "entropy patching needs a trained entropy model: set "
             "it to the export of an entropy run (or use model.patcher.mode static/space)")

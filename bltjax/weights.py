@@ -193,6 +193,24 @@ def _abstract_tree(tree_meta: Any, dtype: Any, shardings: Any) -> Any:
     raise ValueError(f"shardings tree does not match the checkpoint's parameter tree: {e}") from e
 
 
+def tree_metadata(src: str | os.PathLike) -> Any:
+  """The parameter tree of a bltjax checkpoint as orbax metadata (shape, dtype), no arrays read."""
+  import orbax.checkpoint as ocp
+
+  src = Path(src).absolute()
+  load_config(src)
+  pdir = src / PARAMS_DIR
+  if not pdir.is_dir():
+    raise CheckpointError(f"{src}: no {PARAMS_DIR}/ directory (incomplete bltjax checkpoint)")
+  ckpt = ocp.StandardCheckpointer()
+  try:
+    return ckpt.metadata(pdir).item_metadata.tree
+  except Exception as e:  # orbax raises several types for a damaged directory.
+    raise CheckpointError(f"{pdir}: cannot read orbax metadata ({e})") from e
+  finally:
+    ckpt.close()
+
+
 def load_checkpoint(
   src: str | os.PathLike, *, dtype: Any = None, shardings: Any = None
 ) -> tuple[BLTConfig, dict[str, Any]]:
