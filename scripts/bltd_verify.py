@@ -14,6 +14,8 @@ Stages (finished runs resume from their checkpoints, so re-running only re-evalu
   5. masked bytes    BLT-D at t = 0.5 on the held-out windows: accuracy and nats per masked byte,
                      against the unigram baseline (the most frequent training byte; its cross-
                      entropy) and the oracle unigram (the most frequent masked byte itself)
+  6. --finetune_steps N: a third run, BLT-D started from the trained BLT (`train.init_from_blt`,
+                     fast_blt §10 #17) for N more steps, evaluated like stage 4-5
 Writes WORKDIR/results.json and prints a summary.
 """
 
@@ -126,6 +128,8 @@ def main() -> None:
   ap.add_argument("--block_input", default="", help="tok_embeddings | encoder_states ('': config)")
   ap.add_argument("--t", type=float, default=0.5)
   ap.add_argument("--seeds", type=int, default=4, help="noise draws per held-out window")
+  ap.add_argument("--finetune_steps", type=int, default=0,
+                  help="also train BLT-D from the trained BLT's weights for this many steps")
   ap.add_argument("--data", default="auto",
                   help="default (the `make data` corpus) | fixture | auto: default when built")
   a = ap.parse_args()
@@ -163,7 +167,8 @@ def main() -> None:
     c = load_config("bltd_tiny")
     c.data.source = source
     c.model.patcher.update(threshold=theta)
-    c.train.update(entropy_checkpoint=str(ent_export), progress=False, export=False)
+    c.train.update(entropy_checkpoint=str(ent_export), progress=False,
+                   export=name == "blt" and a.finetune_steps > 0)
     if a.steps:
       c.train.steps = a.steps
     if a.block_size:
@@ -179,6 +184,26 @@ def main() -> None:
     res[name] = dict(eval={k.removeprefix("eval/"): v for k, v in out["eval"].items()},
                      train=out["train"], block_size=c.model.diffusion.block_size,
                      block_input=c.model.diffusion.block_input, steps=c.train.steps)
+
+  if a.finetune_steps:
+    c = load_config("bltd_tiny")
+    c.data.source = source
+    c.model.patcher.update(threshold=theta)
+    if a.block_size:
+      c.model.diffusion.block_size = a.block_size
+    if a.block_input:
+      c.model.diffusion.block_input = a.block_input
+    c.train.update(entropy_checkpoint=str(ent_export), progress=False, export=False,
+                   steps=a.finetune_steps, init_from_blt=str(wd / "blt" / "export"))
+    t1 = time.time()
+    out = train.train_and_evaluate(c, wd / "bltd_from_blt")
+    res["seconds"]["bltd_from_blt"] = time.time() - t1
+    res["bltd_from_blt"] = dict(
+      eval={k.removeprefix("eval/"): v for k, v in out["eval"].items()}, train=out["train"],
+      steps=a.finetune_steps, masked=masked_eval(c, out["params"], ent_export, counts, a.t,
+                                                 a.seeds))
+    res["bltd_from_blt"]["causal_bpb_ratio"] = (res["bltd_from_blt"]["eval"]["mean_bpb"]
+                                                / res["blt"]["eval"]["mean_bpb"])
 
   c, out = runs["bltd"]
   res["masked"] = masked_eval(c, out["params"], ent_export, counts, a.t, a.seeds)
@@ -198,6 +223,11 @@ def main() -> None:
         f"{m['masked_acc'] / max(m['unigram_acc'], 1e-9):.2f}x unigram {m['unigram_acc']:.3f}, "
         f"{m['masked_nats']:.3f} vs unigram {m['unigram_nats']:.3f} nats/byte; "
         f"{math.fsum(res['seconds'].values()):.0f}s")
+  if a.finetune_steps:
+    f = res["bltd_from_blt"]
+    print(f"[bltd_verify] BLT-D from BLT (+{a.finetune_steps} steps): causal bpb "
+          f"{f['eval']['mean_bpb']:.3f} = {f['causal_bpb_ratio']:.3f}x BLT; masked accuracy "
+          f"{f['masked']['masked_acc']:.3f}, {f['masked']['masked_nats']:.3f} nats/byte")
 
 
 if __name__ == "__main__":
