@@ -3,7 +3,9 @@
 Input lines: {"id": ..., "prompt": "text"} or {"id": ..., "prompt_b64": "..."} (arbitrary bytes).
 Output lines (written and flushed as each batch finishes): id, completion (UTF-8, invalid bytes
 replaced), completion_b64, new_bytes, stop_reason, nfe {decoder, encoder_global},
-est_bandwidth_gb, seconds (the batch's wall time, shared by its rows). A malformed input line is
+est_bandwidth_gb, seconds (the batch's wall time, shared by its rows); `--method blts` adds
+blts {k, cycles, bytes_per_cycle, acceptance (accepted / drafted draft bytes), agreement
+(position-wise draft = verifier)}. A malformed input line is
 reported on stderr and as an error record {"id", "line", "error"}; the other lines still decode.
 Each row samples from its own key (seed, id), so its output never depends on its batch.
 """
@@ -20,13 +22,16 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-METHODS = ("ar",)
+METHODS = ("ar", "blts")  # blts: self-speculative greedy (fast_blt §5), same bytes as greedy ar
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(prog="decode.py", description=__doc__.splitlines()[0])
   ap.add_argument("--checkpoint", required=True, help="bltjax checkpoint directory")
   ap.add_argument("--method", default="ar", choices=METHODS)
+  ap.add_argument("--draft-k", type=int, default=8,
+                  help="blts: bytes the local decoder drafts per verification (4, 8, 16 in the "
+                  "paper)")
   ap.add_argument("--input", required=True, help="prompts JSONL")
   ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
   ap.add_argument("--max-new-bytes", type=int, default=256)
@@ -51,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       ap.error(f"--{key.replace('_', '-')} must be positive")
   if a.max_new_bytes >= a.max_context:
     ap.error("--max-new-bytes must be smaller than --max-context")
+  if a.method == "blts":
+    if a.temperature != 0:
+      ap.error("--method blts is greedy only (exact-match acceptance, fast_blt §10 #12): "
+               "use --temperature 0")
+    if a.draft_k < 1:
+      ap.error("--draft-k must be positive")
   return a
 
 
@@ -153,8 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(0, len(ok_rows), a.batch_size):
       batch = ok_rows[i:i + a.batch_size]
       t0 = time.perf_counter()
-      res = D.generate(params, cfg, [r["prompt"] for r in batch], max_new=a.max_new_bytes,
-                       sc=sc, seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)
+      prompts = [r["prompt"] for r in batch]
+      if a.method == "blts":
+        from bltjax import speculative  # noqa: PLC0415
+
+        res = speculative.generate(params, cfg, prompts, max_new=a.max_new_bytes, k=a.draft_k,
+                                   stops=stops)
+      else:
+        res = D.generate(params, cfg, prompts, max_new=a.max_new_bytes, sc=sc,
+                         seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)
       dt = time.perf_counter() - t0
       for r, g in zip(batch, res, strict=True):
         rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),
@@ -163,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                "nfe": {"decoder": g.nfe_dec, "encoder_global": g.nfe_enc},
                "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
                "seconds": round(dt, 4)}
+        if a.method == "blts":
+          rec["blts"] = {"k": a.draft_k, "cycles": g.cycles,
+                         "bytes_per_cycle": round((len(g.new_ids) + (g.reason == "eos"))
+                                                  / max(g.cycles, 1), 4),
+                         "acceptance": round(g.acceptance, 4),
+                         "agreement": round(g.agreement, 4)}
         out.write(json.dumps(rec) + "\n")
       out.flush()
       bar.update(len(batch))

@@ -68,3 +68,18 @@ def test_cli_sampling_independent_of_batch(ckpt, tmp_path):
   _, alone = _run(ckpt, tmp_path, [a], *args, "--batch-size", "1")
   _, both = _run(ckpt, tmp_path, [b, a], *args, "--batch-size", "2")
   assert {r["id"]: r["completion_b64"] for r in both}["a"] == alone[0]["completion_b64"]
+
+
+def test_cli_blts_writes_the_greedy_ar_bytes(ckpt, tmp_path):
+  lines = [json.dumps({"id": "a", "prompt": "Hello"}), json.dumps({"id": "c", "prompt": "The cat"})]
+  _, ar = _run(ckpt, tmp_path, lines, "--batch-size", "2")
+  _, sp = _run(ckpt, tmp_path, lines, "--batch-size", "2", "--method", "blts", "--draft-k", "4")
+  assert [r["completion_b64"] for r in sp] == [r["completion_b64"] for r in ar]
+  assert [r["stop_reason"] for r in sp] == [r["stop_reason"] for r in ar]
+  for r in sp:
+    b = r["blts"]
+    assert b["k"] == 4 and r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"]}
+    assert 1 <= b["bytes_per_cycle"] <= 5 and 0 <= b["acceptance"] <= b["agreement"] <= 1
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--checkpoint", "x", "--input", "i", "--output", "o", "--method", "blts",
+                    "--temperature", "0.7"])
