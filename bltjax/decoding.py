@@ -298,6 +298,34 @@ def flush_global(state: DecodeState) -> tuple[jax.Array, jax.Array]:
   return gk, gv
 
 
+def global_one(params, cfg: BLTConfig, gk, gv, pmax_BxD, pk_BxTxHxK, pv_BxTxHxK, len_B,
+               n_closed_B):
+  """Pools one patch per row (its running max and its first len_B bytes' pooling K/V), runs one
+  global step at patch index n_closed over cache slots < n_closed (not written) and returns the
+  new per-layer global (k, v) [Lg, B, G, K] and the latent's decoder K/V [Ld, B, C, Hx, Kx]."""
+  chunk = min(GLOBAL_CHUNK, gk.shape[3])
+
+  def glob_fn(m, pmax, pk, pv, blen, qidx, gk, gv):
+    valid = jnp.arange(pk.shape[1])[None] < blen[:, None]
+    x_g = m.local_encoder.pool_one(pmax, pk, pv, valid)[:, None]  # [B, 1, C*De]
+    g = m.global_transformer
+    x = g.project_in(x_g)
+    ks, vs = [], []
+    for i, layer in enumerate(g.layers):
+      q, k, v = layer.attn_in(x, qidx[:, None])
+      o = attend_prefix(q[:, 0], gk[i], gv[i], qidx, k[:, 0], v[:, 0], chunk)
+      x = layer.attn_out(x, o[:, None])
+      ks.append(k[:, 0])
+      vs.append(v[:, 0])
+    lk = m.local_decoder.latent_kv(x)
+    return (jnp.stack(ks), jnp.stack(vs), jnp.stack([k[:, 0] for k, _ in lk]),
+            jnp.stack([v[:, 0] for _, v in lk]))
+
+  qidx = jnp.minimum(n_closed_B, gk.shape[3] - 1)
+  return M.blt_module(cfg).apply({"params": M.blt_params(params)}, pmax_BxD, pk_BxTxHxK,
+                                 pv_BxTxHxK, len_B, qidx, gk, gv, method=glob_fn)
+
+
 def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
   """Commits byte x_B at position n for active rows and computes the next logits."""
   t_B = state.n
@@ -353,30 +381,10 @@ def _step_impl(params, cfg: BLTConfig, state: DecodeState, x_B, active_B):
 
   # 4. Close the patch holding byte n: pool, cross-attend, one global step, new latent.
   def close(args):
-    """Pool the patch holding byte n, one global step, new latent. Reads the global cache but
-    returns only the new per-layer keys/values, so the `cond` never copies the cache."""
+    """Reads the global cache but returns only the new per-layer keys/values, so the `cond`
+    never copies the cache."""
     n_closed, gk, gv, lat_k, lat_v = args
-    chunk = min(GLOBAL_CHUNK, gk.shape[3])
-
-    def glob_fn(m, pmax, pk, pv, blen, qidx, gk, gv):
-      valid = jnp.arange(pk.shape[1])[None] < blen[:, None]
-      x_g = m.local_encoder.pool_one(pmax, pk, pv, valid)[:, None]  # [B, 1, C*De]
-      g = m.global_transformer
-      x = g.project_in(x_g)
-      ks, vs = [], []
-      for i, layer in enumerate(g.layers):
-        q, k, v = layer.attn_in(x, qidx[:, None])
-        o = attend_prefix(q[:, 0], gk[i], gv[i], qidx, k[:, 0], v[:, 0], chunk)
-        x = layer.attn_out(x, o[:, None])
-        ks.append(k[:, 0])
-        vs.append(v[:, 0])
-      lk = m.local_decoder.latent_kv(x)
-      return (jnp.stack(ks), jnp.stack(vs), jnp.stack([k[:, 0] for k, _ in lk]),
-              jnp.stack([v[:, 0] for _, v in lk]))
-
-    qidx = jnp.minimum(n_closed, gk.shape[3] - 1)
-    new_k, new_v, lk, lv = M.blt_module(cfg).apply(
-      {"params": M.blt_params(params)}, pmax, pk, pv, new_len, qidx, gk, gv, method=glob_fn)
+    new_k, new_v, lk, lv = global_one(params, cfg, gk, gv, pmax, pk, pv, new_len, n_closed)
     sel = start_B[None, :, None, None, None]
     return new_k, new_v, jnp.where(sel, lk, lat_k), jnp.where(sel, lv, lat_v)
 
@@ -581,16 +589,14 @@ class Generation:
     return ids_to_bytes(self.new_ids)
 
 
-def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
-             sc: SamplingConfig = SamplingConfig(), seeds: list[int] | None = None,
-             stops: tuple[bytes, ...] = (), budgets: list[int] | None = None,
-             max_patches: int | None = None, patch_cap: int = 512,
-             batch_bucket: bool = True, stop_at_eos: bool = True) -> list[Generation]:
-  """Batch generation: bucketed prefill, then one jitted while_loop for the whole batch.
+def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
+            budgets: list[int] | None = None, max_patches: int | None = None,
+            patch_cap: int = 512, batch_bucket: bool = True, ring_extra: int = 0
+            ) -> tuple[DecodeState, np.ndarray, np.ndarray]:
+  """Bucketed prefill of a prompt batch: (state, per-row budgets [B], prefill patches [B]).
 
-  Rows are padded to a power-of-two batch and prompts to a power-of-two length, and sampling
-  parameters and stop strings are arrays, so a CLI run compiles a handful of programs at most.
-  `budgets` gives per-row byte budgets (<= max_new).
+  Rows are padded to a power-of-two batch (padding rows get budget 0) and prompts to a
+  power-of-two length; `ring_extra` ring slots serve multi-position (speculative) steps.
   """
   check_supported(cfg)
   n_real = len(prompts)
@@ -603,17 +609,46 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   lengths = np.array([len(x) for x in ids], np.int32)
   if cfg.patcher.max_patch_length is not None:
     patch_cap = min(patch_cap, cfg.patcher.max_patch_length)
-  spec = CacheSpec(max_patches=max_patches or bucket(s + max_new + 2), patch_cap=patch_cap)
+  spec = CacheSpec(max_patches=max_patches or bucket(s + max_new + 2), patch_cap=patch_cap,
+                   ring_extra=ring_extra)
   st = prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec)
   if int(jnp.max(st.patch_len)) > patch_cap:
     raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
-  pre_patches = np.asarray(st.n_closed)
-  seeds = list(seeds) if seeds is not None else [0] * n_real
-  keys = jnp.stack([jax.random.key(int(x)) for x in seeds + [0] * (b - n_real)])
   budget = np.zeros((b,), np.int32)
   budget[:n_real] = budgets if budgets is not None else max_new
   if budget.max() > max_new:
     raise ValueError(f"a row budget exceeds max_new={max_new}")
+  return st, budget, np.asarray(st.n_closed)
+
+
+def trim(toks: list[int], reason: str, stops: tuple[bytes, ...]) -> list[int]:
+  """A row's generated ids without the EOS or the stop string that ended it."""
+  if reason == "eos":
+    return toks[:-1]
+  if reason == "stop":
+    for sb in stops:
+      if sb and ids_to_bytes(toks).endswith(sb):
+        return toks[:len(toks) - len(sb)]
+  return toks
+
+
+def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
+             sc: SamplingConfig = SamplingConfig(), seeds: list[int] | None = None,
+             stops: tuple[bytes, ...] = (), budgets: list[int] | None = None,
+             max_patches: int | None = None, patch_cap: int = 512,
+             batch_bucket: bool = True, stop_at_eos: bool = True) -> list[Generation]:
+  """Batch generation: bucketed prefill, then one jitted while_loop for the whole batch.
+
+  Rows are padded to a power-of-two batch and prompts to a power-of-two length, and sampling
+  parameters and stop strings are arrays, so a CLI run compiles a handful of programs at most.
+  `budgets` gives per-row byte budgets (<= max_new).
+  """
+  st, budget, pre_patches = prepare(params, cfg, prompts, max_new=max_new, budgets=budgets,
+                                    max_patches=max_patches, patch_cap=patch_cap,
+                                    batch_bucket=batch_bucket)
+  n_real, b = len(prompts), budget.shape[0]
+  seeds = list(seeds) if seeds is not None else [0] * n_real
+  keys = jnp.stack([jax.random.key(int(x)) for x in seeds + [0] * (b - n_real)])
   out, n_new, reason, nd, ne, _ = generate_loop(
     params, cfg, st, keys, jnp.asarray(budget), max_new, sc.arrays(b), *stop_arrays(stops),
     jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
@@ -621,15 +656,8 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   nd, ne = np.asarray(nd), np.asarray(ne)
   res = []
   for i in range(n_real):
-    toks = out[i, :n_new[i]].tolist()
     r = STOP_NAMES[int(reason[i])]
-    if r == "eos":
-      toks = toks[:-1]
-    elif r == "stop":
-      for sb in stops:
-        if sb and ids_to_bytes(toks).endswith(sb):
-          toks = toks[:len(toks) - len(sb)]
-          break
+    toks = trim(out[i, :n_new[i]].tolist(), r, stops)
     # n_dec counts one decoder call per generated byte: the first byte's logits come from the
     # prefill's last position, every later one from one step (fast_blt.md §7).
     res.append(Generation(toks, r, int(nd[i]) + int(n_new[i] > 0), int(ne[i]),

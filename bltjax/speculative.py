@@ -320,69 +320,81 @@ class SpecState:
   step: jax.Array
 
 
+def init_spec_state(dstate: D.DecodeState, budget_B, max_new: int, q: int) -> SpecState:
+  b = budget_B.shape[0]
+  z = lambda: jnp.zeros((b,), jnp.int32)  # noqa: E731
+  return SpecState(dstate=dstate, out=jnp.zeros((b, max_new + q), jnp.int32), n_new=z(),
+                   done=budget_B <= 0,
+                   reason=jnp.where(budget_B <= 0, D.STOP_LENGTH, D.STOP_NONE).astype(jnp.int32),
+                   nfe_dec=z(), nfe_enc=z(), cycles=z(), drafted=z(), accepted=z(), agree=z(),
+                   step=jnp.zeros((), jnp.int32))
+
+
+def verify_and_commit(params, cfg: BLTConfig, g: SpecState, d: D.DecodeState, x0_B, drafts_BxK,
+                      draft_nfe_B, budget_B, max_new: int, stop_ids_NxL, stop_len_N,
+                      eos_id) -> SpecState:
+  """One verification (shared by BLT-S and BLT-DV): `extend` over [x0, drafts], commit the
+  longest verified prefix (stopping at EOS, a stop string, the budget or the global cache as
+  generate_loop would) and count NFEs: decoder draft_nfe + 1, encoder+global 1.
+
+  `d` is `g.dstate` with the drafts' speculative ring writes; x0 is the exact next id.
+  """
+  b, k = drafts_BxK.shape
+  q = k + 1
+  pmax = d.glob_k.shape[3]
+  active = ~g.done
+  ids = jnp.concatenate([x0_B[:, None], drafts_BxK], axis=1)  # [B, Q]
+  ext = _extend_impl(params, cfg, d, ids, active)
+  y = jnp.argmax(ext.logits, axis=-1).astype(jnp.int32)  # y[:, j] predicts id j + 1
+  match = drafts_BxK == y[:, :k]
+  acc = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
+  # Events inside the accepted window, checked per id in generate_loop's order: EOS, a stop
+  # string, the budget, the global cache (the id's patch would need a slot past the cache).
+  jj = jnp.arange(q)[None]
+  out = g.out
+  for j in range(q):  # write ids 0..acc at n_new.. (ids past the commit are overwritten later)
+    wj = active & (j <= acc)
+    out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
+      out, jnp.where(wj, g.n_new + j, out.shape[1]), ids[:, j])
+  eos_j = ids == eos_id
+  hit_j = jnp.stack([D._stop_hit(out, g.n_new + j + 1, stop_ids_NxL, stop_len_N)
+                     for j in range(q)], axis=1) & ~eos_j
+  full_j = (g.n_new[:, None] + jj + 1 >= budget_B[:, None]) & ~eos_j & ~hit_j
+  closed_before = d.n_closed[:, None] + ext.closed - ext.start.astype(jnp.int32)
+  ctx_j = (closed_before >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
+  ev_j = (eos_j | hit_j | full_j | ctx_j) & (jj <= acc[:, None])
+  stop = active & jnp.any(ev_j, axis=1)
+  a = jnp.where(stop, jnp.argmax(ev_j, axis=1), acc)
+  at_a = lambda x: jnp.take_along_axis(x, a[:, None], axis=1)[:, 0]  # noqa: E731
+  reason = g.reason
+  for flag, code in ((ctx_j, D.STOP_CONTEXT), (full_j, D.STOP_LENGTH),
+                     (hit_j, D.STOP_STRING), (eos_j, D.STOP_EOS)):
+    reason = jnp.where(stop & at_a(flag), code, reason)
+  ai = active.astype(jnp.int32)
+  return SpecState(
+    dstate=_commit_impl(ext, a, active), out=out, n_new=g.n_new + jnp.where(active, a + 1, 0),
+    done=g.done | stop, reason=reason, nfe_dec=g.nfe_dec + ai * (draft_nfe_B + 1),
+    nfe_enc=g.nfe_enc + ai, cycles=g.cycles + ai, drafted=g.drafted + ai * k,
+    accepted=g.accepted + ai * acc,
+    agree=g.agree + ai * jnp.sum(match.astype(jnp.int32), axis=1), step=g.step + 1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "k"), donate_argnames=("dstate",))
 def blts_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: int, k: int,
               stop_ids_NxL, stop_len_N, eos_id=EOS_ID):
   """Greedy BLT-S until every row is done: the ids equal `decoding.generate_loop`'s greedy ids."""
   cfg = D._dec_cfg(cfg)
-  b = budget_B.shape[0]
-  q = k + 1
-  pmax = dstate.glob_k.shape[3]
-  z = lambda: jnp.zeros((b,), jnp.int32)  # noqa: E731
-  g0 = SpecState(dstate=dstate, out=jnp.zeros((b, max_new + q), jnp.int32), n_new=z(),
-                 done=budget_B <= 0,
-                 reason=jnp.where(budget_B <= 0, D.STOP_LENGTH, D.STOP_NONE).astype(jnp.int32),
-                 nfe_dec=z(), nfe_enc=z(), cycles=z(), drafted=z(), accepted=z(), agree=z(),
-                 step=jnp.zeros((), jnp.int32))
-
-  def cond(g):
-    return (g.step < max_new) & ~jnp.all(g.done)
 
   def body(g):
     d = g.dstate
-    active = ~g.done
     x0 = jnp.argmax(d.logits, axis=-1).astype(jnp.int32)
-    drafts, enc, dec = draft(params, cfg, d, x0, k, active)
+    drafts, enc, dec = draft(params, cfg, d, x0, k, ~g.done)
     d = dataclasses.replace(d, enc=enc, dec=dec)
-    ids = jnp.concatenate([x0[:, None], drafts], axis=1)  # [B, Q]
-    ext = _extend_impl(params, cfg, d, ids, active)
-    y = jnp.argmax(ext.logits, axis=-1).astype(jnp.int32)  # y[:, j] predicts id j + 1
-    match = drafts == y[:, :k]
-    acc = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
-    # Events inside the accepted window, checked per id in generate_loop's order: EOS, a stop
-    # string, the budget, the global cache (the id's patch would need a slot past the cache).
-    jj = jnp.arange(q)[None]
-    out = g.out
-    for j in range(q):  # write ids 0..acc at n_new.. (ids past the commit are overwritten later)
-      wj = active & (j <= acc)
-      out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
-        out, jnp.where(wj, g.n_new + j, max_new + q), ids[:, j])
-    eos_j = ids == eos_id
-    hit_j = jnp.stack([D._stop_hit(out, g.n_new + j + 1, stop_ids_NxL, stop_len_N)
-                       for j in range(q)], axis=1) & ~eos_j
-    full_j = (g.n_new[:, None] + jj + 1 >= budget_B[:, None]) & ~eos_j & ~hit_j
-    closed_before = d.n_closed[:, None] + ext.closed - ext.start.astype(jnp.int32)
-    ctx_j = (closed_before >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
-    ev_j = (eos_j | hit_j | full_j | ctx_j) & (jj <= acc[:, None])
-    stop = active & jnp.any(ev_j, axis=1)
-    a = jnp.where(stop, jnp.argmax(ev_j, axis=1), acc)
-    at_a = lambda x: jnp.take_along_axis(x, a[:, None], axis=1)[:, 0]  # noqa: E731
-    reason = g.reason
-    for flag, code in ((ctx_j, D.STOP_CONTEXT), (full_j, D.STOP_LENGTH),
-                       (hit_j, D.STOP_STRING), (eos_j, D.STOP_EOS)):
-      reason = jnp.where(stop & at_a(flag), code, reason)
-    done = g.done | stop
-    n_new = g.n_new + jnp.where(active, a + 1, 0)
-    d2 = _commit_impl(ext, a, active)
-    ai = active.astype(jnp.int32)
-    return SpecState(
-      dstate=d2, out=out, n_new=n_new, done=done, reason=reason,
-      nfe_dec=g.nfe_dec + ai * q, nfe_enc=g.nfe_enc + ai, cycles=g.cycles + ai,
-      drafted=g.drafted + ai * k, accepted=g.accepted + ai * acc,
-      agree=g.agree + ai * jnp.sum(match.astype(jnp.int32), axis=1), step=g.step + 1)
+    return verify_and_commit(params, cfg, g, d, x0, drafts, jnp.full_like(x0, k), budget_B,
+                             max_new, stop_ids_NxL, stop_len_N, eos_id)
 
-  g = jax.lax.while_loop(cond, body, g0)
-  return g
+  return jax.lax.while_loop(lambda g: (g.step < max_new) & ~jnp.all(g.done), body,
+                            init_spec_state(dstate, budget_B, max_new, k + 1))
 
 
 @dataclasses.dataclass
@@ -409,44 +421,19 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, k: i
              stop_at_eos: bool = True) -> list[SpecGeneration]:
   """Greedy BLT-S generation with window k (same arguments and results as `decoding.generate`
   with temperature 0, plus cycle and acceptance counts)."""
-  D.check_supported(cfg)
   if k < 1:
     raise ValueError(f"k: the draft window must be >= 1, got {k}")
-  n_real = len(prompts)
-  b = D.bucket(n_real, 1) if batch_bucket else n_real
-  ids = [D.encode_prompt(p) for p in prompts] + [[D.BOS_ID]] * (b - n_real)
-  s = D.bucket(max(len(x) for x in ids))
-  arr = np.zeros((b, s), np.int32)
-  for i, x in enumerate(ids):
-    arr[i, :len(x)] = x
-  lengths = np.array([len(x) for x in ids], np.int32)
-  if cfg.patcher.max_patch_length is not None:
-    patch_cap = min(patch_cap, cfg.patcher.max_patch_length)
   # Rings hold k more slots: a verify pass writes k + 1 positions past the committed ones.
-  spec = D.CacheSpec(max_patches=max_patches or D.bucket(s + max_new + 2), patch_cap=patch_cap,
-                     ring_extra=k)
-  st = D.prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec)
-  if int(jnp.max(st.patch_len)) > patch_cap:
-    raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
-  pre_patches = np.asarray(st.n_closed)
-  budget = np.zeros((b,), np.int32)
-  budget[:n_real] = budgets if budgets is not None else max_new
-  if budget.max() > max_new:
-    raise ValueError(f"a row budget exceeds max_new={max_new}")
+  st, budget, pre_patches = D.prepare(params, cfg, prompts, max_new=max_new, budgets=budgets,
+                                      max_patches=max_patches, patch_cap=patch_cap,
+                                      batch_bucket=batch_bucket, ring_extra=k)
   g = blts_loop(params, cfg, st, jnp.asarray(budget), max_new, k, *D.stop_arrays(stops),
                 jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
   g = jax.device_get(g)
   res = []
-  for i in range(n_real):
-    toks = g.out[i, :g.n_new[i]].tolist()
+  for i in range(len(prompts)):
     r = D.STOP_NAMES[int(g.reason[i])]
-    if r == "eos":
-      toks = toks[:-1]
-    elif r == "stop":
-      for sb in stops:
-        if sb and D.ids_to_bytes(toks).endswith(sb):
-          toks = toks[:len(toks) - len(sb)]
-          break
+    toks = D.trim(g.out[i, :g.n_new[i]].tolist(), r, stops)
     res.append(SpecGeneration(toks, r, int(g.nfe_dec[i]), int(g.nfe_enc[i]), int(pre_patches[i]),
                               cycles=int(g.cycles[i]), drafted=int(g.drafted[i]),
                               accepted=int(g.accepted[i]), agree=int(g.agree[i])))
