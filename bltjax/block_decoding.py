@@ -1,0 +1,272 @@
+"""BLT-D block-diffusion decoding and BLT-DV (fast_blt.md §4 and §6) on the cached engine.
+
+BLT-D, per cycle with n committed (and processed) ids:
+  latent   `open_latent`: the block latent L for a block starting at n (§4.3,
+           block_latent="partial_last_patch"): the latent of the patch holding byte n-1, which is
+           state.lat when that patch is closed, else one global step over the open patch pooled
+           from the bytes it has (cache slots < n_closed read, nothing written). 1 N_enc.
+  denoise  Z positions n..n+Z-1 start as [MASK]; each step runs the local decoder over the block
+           only (bidirectional within it, cross-attending L, causal onto the clean decoder ring
+           within diffusion.block_prefix_window of the block start) and commits masked positions
+           by the rule (§4.2: confidence α, entropy-bounded γ, or one step). 1 N_dec per step.
+  commit   the Z ids (cut at EOS, stop string, budget) go through `speculative.extend` (entropy
+           model, patching, encoder, global for patches that close, decoder ring) and `commit`.
+BLT-DV, per cycle: x0 = argmax of the known logits (exact); x0 goes through the encoder and the
+decoder as a clean position (reading L* = state.lat, "last_valid"); a block of Z ids at n+1 is
+denoised as above with L*; then `speculative.verify_and_commit` verifies [x0, block] with one
+causal pass and commits the longest verified prefix plus the verifier's byte. Its output is the
+greedy causal decoding of the same BLT-D weights (§6.3).
+
+Only `diffusion.block_input = "tok_embeddings"` blocks are supported here (the block stream is
+the byte table; "encoder_states" would need the encoder over the block as well).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from bltjax import decoding as D
+from bltjax import model as M
+from bltjax import speculative as S
+from bltjax.config import EOS_ID, MASK_ID, BLTConfig
+from bltjax.layers import attend_hm
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRule:
+  """Which masked positions a denoising step commits (fast_blt.md §4.2)."""
+
+  kind: str = "confidence"  # "confidence" (α) | "entropy" (EB, γ) | "one_step"
+  alpha: float = 0.7
+  gamma: float = 1.5
+  eb_rule: str = "sum_minus_max"  # | "cumulative"
+
+  def __post_init__(self):
+    if self.kind not in ("confidence", "entropy", "one_step"):
+      raise ValueError(f"rule.kind: unknown {self.kind!r} (confidence | entropy | one_step)")
+    if self.eb_rule not in ("sum_minus_max", "cumulative"):
+      raise ValueError(f"rule.eb_rule: unknown {self.eb_rule!r}")
+    if not 0 <= self.alpha < 1:
+      raise ValueError(f"rule.alpha: must be in [0, 1), got {self.alpha}")
+    if self.gamma < 0:
+      raise ValueError(f"rule.gamma: must be >= 0, got {self.gamma}")
+
+
+def check_supported(cfg: BLTConfig) -> None:
+  D.check_supported(cfg)
+  d = cfg.diffusion
+  if not d.enabled:
+    raise ValueError("diffusion.block_size: the checkpoint is a plain BLT (block_size 0); BLT-D "
+                     "and BLT-DV need BLT-D weights")
+  if d.block_input != "tok_embeddings":
+    raise ValueError(f"diffusion.block_input: {d.block_input!r} blocks are not supported by the "
+                     "block decoder yet (tok_embeddings only)")
+  wb, wd = d.block_prefix_window, cfg.decoder.window
+  if wd is not None and (wb is None or wb > wd):
+    raise ValueError(f"diffusion.block_prefix_window: {wb} keys exceed the decoder ring "
+                     f"(decoder.window {wd}); decoding keeps only the decoder's window")
+
+
+def commit_mask(logits_BxZxV, masked_BxZ, rule: BlockRule):
+  """Masked positions to commit this step (at least one per row that has any)."""
+  p = jax.nn.softmax(logits_BxZxV.astype(jnp.float32), axis=-1)
+  any_masked = jnp.any(masked_BxZ, axis=1, keepdims=True)
+  if rule.kind == "one_step":
+    return masked_BxZ
+  if rule.kind == "confidence":
+    c = jnp.where(masked_BxZ, jnp.max(p, axis=-1), -1.0)
+    best = jax.nn.one_hot(jnp.argmax(c, axis=1), c.shape[1], dtype=bool)
+    pick = masked_BxZ & (c > rule.alpha)
+    return jnp.where(jnp.any(pick, axis=1, keepdims=True), pick, best & any_masked)
+  h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+  h = jnp.where(masked_BxZ, h, jnp.inf)
+  order = jnp.argsort(h, axis=1, stable=True)  # ascending entropy; unmasked last
+  hs = jnp.take_along_axis(h, order, axis=1)
+  ok_sorted = jnp.isfinite(hs)
+  csum = jnp.cumsum(jnp.where(ok_sorted, hs, 0.0), axis=1)
+  bound = csum - hs if rule.eb_rule == "sum_minus_max" else csum  # sorted: max_U h = last
+  take = ok_sorted & (bound <= rule.gamma)
+  take = take.at[:, 0].set(ok_sorted[:, 0])  # always at least one
+  take = jnp.cumprod(take.astype(jnp.int32), axis=1).astype(bool)  # a prefix
+  inv = jnp.argsort(order, axis=1)
+  return jnp.take_along_axis(take, inv, axis=1) & masked_BxZ
+
+
+def _block_logits(params, cfg: BLTConfig, dec: D.KV, ids_BxZ, start_B, lat_k, lat_v):
+  """Decoder logits of one block per row at positions start..start+Z-1 ([B, Z, 260]).
+
+  Same math as `diffusion.decode_blocks` on the decoder's head-major ring: clean keys with
+  start - W_b <= pos < start, the block's own keys bidirectionally, latent keys lat_k/v
+  [Ld, B, C, Hx, Kx] for every block position. Nothing is written.
+  """
+  b, z = ids_BxZ.shape
+  pos = start_B[:, None] + jnp.arange(z, dtype=jnp.int32)[None]
+  wb = cfg.diffusion.block_prefix_window
+  rel = start_B[:, None] - dec.pos  # [B, R]
+  ring_ok = (dec.pos >= 0) & (rel >= 1)
+  if wb is not None:
+    ring_ok &= rel <= wb
+  mask = jnp.concatenate([jnp.broadcast_to(ring_ok[:, None], (b, z, ring_ok.shape[1])),
+                          jnp.ones((b, z, z), bool)], axis=2)
+
+  def run(m, ids):
+    dm = m.local_decoder
+    x = m.local_encoder.tok_embeddings(ids).astype(M.dtype_of(cfg.dtype))
+    for i, layer in enumerate(dm.layers):
+      lk = jnp.broadcast_to(lat_k[i][:, None], (b, z, *lat_k.shape[2:]))
+      lv = jnp.broadcast_to(lat_v[i][:, None], (b, z, *lat_v.shape[2:]))
+      out = dm.cross_attn_layers[i].gathered(x, lk, lv)
+      x = x + out if cfg.cross_attn_residual == "double" else out
+      q, k, v = layer.attn_in(x, pos)
+      k_all = jnp.concatenate([dec.k[i], k.transpose(0, 2, 1, 3).astype(dec.k.dtype)], axis=2)
+      v_all = jnp.concatenate([dec.v[i], v.transpose(0, 2, 1, 3).astype(dec.v.dtype)], axis=2)
+      x = layer.attn_out(x, attend_hm(q, k_all, v_all, mask))
+    return dm.head(x)
+
+  return M.blt_module(cfg).apply({"params": M.blt_params(params)}, ids_BxZ, method=run)
+
+
+def denoise(params, cfg: BLTConfig, dec: D.KV, start_B, lat_k, lat_v, rule: BlockRule,
+            active_B):
+  """Greedy block denoising from all-[MASK]: (ids [B, Z], decoder steps [B])."""
+  b, z = start_B.shape[0], cfg.diffusion.block_size
+  ids0 = jnp.full((b, z), MASK_ID, jnp.int32)
+
+  def cond(c):
+    ids, steps = c
+    return jnp.any(active_B & jnp.any(ids == MASK_ID, axis=1)) & (jnp.max(steps) < z)
+
+  def body(c):
+    ids, steps = c
+    masked = (ids == MASK_ID) & active_B[:, None]
+    logits = _block_logits(params, cfg, dec, ids, start_B, lat_k, lat_v)
+    pick = commit_mask(logits, masked, rule)
+    ids = jnp.where(pick, jnp.argmax(logits, axis=-1).astype(jnp.int32), ids)
+    return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32)
+
+  return jax.lax.while_loop(cond, body, (ids0, jnp.zeros((b,), jnp.int32)))
+
+
+def open_latent(params, cfg: BLTConfig, state: D.DecodeState):
+  """Latent K/V a block starting at n reads ("partial_last_patch"): [Ld, B, C, Hx, Kx]."""
+  gk, gv = D.flush_global(state)
+  _, _, lk, lv = D.global_one(params, cfg, gk, gv, state.patch_max, state.patch_k, state.patch_v,
+                              state.patch_len, state.n_closed)
+  is_open = (~state.next_start & (state.patch_len > 0))[None, :, None, None, None]
+  return jnp.where(is_open, lk, state.lat_k), jnp.where(is_open, lv, state.lat_v)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "rule"),
+                   donate_argnames=("dstate",))
+def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: int,
+              rule: BlockRule, stop_ids_NxL, stop_len_N, eos_id=EOS_ID) -> S.SpecState:
+  """BLT-D: blocks of Z bytes until every row is done (counters: nfe_dec = denoising steps,
+  nfe_enc = blocks; drafted/accepted/agree stay 0)."""
+  cfg = D._dec_cfg(cfg)
+  z = cfg.diffusion.block_size
+
+  def body(g):
+    d = g.dstate
+    active = ~g.done
+    lat_k, lat_v = open_latent(params, cfg, d)
+    ids, steps = denoise(params, cfg, d.dec, d.n, lat_k, lat_v, rule, active)
+    # BLT-D keeps its own ids (no verification): one causal pass caches them.
+    g2 = _commit_block(params, cfg, g, d, ids, budget_B, stop_ids_NxL, stop_len_N, eos_id)
+    ai = active.astype(jnp.int32)
+    return dataclasses.replace(g2, nfe_dec=g.nfe_dec + ai * steps, nfe_enc=g.nfe_enc + ai)
+
+  return jax.lax.while_loop(lambda g: (g.step < max_new) & ~jnp.all(g.done), body,
+                            S.init_spec_state(dstate, budget_B, max_new, z))
+
+
+def _commit_block(params, cfg, g: S.SpecState, d: D.DecodeState, ids_BxZ, budget_B,
+                  stop_ids_NxL, stop_len_N, eos_id) -> S.SpecState:
+  """Commits ids_BxZ (up to the first event: EOS, stop string, budget, global cache)."""
+  b, z = ids_BxZ.shape
+  pmax = d.glob_k.shape[3]
+  active = ~g.done
+  ext = S._extend_impl(params, cfg, d, ids_BxZ, active)
+  jj = jnp.arange(z)[None]
+  out = g.out
+  for j in range(z):
+    out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
+      out, jnp.where(active, g.n_new + j, out.shape[1]), ids_BxZ[:, j])
+  eos_j = ids_BxZ == eos_id
+  hit_j = jnp.stack([D._stop_hit(out, g.n_new + j + 1, stop_ids_NxL, stop_len_N)
+                     for j in range(z)], axis=1) & ~eos_j
+  full_j = (g.n_new[:, None] + jj + 1 >= budget_B[:, None]) & ~eos_j & ~hit_j
+  closed_before = d.n_closed[:, None] + ext.closed - ext.start.astype(jnp.int32)
+  ctx_j = (closed_before >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
+  ev_j = eos_j | hit_j | full_j | ctx_j
+  stop = active & jnp.any(ev_j, axis=1)
+  a = jnp.where(stop, jnp.argmax(ev_j, axis=1), z - 1)
+  at_a = lambda x: jnp.take_along_axis(x, a[:, None], axis=1)[:, 0]  # noqa: E731
+  reason = g.reason
+  for flag, code in ((ctx_j, D.STOP_CONTEXT), (full_j, D.STOP_LENGTH),
+                     (hit_j, D.STOP_STRING), (eos_j, D.STOP_EOS)):
+    reason = jnp.where(stop & at_a(flag), code, reason)
+  ai = active.astype(jnp.int32)
+  return dataclasses.replace(
+    g, dstate=S._commit_impl(ext, a, active), out=out,
+    n_new=g.n_new + jnp.where(active, a + 1, 0), done=g.done | stop, reason=reason,
+    cycles=g.cycles + ai, step=g.step + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "rule"),
+                   donate_argnames=("dstate",))
+def bltdv_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: int,
+               rule: BlockRule, stop_ids_NxL, stop_len_N, eos_id=EOS_ID) -> S.SpecState:
+  """BLT-DV: diffusion drafts of Z ids verified by one causal pass (greedy causal output)."""
+  cfg = D._dec_cfg(cfg)
+  z = cfg.diffusion.block_size
+
+  def body(g):
+    d = g.dstate
+    active = ~g.done
+    x0 = jnp.argmax(d.logits, axis=-1).astype(jnp.int32)
+    # x0 as a clean position at n (encoder + decoder ring, latent L*): the block's prefix.
+    _, enc, dec = S.draft(params, cfg, d, x0, 1, active)
+    d = dataclasses.replace(d, enc=enc, dec=dec)
+    drafts, steps = denoise(params, cfg, dec, d.n + 1, d.lat_k, d.lat_v, rule, active)
+    return S.verify_and_commit(params, cfg, g, d, x0, drafts, steps, budget_B, max_new,
+                               stop_ids_NxL, stop_len_N, eos_id)
+
+  return jax.lax.while_loop(lambda g: (g.step < max_new) & ~jnp.all(g.done), body,
+                            S.init_spec_state(dstate, budget_B, max_new, z + 1))
+
+
+def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
+             method: str = "bltd", rule: BlockRule = BlockRule(), stops: tuple[bytes, ...] = (),
+             budgets: list[int] | None = None, max_patches: int | None = None,
+             patch_cap: int = 512, batch_bucket: bool = True,
+             stop_at_eos: bool = True) -> list[S.SpecGeneration]:
+  """BLT-D ("bltd") or BLT-DV ("bltdv") generation; results as `speculative.generate`
+  (cycles = blocks for BLT-D, verifications for BLT-DV)."""
+  if method not in ("bltd", "bltdv"):
+    raise ValueError(f"method: unknown {method!r} (bltd | bltdv)")
+  check_supported(cfg)
+  z = cfg.diffusion.block_size
+  st, budget, pre_patches = D.prepare(params, cfg, prompts, max_new=max_new, budgets=budgets,
+                                      max_patches=max_patches, patch_cap=patch_cap,
+                                      batch_bucket=batch_bucket, ring_extra=z + 1)
+  loop = bltd_loop if method == "bltd" else bltdv_loop
+  g = loop(params, cfg, st, jnp.asarray(budget), max_new, rule, *D.stop_arrays(stops),
+           jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
+  g = jax.device_get(g)
+  res = []
+  for i in range(len(prompts)):
+    r = D.STOP_NAMES[int(g.reason[i])]
+    toks = D.trim(g.out[i, :g.n_new[i]].tolist(), r, stops)
+    res.append(S.SpecGeneration(toks, r, int(g.nfe_dec[i]), int(g.nfe_enc[i]),
+                                int(pre_patches[i]), cycles=int(g.cycles[i]),
+                                drafted=int(g.drafted[i]), accepted=int(g.accepted[i]),
+                                agree=int(g.agree[i])))
+  return res
+
+
+__all__ = ["BlockRule", "commit_mask", "denoise", "open_latent", "bltd_loop", "bltdv_loop",
+           "generate", "check_supported"]

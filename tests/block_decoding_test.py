@@ -1,0 +1,140 @@
+"""BLT-D and BLT-DV decoding (bltjax/block_decoding.py): cached BLT-D equals a full-recompute
+reference step for step; BLT-DV equals greedy causal decoding of the same weights."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bltjax import block_decoding as BD
+from bltjax import decoding as D
+from bltjax import diffusion, patching
+from bltjax import model as M
+from bltjax.config import EOS_ID, MASK_ID, DiffusionConfig
+from tests.decoding_test import PROMPTS
+from tests.model_fixtures import median_threshold, tiny_config, tiny_params
+
+Z = 4
+WIDTH = 128  # the reference's fixed row length (one compilation)
+
+
+@functools.cache
+def setup(block_prefix_window: int = 16):
+  cfg = tiny_config(window=16).replace(diffusion=DiffusionConfig(
+    block_size=Z, block_prefix_window=block_prefix_window))
+  params = tiny_params(cfg)
+  th = median_threshold(params, cfg)
+  return cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th)), params
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _reference_prefix(params, cfg, ids_1xS, n):
+  """Full recompute over ids[:n]: the decoder's clean K/V and the latent of byte n-1's patch."""
+  ids, lengths, pos, valid, doc = M._defaults(ids_1xS, n[None])
+  h_ent = M.entropies(params, cfg, ids, lengths)
+  start = patching.patch_starts(cfg.patcher, ids_BxS=ids, lengths_B=lengths, H_BxS=h_ent)
+  p = ids.shape[1] + 1
+  a = M.byte_arrays(start, ids, valid, p)
+  h, xg = M.encode(params, cfg, ids, pos, doc, valid, a["patch_ids"], p)
+  o = M.global_latents(params, cfg, xg, a["patch_pos"], a["patch_doc"], a["patch_valid"])
+  _, kv = diffusion.clean_decoder_kv(params, cfg, h, pos, doc, valid, o, a["dec_ids"])
+  lat = o[:, a["patch_ids"][0, n - 1]][:, None]  # [1, 1, Dg]
+  return kv, pos, valid, lat
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat):
+  bpos = (n + jnp.arange(Z))[None, None]
+  return diffusion.decode_blocks(params, cfg, block_1xZ[:, None], bpos, jnp.ones((1, 1, Z), bool),
+                                 n[None, None], lat, kv, pos, valid)[:, 0]
+
+
+def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule):
+  """BLT-D by full recompute: every block re-patches and re-runs the model over the prefix."""
+  ids = D.encode_prompt(prompt)
+  out, steps = [], 0
+  while len(out) < max_new:
+    n = jnp.asarray(len(ids), jnp.int32)
+    arr = np.zeros((1, WIDTH), np.int32)
+    arr[0, :len(ids)] = ids
+    kv, pos, valid, lat = _reference_prefix(params, cfg, jnp.asarray(arr), n)
+    block = np.full((1, Z), MASK_ID, np.int32)
+    while (block == MASK_ID).any():
+      logits = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat)
+      pick = np.asarray(BD.commit_mask(logits, jnp.asarray(block == MASK_ID), rule))
+      block = np.where(pick, np.asarray(jnp.argmax(logits, -1)), block)
+      steps += 1
+    for t in block[0].tolist():
+      out.append(t)
+      ids.append(t)
+      if t == EOS_ID or len(out) == max_new:
+        return out, steps
+  return out, steps
+
+
+def test_commit_rules_on_hand_cases():
+  logits = jnp.log(jnp.asarray([[[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.99, 0.01]]]))
+  masked = jnp.asarray([[True, True, True, False]])
+  conf = BD.commit_mask(logits, masked, BD.BlockRule("confidence", alpha=0.7))
+  np.testing.assert_array_equal(conf, [[1, 0, 0, 0]])  # 0.9 > 0.7; slot 3 is not masked
+  none = BD.commit_mask(logits, masked, BD.BlockRule("confidence", alpha=0.95))
+  np.testing.assert_array_equal(none, [[1, 0, 0, 0]])  # nothing qualifies: the most confident
+  one = BD.commit_mask(logits, masked, BD.BlockRule("one_step"))
+  np.testing.assert_array_equal(one, masked)
+  h = [0.325, 0.673, 0.693]  # entropies (nats) of the masked slots, ascending
+  eb = lambda g, r: np.asarray(BD.commit_mask(logits, masked, BD.BlockRule(  # noqa: E731
+    "entropy", gamma=g, eb_rule=r)))
+  np.testing.assert_array_equal(eb(0.0, "sum_minus_max"), [[1, 0, 0, 0]])
+  np.testing.assert_array_equal(eb(h[0] + 0.01, "sum_minus_max"), [[1, 1, 0, 0]])
+  np.testing.assert_array_equal(eb(h[0] + h[1] + 0.01, "sum_minus_max"), [[1, 1, 1, 0]])
+  np.testing.assert_array_equal(eb(h[0] + 0.01, "cumulative"), [[1, 0, 0, 0]])
+  np.testing.assert_array_equal(eb(h[0] + h[1] + 0.01, "cumulative"), [[1, 1, 0, 0]])
+  with pytest.raises(ValueError, match="rule.kind"):
+    BD.BlockRule("topk")
+
+
+@pytest.mark.parametrize("rule,wb", [
+  (BD.BlockRule("confidence", alpha=0.3), 16),
+  (BD.BlockRule("entropy", gamma=1.5), 8),  # blocks see fewer clean keys than the decoder
+  (BD.BlockRule("one_step"), 16),
+])
+def test_bltd_cached_equals_full_recompute(rule, wb):
+  cfg, params = setup(wb)
+  prompts = [PROMPTS[0], PROMPTS[2][:70]]
+  res = BD.generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule)
+  for prompt, r in zip(prompts, res, strict=True):
+    ref, steps = reference_bltd(params, cfg, prompt, 24, rule)
+    got = r.new_ids + ([EOS_ID] if r.reason == "eos" else [])
+    assert got == ref, (prompt, got, ref)
+    assert r.nfe_dec == steps and r.nfe_enc == r.cycles == -(-len(got) // Z)
+    if rule.kind == "one_step":
+      assert r.nfe_dec == r.cycles
+
+
+def test_bltdv_equals_greedy_causal_decoding():
+  cfg, params = setup()
+  ar = D.generate(params, cfg, PROMPTS, max_new=40)
+  dv = BD.generate(params, cfg, PROMPTS, max_new=40, method="bltdv",
+                   rule=BD.BlockRule("entropy", gamma=1.5))
+  for x, y in zip(ar, dv, strict=True):
+    assert y.new_ids == x.new_ids and y.reason == x.reason
+    assert y.nfe_enc == y.cycles and y.drafted == Z * y.cycles
+    assert y.cycles < y.nfe_dec <= y.cycles * (Z + 1)
+  assert sum(y.cycles for y in dv) < sum(len(x.new_ids) for x in ar)
+
+
+def test_block_decoding_refuses_what_it_cannot_decode():
+  cfg, params = setup()
+  with pytest.raises(ValueError, match="diffusion.block_size"):
+    BD.generate(params, cfg.replace(diffusion=DiffusionConfig()), [b"x"], max_new=2)
+  wide = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, block_prefix_window=None))
+  with pytest.raises(ValueError, match="diffusion.block_prefix_window"):
+    BD.generate(params, wide, [b"x"], max_new=2)
+  enc = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, block_input="encoder_states"))
+  with pytest.raises(ValueError, match="diffusion.block_input"):
+    BD.generate(params, enc, [b"x"], max_new=2)
+  with pytest.raises(ValueError, match="method"):
+    BD.generate(params, cfg, [b"x"], max_new=2, method="blts")
