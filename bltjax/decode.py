@@ -3,9 +3,10 @@
 Input lines: {"id": ..., "prompt": "text"} or {"id": ..., "prompt_b64": "..."} (arbitrary bytes).
 Output lines (written and flushed as each batch finishes): id, completion (UTF-8, invalid bytes
 replaced), completion_b64, new_bytes, stop_reason, nfe {decoder, encoder_global},
-est_bandwidth_gb, seconds (the batch's wall time, shared by its rows); `--method blts` adds
-blts {k, cycles, bytes_per_cycle, acceptance (accepted / drafted draft bytes), agreement
-(position-wise draft = verifier)}. A malformed input line is
+est_bandwidth_gb, seconds (the batch's wall time, shared by its rows); `--method blts` and
+`bltdv` add `speculation` {window, cycles, bytes_per_cycle, acceptance (accepted / drafted draft
+bytes), agreement (position-wise draft = verifier)}, `bltd` adds `blocks` {block_size, blocks,
+bytes_per_block, decoder_steps_per_block}. A malformed input line is
 reported on stderr and as an error record {"id", "line", "error"}; the other lines still decode.
 Each row samples from its own key (seed, id), so its output never depends on its batch.
 """
@@ -22,7 +23,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-METHODS = ("ar", "blts")  # blts: self-speculative greedy (fast_blt §5), same bytes as greedy ar
+# blts: self-speculative greedy (fast_blt §5), the bytes of greedy ar; bltd: block diffusion
+# (§4, BLT-D weights); bltdv: diffusion drafts verified causally (§6), the bytes of greedy ar.
+METHODS = ("ar", "blts", "bltd", "bltdv")
+RULE_DEFAULTS = {"bltd": ("confidence", 0.7), "bltdv": ("entropy", 1.5)}  # fast_blt §4.2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--draft-k", type=int, default=8,
                   help="blts: bytes the local decoder drafts per verification (4, 8, 16 in the "
                   "paper)")
+  ap.add_argument("--rule", default=None, choices=("confidence", "entropy", "one_step"),
+                  help="bltd/bltdv: positions committed per denoising step (default: confidence "
+                  "for bltd, entropy for bltdv)")
+  ap.add_argument("--alpha", type=float, default=0.7, help="confidence threshold")
+  ap.add_argument("--gamma", type=float, default=1.5, help="entropy bound (nats)")
+  ap.add_argument("--eb-rule", default="sum_minus_max", choices=("sum_minus_max", "cumulative"))
   ap.add_argument("--input", required=True, help="prompts JSONL")
   ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
   ap.add_argument("--max-new-bytes", type=int, default=256)
@@ -56,12 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       ap.error(f"--{key.replace('_', '-')} must be positive")
   if a.max_new_bytes >= a.max_context:
     ap.error("--max-new-bytes must be smaller than --max-context")
-  if a.method == "blts":
-    if a.temperature != 0:
-      ap.error("--method blts is greedy only (exact-match acceptance, fast_blt §10 #12): "
-               "use --temperature 0")
-    if a.draft_k < 1:
-      ap.error("--draft-k must be positive")
+  if a.method != "ar" and a.temperature != 0:
+    ap.error(f"--method {a.method} is greedy only (fast_blt §4.2, §10 #12): use --temperature 0")
+  if a.method == "blts" and a.draft_k < 1:
+    ap.error("--draft-k must be positive")
+  if a.rule is None and a.method in RULE_DEFAULTS:
+    a.rule = RULE_DEFAULTS[a.method][0]
   return a
 
 
@@ -136,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg0 = weights.load_config(a.checkpoint)
     shardings = sharding.param_shardings(cfg0, mesh)
   cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
+  try:  # refuse a checkpoint the method cannot decode before any output is written
+    if a.method in ("bltd", "bltdv"):
+      from bltjax import block_decoding  # noqa: PLC0415
+
+      block_decoding.check_supported(cfg)
+    else:
+      D.check_supported(cfg)
+  except ValueError as e:
+    print(f"error: {a.checkpoint}: --method {a.method}: {e}", file=sys.stderr)
+    return 2
   counts = nfe.param_counts(params)
   sc = D.SamplingConfig(a.temperature, a.top_k, a.top_p)
   stops = tuple(s.encode("utf-8") for s in a.stop)
@@ -170,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 
         res = speculative.generate(params, cfg, prompts, max_new=a.max_new_bytes, k=a.draft_k,
                                    stops=stops)
+      elif a.method in ("bltd", "bltdv"):
+        from bltjax import block_decoding  # noqa: PLC0415
+
+        rule = block_decoding.BlockRule(a.rule, a.alpha, a.gamma, a.eb_rule)
+        res = block_decoding.generate(params, cfg, prompts, max_new=a.max_new_bytes,
+                                      method=a.method, rule=rule, stops=stops)
       else:
         res = D.generate(params, cfg, prompts, max_new=a.max_new_bytes, sc=sc,
                          seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)
@@ -181,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
                "nfe": {"decoder": g.nfe_dec, "encoder_global": g.nfe_enc},
                "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
                "seconds": round(dt, 4)}
-        if a.method == "blts":
-          rec["blts"] = {"k": a.draft_k, "cycles": g.cycles,
-                         "bytes_per_cycle": round((len(g.new_ids) + (g.reason == "eos"))
-                                                  / max(g.cycles, 1), 4),
-                         "acceptance": round(g.acceptance, 4),
-                         "agreement": round(g.agreement, 4)}
+        n_out = len(g.new_ids) + (g.reason == "eos")
+        if a.method in ("blts", "bltdv"):
+          rec["speculation"] = {
+            "window": a.draft_k if a.method == "blts" else cfg.diffusion.block_size,
+            "cycles": g.cycles, "bytes_per_cycle": round(n_out / max(g.cycles, 1), 4),
+            "acceptance": round(g.acceptance, 4), "agreement": round(g.agreement, 4)}
+        elif a.method == "bltd":
+          rec["blocks"] = {"block_size": cfg.diffusion.block_size, "blocks": g.cycles,
+                           "bytes_per_block": round(n_out / max(g.cycles, 1), 4),
+                           "decoder_steps_per_block": round(g.nfe_dec / max(g.cycles, 1), 4)}
         out.write(json.dumps(rec) + "\n")
       out.flush()
       bar.update(len(batch))

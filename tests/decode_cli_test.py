@@ -77,9 +77,33 @@ def test_cli_blts_writes_the_greedy_ar_bytes(ckpt, tmp_path):
   assert [r["completion_b64"] for r in sp] == [r["completion_b64"] for r in ar]
   assert [r["stop_reason"] for r in sp] == [r["stop_reason"] for r in ar]
   for r in sp:
-    b = r["blts"]
-    assert b["k"] == 4 and r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"]}
+    b = r["speculation"]
+    assert b["window"] == 4
+    assert r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"]}
     assert 1 <= b["bytes_per_cycle"] <= 5 and 0 <= b["acceptance"] <= b["agreement"] <= 1
   with pytest.raises(SystemExit):
     cli.parse_args(["--checkpoint", "x", "--input", "i", "--output", "o", "--method", "blts",
                     "--temperature", "0.7"])
+
+
+def test_cli_block_methods(ckpt, tmp_path, capsys):
+  from tests.block_decoding_test import setup
+
+  cfg, params = setup()
+  bltd = tmp_path / "bltd"
+  weights.save_checkpoint(bltd, params, cfg)
+  lines = [json.dumps({"id": "a", "prompt": "Hello"})]
+  _, ar = _run(bltd, tmp_path, lines, "--batch-size", "1")
+  _, dv = _run(bltd, tmp_path, lines, "--batch-size", "1", "--method", "bltdv")
+  assert dv[0]["completion_b64"] == ar[0]["completion_b64"]  # verified: greedy causal bytes
+  assert dv[0]["speculation"]["window"] == cfg.diffusion.block_size
+  _, d = _run(bltd, tmp_path, lines, "--batch-size", "1", "--method", "bltd", "--rule",
+              "one_step")
+  blk = d[0]["blocks"]
+  assert d[0]["nfe"]["decoder"] == d[0]["nfe"]["encoder_global"] == blk["blocks"]
+  assert blk["decoder_steps_per_block"] == 1 and d[0]["new_bytes"] > 0
+  # A plain BLT checkpoint is refused for block decoding before anything is written.
+  rc = cli.main(["--checkpoint", str(ckpt), "--input", str(tmp_path / "in.jsonl"), "--output",
+                 str(tmp_path / "refused.jsonl"), "--method", "bltd"])
+  assert rc == 2 and "diffusion.block_size" in capsys.readouterr().err
+  assert not (tmp_path / "refused.jsonl").exists()
