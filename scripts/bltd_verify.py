@@ -128,6 +128,8 @@ def main() -> None:
   ap.add_argument("--block_input", default="", help="tok_embeddings | encoder_states ('': config)")
   ap.add_argument("--t", type=float, default=0.5)
   ap.add_argument("--seeds", type=int, default=4, help="noise draws per held-out window")
+  ap.add_argument("--export", action="store_true",
+                  help="also write WORKDIR/{bltd,blt}/export (for decode.py and the benchmarks)")
   ap.add_argument("--finetune_steps", type=int, default=0,
                   help="also train BLT-D from the trained BLT's weights for this many steps")
   ap.add_argument("--data", default="auto",
@@ -168,7 +170,7 @@ def main() -> None:
     c.data.source = source
     c.model.patcher.update(threshold=theta)
     c.train.update(entropy_checkpoint=str(ent_export), progress=False,
-                   export=name == "blt" and a.finetune_steps > 0)
+                   export=a.export or (name == "blt" and a.finetune_steps > 0))
     if a.steps:
       c.train.steps = a.steps
     if a.block_size:
