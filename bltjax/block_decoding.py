@@ -17,14 +17,15 @@ denoised as above with L*; then `speculative.verify_and_commit` verifies [x0, bl
 causal pass and commits the longest verified prefix plus the verifier's byte. Its output is the
 greedy causal decoding of the same BLT-D weights (§6.3).
 
-Only `diffusion.block_input = "tok_embeddings"` blocks are supported here (the block stream is
-the byte table; "encoder_states" would need the encoder over the block as well).
+Both block inputs of training are supported: the byte table ("tok_embeddings") or the local
+encoder run over the block against the encoder ring ("encoder_states").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,13 +63,14 @@ def check_supported(cfg: BLTConfig) -> None:
   if not d.enabled:
     raise ValueError("diffusion.block_size: the checkpoint is a plain BLT (block_size 0); BLT-D "
                      "and BLT-DV need BLT-D weights")
-  if d.block_input != "tok_embeddings":
-    raise ValueError(f"diffusion.block_input: {d.block_input!r} blocks are not supported by the "
-                     "block decoder yet (tok_embeddings only)")
-  wb, wd = d.block_prefix_window, cfg.decoder.window
-  if wd is not None and (wb is None or wb > wd):
-    raise ValueError(f"diffusion.block_prefix_window: {wb} keys exceed the decoder ring "
-                     f"(decoder.window {wd}); decoding keeps only the decoder's window")
+  wb = d.block_prefix_window
+  stacks = [("decoder", cfg.decoder)]
+  if d.block_input == "encoder_states":
+    stacks.append(("encoder", cfg.encoder))
+  for key, st in stacks:
+    if st.window is not None and (wb is None or wb > st.window):
+      raise ValueError(f"diffusion.block_prefix_window: {wb} keys exceed the {key} ring "
+                       f"({key}.window {st.window}); decoding keeps only that window")
 
 
 def commit_mask(logits_BxZxV, masked_BxZ, rule: BlockRule):
@@ -96,41 +98,74 @@ def commit_mask(logits_BxZxV, masked_BxZ, rule: BlockRule):
   return jnp.take_along_axis(take, inv, axis=1) & masked_BxZ
 
 
-def _block_logits(params, cfg: BLTConfig, dec: D.KV, ids_BxZ, start_B, lat_k, lat_v):
+class Prefix(NamedTuple):
+  """What a block reads of the committed ids: the encoder and decoder rings and the id history
+  (newest last) for the hash n-grams of `encoder_states` blocks."""
+
+  enc: D.KV
+  dec: D.KV
+  hist: jax.Array  # [B, Nh]
+
+
+def _prefix_mask(ring: D.KV, start_B, z: int, window: int | None):
+  """[B, Z, R + Z]: ring keys with start - W <= pos < start, then the block's own Z keys."""
+  rel = start_B[:, None] - ring.pos
+  ok = (ring.pos >= 0) & (rel >= 1)
+  if window is not None:
+    ok &= rel <= window
+  b = start_B.shape[0]
+  return jnp.concatenate([jnp.broadcast_to(ok[:, None], (b, z, ok.shape[1])),
+                          jnp.ones((b, z, z), bool)], axis=2)
+
+
+def _block_layer(layer, x_BxZxD, pos_BxZ, ring: D.KV, i: int, mask):
+  q, k, v = layer.attn_in(x_BxZxD, pos_BxZ)
+  k_all = jnp.concatenate([ring.k[i], k.transpose(0, 2, 1, 3).astype(ring.k.dtype)], axis=2)
+  v_all = jnp.concatenate([ring.v[i], v.transpose(0, 2, 1, 3).astype(ring.v.dtype)], axis=2)
+  return layer.attn_out(x_BxZxD, attend_hm(q, k_all, v_all, mask))
+
+
+def _block_logits(params, cfg: BLTConfig, pre: Prefix, ids_BxZ, start_B, lat_k, lat_v):
   """Decoder logits of one block per row at positions start..start+Z-1 ([B, Z, 260]).
 
-  Same math as `diffusion.decode_blocks` on the decoder's head-major ring: clean keys with
-  start - W_b <= pos < start, the block's own keys bidirectionally, latent keys lat_k/v
-  [Ld, B, C, Hx, Kx] for every block position. Nothing is written.
+  Same math as `diffusion.decode_blocks` on the head-major rings: block inputs are the byte
+  table ("tok_embeddings") or the local encoder over the block ("encoder_states": hash n-grams
+  over the committed ids before it, encoder keys of the prefix window); then every decoder layer
+  cross-attends lat_k/v [Ld, B, C, Hx, Kx] and attends the clean decoder keys with
+  start - W_b <= pos < start plus the block's own keys. Nothing is written.
   """
   b, z = ids_BxZ.shape
   pos = start_B[:, None] + jnp.arange(z, dtype=jnp.int32)[None]
   wb = cfg.diffusion.block_prefix_window
-  rel = start_B[:, None] - dec.pos  # [B, R]
-  ring_ok = (dec.pos >= 0) & (rel >= 1)
-  if wb is not None:
-    ring_ok &= rel <= wb
-  mask = jnp.concatenate([jnp.broadcast_to(ring_ok[:, None], (b, z, ring_ok.shape[1])),
-                          jnp.ones((b, z, z), bool)], axis=2)
 
   def run(m, ids):
+    enc = m.local_encoder
+    if cfg.diffusion.block_input == "tok_embeddings":
+      x = enc.tok_embeddings(ids)
+    else:
+      g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
+      cpos = start_B[:, None] - g + jnp.arange(g, dtype=jnp.int32)[None]
+      all_pos = jnp.concatenate([cpos, pos], axis=1)
+      all_ids = jnp.concatenate([pre.hist[:, pre.hist.shape[1] - g:], ids], axis=1)
+      x = enc.embed(all_ids, jnp.maximum(all_pos, 0), all_pos >= 0)[:, g:]
+      emask = _prefix_mask(pre.enc, start_B, z, wb)
+      for i, layer in enumerate(enc.layers):
+        x = _block_layer(layer, x, pos, pre.enc, i, emask)
+    x = x.astype(M.dtype_of(cfg.dtype))
     dm = m.local_decoder
-    x = m.local_encoder.tok_embeddings(ids).astype(M.dtype_of(cfg.dtype))
+    dmask = _prefix_mask(pre.dec, start_B, z, wb)
     for i, layer in enumerate(dm.layers):
       lk = jnp.broadcast_to(lat_k[i][:, None], (b, z, *lat_k.shape[2:]))
       lv = jnp.broadcast_to(lat_v[i][:, None], (b, z, *lat_v.shape[2:]))
       out = dm.cross_attn_layers[i].gathered(x, lk, lv)
       x = x + out if cfg.cross_attn_residual == "double" else out
-      q, k, v = layer.attn_in(x, pos)
-      k_all = jnp.concatenate([dec.k[i], k.transpose(0, 2, 1, 3).astype(dec.k.dtype)], axis=2)
-      v_all = jnp.concatenate([dec.v[i], v.transpose(0, 2, 1, 3).astype(dec.v.dtype)], axis=2)
-      x = layer.attn_out(x, attend_hm(q, k_all, v_all, mask))
+      x = _block_layer(layer, x, pos, pre.dec, i, dmask)
     return dm.head(x)
 
   return M.blt_module(cfg).apply({"params": M.blt_params(params)}, ids_BxZ, method=run)
 
 
-def denoise(params, cfg: BLTConfig, dec: D.KV, start_B, lat_k, lat_v, rule: BlockRule,
+def denoise(params, cfg: BLTConfig, pre: Prefix, start_B, lat_k, lat_v, rule: BlockRule,
             active_B):
   """Greedy block denoising from all-[MASK]: (ids [B, Z], decoder steps [B])."""
   b, z = start_B.shape[0], cfg.diffusion.block_size
@@ -143,7 +178,7 @@ def denoise(params, cfg: BLTConfig, dec: D.KV, start_B, lat_k, lat_v, rule: Bloc
   def body(c):
     ids, steps = c
     masked = (ids == MASK_ID) & active_B[:, None]
-    logits = _block_logits(params, cfg, dec, ids, start_B, lat_k, lat_v)
+    logits = _block_logits(params, cfg, pre, ids, start_B, lat_k, lat_v)
     pick = commit_mask(logits, masked, rule)
     ids = jnp.where(pick, jnp.argmax(logits, axis=-1).astype(jnp.int32), ids)
     return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32)
@@ -173,7 +208,8 @@ def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: 
     d = g.dstate
     active = ~g.done
     lat_k, lat_v = open_latent(params, cfg, d)
-    ids, steps = denoise(params, cfg, d.dec, d.n, lat_k, lat_v, rule, active)
+    ids, steps = denoise(params, cfg, Prefix(d.enc, d.dec, d.hist), d.n, lat_k, lat_v, rule,
+                         active)
     # BLT-D keeps its own ids (no verification): one causal pass caches them.
     g2 = _commit_block(params, cfg, g, d, ids, budget_B, stop_ids_NxL, stop_len_N, eos_id)
     ai = active.astype(jnp.int32)
@@ -231,7 +267,9 @@ def bltdv_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new:
     # x0 as a clean position at n (encoder + decoder ring, latent L*): the block's prefix.
     _, enc, dec = S.draft(params, cfg, d, x0, 1, active)
     d = dataclasses.replace(d, enc=enc, dec=dec)
-    drafts, steps = denoise(params, cfg, dec, d.n + 1, d.lat_k, d.lat_v, rule, active)
+    hist = jnp.concatenate([d.hist[:, 1:], x0[:, None]], axis=1)
+    drafts, steps = denoise(params, cfg, Prefix(enc, dec, hist), d.n + 1, d.lat_k, d.lat_v, rule,
+                            active)
     return S.verify_and_commit(params, cfg, g, d, x0, drafts, steps, budget_B, max_new,
                                stop_ids_NxL, stop_len_N, eos_id)
 
@@ -268,5 +306,5 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   return res
 
 
-__all__ = ["BlockRule", "commit_mask", "denoise", "open_latent", "bltd_loop", "bltdv_loop",
-           "generate", "check_supported"]
+__all__ = ["BlockRule", "Prefix", "commit_mask", "denoise", "open_latent", "bltd_loop",
+           "bltdv_loop", "generate", "check_supported"]

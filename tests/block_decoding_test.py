@@ -22,9 +22,9 @@ WIDTH = 128  # the reference's fixed row length (one compilation)
 
 
 @functools.cache
-def setup(block_prefix_window: int = 16):
+def setup(block_prefix_window: int = 16, block_input: str = "tok_embeddings"):
   cfg = tiny_config(window=16).replace(diffusion=DiffusionConfig(
-    block_size=Z, block_prefix_window=block_prefix_window))
+    block_size=Z, block_prefix_window=block_prefix_window, block_input=block_input))
   params = tiny_params(cfg)
   th = median_threshold(params, cfg)
   return cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th)), params
@@ -45,11 +45,39 @@ def _reference_prefix(params, cfg, ids_1xS, n):
   return kv, pos, valid, lat
 
 
+def _reference_block_h(params, cfg, ids_1xS, n, block_1xZ):
+  """encoder_states block inputs: the local encoder over the virtual row [ids[:n] ; block] with
+  the §3.5 mask (clean rows causal in the encoder window, block rows onto clean keys in
+  [n - W_b, n) and bidirectionally onto the block), written out densely."""
+  s = ids_1xS.shape[1]
+  j = jnp.arange(s + Z)
+  padded = jnp.pad(ids_1xS[0], (0, Z))
+  vids = jnp.where(j < n, padded, jnp.where(j < n + Z, block_1xZ[0, jnp.clip(j - n, 0, Z - 1)],
+                                            0))[None]
+  valid = (j < n + Z)[None]
+  qi, kj = j[:, None], j[None, :]
+  clean = (qi < n) & (kj <= qi) & (qi - kj < cfg.encoder.window)
+  wb = cfg.diffusion.block_prefix_window
+  block = (qi >= n) & (qi < n + Z) & (((kj < n) & (kj >= n - wb)) | ((kj >= n) & (kj < n + Z)))
+  mask = (clean | block)[None]
+
+  def run(m, vids):
+    x = m.local_encoder.embed(vids, j[None], valid)
+    for layer in m.local_encoder.layers:
+      x = layer(x, j[None], mask)
+    return jax.lax.dynamic_slice_in_dim(x, n, Z, axis=1)
+
+  return M.blt_module(cfg).apply({"params": M.blt_params(params)}, vids, method=run)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat):
+def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat, ids_1xS):
   bpos = (n + jnp.arange(Z))[None, None]
+  h = None
+  if cfg.diffusion.block_input == "encoder_states":
+    h = _reference_block_h(params, cfg, ids_1xS, n, block_1xZ)[:, None]
   return diffusion.decode_blocks(params, cfg, block_1xZ[:, None], bpos, jnp.ones((1, 1, Z), bool),
-                                 n[None, None], lat, kv, pos, valid)[:, 0]
+                                 n[None, None], lat, kv, pos, valid, block_h_BxMxZxD=h)[:, 0]
 
 
 def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule):
@@ -63,7 +91,8 @@ def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule)
     kv, pos, valid, lat = _reference_prefix(params, cfg, jnp.asarray(arr), n)
     block = np.full((1, Z), MASK_ID, np.int32)
     while (block == MASK_ID).any():
-      logits = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat)
+      logits = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat,
+                                jnp.asarray(arr))
       pick = np.asarray(BD.commit_mask(logits, jnp.asarray(block == MASK_ID), rule))
       block = np.where(pick, np.asarray(jnp.argmax(logits, -1)), block)
       steps += 1
@@ -96,13 +125,14 @@ def test_commit_rules_on_hand_cases():
     BD.BlockRule("topk")
 
 
-@pytest.mark.parametrize("rule,wb", [
-  (BD.BlockRule("confidence", alpha=0.3), 16),
-  (BD.BlockRule("entropy", gamma=1.5), 8),  # blocks see fewer clean keys than the decoder
-  (BD.BlockRule("one_step"), 16),
+@pytest.mark.parametrize("rule,wb,block_input", [
+  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings"),
+  (BD.BlockRule("entropy", gamma=1.5), 8, "tok_embeddings"),  # a narrower block window
+  (BD.BlockRule("one_step"), 16, "tok_embeddings"),
+  (BD.BlockRule("confidence", alpha=0.3), 8, "encoder_states"),
 ])
-def test_bltd_cached_equals_full_recompute(rule, wb):
-  cfg, params = setup(wb)
+def test_bltd_cached_equals_full_recompute(rule, wb, block_input):
+  cfg, params = setup(wb, block_input)
   prompts = [PROMPTS[0], PROMPTS[2][:70]]
   res = BD.generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule)
   for prompt, r in zip(prompts, res, strict=True):
@@ -133,8 +163,9 @@ def test_block_decoding_refuses_what_it_cannot_decode():
   wide = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, block_prefix_window=None))
   with pytest.raises(ValueError, match="diffusion.block_prefix_window"):
     BD.generate(params, wide, [b"x"], max_new=2)
-  enc = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, block_input="encoder_states"))
-  with pytest.raises(ValueError, match="diffusion.block_input"):
-    BD.generate(params, enc, [b"x"], max_new=2)
+  narrow = cfg.replace(encoder=dataclasses.replace(cfg.encoder, window=8),
+                       diffusion=dataclasses.replace(cfg.diffusion, block_input="encoder_states"))
+  with pytest.raises(ValueError, match="the encoder ring"):
+    BD.generate(params, narrow, [b"x"], max_new=2)
   with pytest.raises(ValueError, match="method"):
     BD.generate(params, cfg, [b"x"], max_new=2, method="blts")
