@@ -16,5 +16,6 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
   assert "held-out bits per byte" in out and "order-0" in out
   res = json.loads((tmp_path / "results.json").read_text())
   assert res["blt"]["mean_bpb"] > 0 and res["unigram_bits"]
+  assert res["blts"]["identical_to_ar"] and res["blts"]["nfe_enc"] == res["blts"]["cycles"]
   cfg, params = weights.load_checkpoint(tmp_path / "blt" / "export")
   assert cfg.patcher.mode == "entropy" and "entropy_model" in params
