@@ -5,6 +5,7 @@ BLT-D, per cycle with n committed (and processed) ids:
            block_latent="partial_last_patch"): the latent of the patch holding byte n-1, which is
            state.lat when that patch is closed, else one global step over the open patch pooled
            from the bytes it has (cache slots < n_closed read, nothing written). 1 N_enc.
+           block_latent="force_boundary" instead closes that patch for good (`force_boundary`).
   denoise  Z positions n..n+Z-1 start as [MASK]; each step runs the local decoder over the block
            only (bidirectional within it, cross-attending L, causal onto the clean decoder ring
            within diffusion.block_prefix_window of the block start) and commits masked positions
@@ -195,10 +196,48 @@ def open_latent(params, cfg: BLTConfig, state: D.DecodeState):
   return jnp.where(is_open, lk, state.lat_k), jnp.where(is_open, lv, state.lat_v)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "rule"),
+def force_boundary(params, cfg: BLTConfig, state: D.DecodeState, active_B) -> D.DecodeState:
+  """Closes the open patch holding byte n-1 ("force_boundary", §4.3): slot n starts a patch.
+
+  The patch is pooled and its global keys written as a real closed patch; its latent is what
+  the block reads, as in training. Byte n-1 now ends a patch, so by the previous-patch rule its
+  decoder position reads that latent too: the decoder step at n-1 is re-run (its ring keys and
+  the logits at n-1 replaced; fused into the block's first decoder call in the paper's
+  accounting, not counted). The mode's own decision for slot n (`rule_start`) is kept for the
+  threshold_add guard, as a `max_patch_length` split keeps it.
+  """
+  gk, gv = D.flush_global(state)
+  new_k, new_v, lk, lv = D.global_one(params, cfg, gk, gv, state.patch_max, state.patch_k,
+                                      state.patch_v, state.patch_len, state.n_closed)
+  close = active_B & ~state.next_start & (state.patch_len > 0)
+  rows = jnp.arange(close.shape[0])
+  slot = jnp.where(close, state.n_closed, gk.shape[3])
+  for i in range(gk.shape[0]):
+    gk = gk.at[i, rows, :, slot].set(new_k[i].astype(gk.dtype), mode="drop")
+    gv = gv.at[i, rows, :, slot].set(new_v[i].astype(gv.dtype), mode="drop")
+  pos = (state.n - 1)[:, None]
+
+  def redo(m, hist, enc, dec):
+    h, _ = S._encode(m, cfg, hist[:, None], pos, jnp.zeros_like(pos, bool), enc)
+    return S._decode(m, cfg, h, pos, close[:, None], dec, lk[:, :, None], lv[:, :, None])
+
+  logits, dec = S._apply(params, cfg, redo, state.hist, state.enc, state.dec)
+  sel = close[None, :, None, None, None]
+  return dataclasses.replace(
+    state, dec=dec, glob_k=gk, glob_v=gv, pend_idx=jnp.full_like(state.pend_idx, gk.shape[3]),
+    n_closed=state.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, lk, state.lat_k),
+    lat_v=jnp.where(sel, lv, state.lat_v), next_start=state.next_start | close,
+    logits=jnp.where(close[:, None], logits[:, 0], state.logits))
+
+
+BLOCK_LATENTS = ("partial_last_patch", "force_boundary")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "rule", "block_latent"),
                    donate_argnames=("dstate",))
 def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: int,
-              rule: BlockRule, stop_ids_NxL, stop_len_N, eos_id=EOS_ID) -> S.SpecState:
+              rule: BlockRule, stop_ids_NxL, stop_len_N, eos_id=EOS_ID,
+              block_latent: str = "partial_last_patch") -> S.SpecState:
   """BLT-D: blocks of Z bytes until every row is done (counters: nfe_dec = denoising steps,
   nfe_enc = blocks; drafted/accepted/agree stay 0)."""
   cfg = D._dec_cfg(cfg)
@@ -207,7 +246,11 @@ def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: 
   def body(g):
     d = g.dstate
     active = ~g.done
-    lat_k, lat_v = open_latent(params, cfg, d)
+    if block_latent == "force_boundary":
+      d = force_boundary(params, cfg, d, active)
+      lat_k, lat_v = d.lat_k, d.lat_v
+    else:
+      lat_k, lat_v = open_latent(params, cfg, d)
     ids, steps = denoise(params, cfg, Prefix(d.enc, d.dec, d.hist), d.n, lat_k, lat_v, rule,
                          active)
     # BLT-D keeps its own ids (no verification): one causal pass caches them.
@@ -278,22 +321,33 @@ def bltdv_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new:
 
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
-             method: str = "bltd", rule: BlockRule = BlockRule(), stops: tuple[bytes, ...] = (),
+             method: str = "bltd", rule: BlockRule = BlockRule(),
+             block_latent: str = "partial_last_patch", stops: tuple[bytes, ...] = (),
              budgets: list[int] | None = None, max_patches: int | None = None,
              patch_cap: int = 512, batch_bucket: bool = True,
              stop_at_eos: bool = True) -> list[S.SpecGeneration]:
   """BLT-D ("bltd") or BLT-DV ("bltdv") generation; results as `speculative.generate`
-  (cycles = blocks for BLT-D, verifications for BLT-DV)."""
+  (cycles = blocks for BLT-D, verifications for BLT-DV). `block_latent` (BLT-D, §4.3):
+  "partial_last_patch" keeps pure entropy patching; "force_boundary" starts a patch at every
+  block start (the training layout; the committed patching then differs from causal mode)."""
   if method not in ("bltd", "bltdv"):
     raise ValueError(f"method: unknown {method!r} (bltd | bltdv)")
+  if block_latent not in BLOCK_LATENTS:
+    raise ValueError(f"block_latent: unknown {block_latent!r} ({' | '.join(BLOCK_LATENTS)})")
+  if method == "bltdv" and block_latent != "partial_last_patch":
+    raise ValueError("block_latent: BLT-DV drafts with the last closed latent and verifies with "
+                     "pure entropy patching; force_boundary applies to BLT-D only")
   check_supported(cfg)
   z = cfg.diffusion.block_size
   st, budget, pre_patches = D.prepare(params, cfg, prompts, max_new=max_new, budgets=budgets,
                                       max_patches=max_patches, patch_cap=patch_cap,
                                       batch_bucket=batch_bucket, ring_extra=z + 1)
-  loop = bltd_loop if method == "bltd" else bltdv_loop
-  g = loop(params, cfg, st, jnp.asarray(budget), max_new, rule, *D.stop_arrays(stops),
-           jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
+  args = (params, cfg, st, jnp.asarray(budget), max_new, rule, *D.stop_arrays(stops),
+          jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
+  if method == "bltd":
+    g = bltd_loop(*args, block_latent=block_latent)
+  else:
+    g = bltdv_loop(*args)
   g = jax.device_get(g)
   res = []
   for i in range(len(prompts)):
@@ -306,5 +360,6 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   return res
 
 
-__all__ = ["BlockRule", "Prefix", "commit_mask", "denoise", "open_latent", "bltd_loop",
+__all__ = ["BlockRule", "Prefix", "commit_mask", "denoise", "open_latent", "force_boundary",
+           "bltd_loop",
            "bltdv_loop", "generate", "check_supported"]

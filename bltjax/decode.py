@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--alpha", type=float, default=0.7, help="confidence threshold")
   ap.add_argument("--gamma", type=float, default=1.5, help="entropy bound (nats)")
   ap.add_argument("--eb-rule", default="sum_minus_max", choices=("sum_minus_max", "cumulative"))
+  ap.add_argument("--block-latent", default="partial_last_patch",
+                  choices=("partial_last_patch", "force_boundary"),
+                  help="bltd: the block's latent when it starts mid-patch (fast_blt §4.3)")
   ap.add_argument("--input", required=True, help="prompts JSONL")
   ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
   ap.add_argument("--max-new-bytes", type=int, default=256)
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.error(f"--method {a.method} is greedy only (fast_blt §4.2, §10 #12): use --temperature 0")
   if a.method == "blts" and a.draft_k < 1:
     ap.error("--draft-k must be positive")
+  if a.block_latent != "partial_last_patch" and a.method != "bltd":
+    ap.error("--block-latent force_boundary applies to --method bltd only")
   if a.rule is None and a.method in RULE_DEFAULTS:
     a.rule = RULE_DEFAULTS[a.method][0]
   return a
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rule = block_decoding.BlockRule(a.rule, a.alpha, a.gamma, a.eb_rule)
         res = block_decoding.generate(params, cfg, prompts, max_new=a.max_new_bytes,
-                                      method=a.method, rule=rule, stops=stops)
+                                      method=a.method, rule=rule, stops=stops,
+                                      block_latent=a.block_latent)
       else:
         res = D.generate(params, cfg, prompts, max_new=a.max_new_bytes, sc=sc,
                          seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)

@@ -31,11 +31,18 @@ def setup(block_prefix_window: int = 16, block_input: str = "tok_embeddings"):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _reference_prefix(params, cfg, ids_1xS, n):
-  """Full recompute over ids[:n]: the decoder's clean K/V and the latent of byte n-1's patch."""
+def _reference_prefix(params, cfg, ids_1xS, n, forced_1xS1):
+  """Full recompute over ids[:n]: the decoder's clean K/V and the latent of byte n-1's patch.
+
+  Patch starts: the mode's rule, plus the forced starts (force_boundary block starts), then
+  max_patch_length over both.
+  """
   ids, lengths, pos, valid, doc = M._defaults(ids_1xS, n[None])
   h_ent = M.entropies(params, cfg, ids, lengths)
-  start = patching.patch_starts(cfg.patcher, ids_BxS=ids, lengths_B=lengths, H_BxS=h_ent)
+  start = patching.rule_patch_starts(cfg.patcher, ids_BxS=ids, lengths_B=lengths, H_BxS=h_ent)
+  start |= forced_1xS1 & (jnp.arange(ids.shape[1] + 1)[None] <= n)
+  if cfg.patcher.max_patch_length is not None:
+    start = patching.apply_max_patch_length(start, lengths, cfg.patcher.max_patch_length)
   p = ids.shape[1] + 1
   a = M.byte_arrays(start, ids, valid, p)
   h, xg = M.encode(params, cfg, ids, pos, doc, valid, a["patch_ids"], p)
@@ -80,15 +87,21 @@ def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat, ids_1xS):
                                  n[None, None], lat, kv, pos, valid, block_h_BxMxZxD=h)[:, 0]
 
 
-def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule):
-  """BLT-D by full recompute: every block re-patches and re-runs the model over the prefix."""
+def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule,
+                   block_latent: str = "partial_last_patch"):
+  """BLT-D by full recompute: every block re-patches and re-runs the model over the prefix
+  (with a forced patch start at every block start for "force_boundary")."""
   ids = D.encode_prompt(prompt)
   out, steps = [], 0
+  forced = np.zeros((1, WIDTH + 1), bool)
   while len(out) < max_new:
     n = jnp.asarray(len(ids), jnp.int32)
+    if block_latent == "force_boundary":
+      forced[0, len(ids)] = True
     arr = np.zeros((1, WIDTH), np.int32)
     arr[0, :len(ids)] = ids
-    kv, pos, valid, lat = _reference_prefix(params, cfg, jnp.asarray(arr), n)
+    kv, pos, valid, lat = _reference_prefix(params, cfg, jnp.asarray(arr), n,
+                                            jnp.asarray(forced))
     block = np.full((1, Z), MASK_ID, np.int32)
     while (block == MASK_ID).any():
       logits = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat,
@@ -125,18 +138,20 @@ def test_commit_rules_on_hand_cases():
     BD.BlockRule("topk")
 
 
-@pytest.mark.parametrize("rule,wb,block_input", [
-  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings"),
-  (BD.BlockRule("entropy", gamma=1.5), 8, "tok_embeddings"),  # a narrower block window
-  (BD.BlockRule("one_step"), 16, "tok_embeddings"),
-  (BD.BlockRule("confidence", alpha=0.3), 8, "encoder_states"),
+@pytest.mark.parametrize("rule,wb,block_input,latent", [
+  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "partial_last_patch"),
+  (BD.BlockRule("entropy", gamma=1.5), 8, "tok_embeddings", "partial_last_patch"),  # narrower
+  (BD.BlockRule("one_step"), 16, "tok_embeddings", "partial_last_patch"),
+  (BD.BlockRule("confidence", alpha=0.3), 8, "encoder_states", "partial_last_patch"),
+  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "force_boundary"),
 ])
-def test_bltd_cached_equals_full_recompute(rule, wb, block_input):
+def test_bltd_cached_equals_full_recompute(rule, wb, block_input, latent):
   cfg, params = setup(wb, block_input)
   prompts = [PROMPTS[0], PROMPTS[2][:70]]
-  res = BD.generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule)
+  res = BD.generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule,
+                    block_latent=latent)
   for prompt, r in zip(prompts, res, strict=True):
-    ref, steps = reference_bltd(params, cfg, prompt, 24, rule)
+    ref, steps = reference_bltd(params, cfg, prompt, 24, rule, latent)
     got = r.new_ids + ([EOS_ID] if r.reason == "eos" else [])
     assert got == ref, (prompt, got, ref)
     assert r.nfe_dec == steps and r.nfe_enc == r.cycles == -(-len(got) // Z)
@@ -169,3 +184,5 @@ def test_block_decoding_refuses_what_it_cannot_decode():
     BD.generate(params, narrow, [b"x"], max_new=2)
   with pytest.raises(ValueError, match="method"):
     BD.generate(params, cfg, [b"x"], max_new=2, method="blts")
+  with pytest.raises(ValueError, match="block_latent"):
+    BD.generate(params, cfg, [b"x"], max_new=2, method="bltdv", block_latent="force_boundary")
