@@ -104,3 +104,12 @@ def test_spec_generation_rates():
   g = S.SpecGeneration([5, 6], "length", 10, 2, 1, cycles=2, drafted=8, accepted=2, agree=5)
   assert g.acceptance == 0.25 and g.agreement == 0.625
   assert dataclasses.asdict(g)["cycles"] == 2
+
+
+def test_blts_stops_at_the_global_cache_like_ar():
+  """A global cache of 16 patch slots fills mid-generation: same ids, same "context" stop."""
+  cfg, params = _setup(window=16)
+  ar = D.generate(params, cfg, PROMPTS[:2], max_new=40, max_patches=16)
+  sp = S.generate(params, cfg, PROMPTS[:2], max_new=40, max_patches=16, k=4)
+  assert "context" in [x.reason for x in ar]
+  assert [(y.new_ids, y.reason) for y in sp] == [(x.new_ids, x.reason) for x in ar]
