@@ -353,10 +353,17 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   for i in range(len(prompts)):
     r = D.STOP_NAMES[int(g.reason[i])]
     toks = D.trim(g.out[i, :g.n_new[i]].tolist(), r, stops)
+    cyc = int(g.cycles[i])
+    # Encoder byte calls outside encoder+global: BLT-DV's x0 step per cycle; encoder_states
+    # blocks run the encoder once per denoising step (BLT-DV: decoder NFEs minus the verify).
+    steps = int(g.nfe_dec[i]) - (cyc if method == "bltdv" else 0)
+    enc_byte = (cyc if method == "bltdv" else 0) + (
+      steps if cfg.diffusion.block_input == "encoder_states" else 0)
     res.append(S.SpecGeneration(toks, r, int(g.nfe_dec[i]), int(g.nfe_enc[i]),
-                                int(pre_patches[i]), cycles=int(g.cycles[i]),
-                                drafted=int(g.drafted[i]), accepted=int(g.accepted[i]),
-                                agree=int(g.agree[i])))
+                                int(pre_patches[i]),
+                                nfe_ent=cyc if cfg.entropy is not None else 0,
+                                nfe_enc_byte=enc_byte, cycles=cyc, drafted=int(g.drafted[i]),
+                                accepted=int(g.accepted[i]), agree=int(g.agree[i])))
   return res
 
 

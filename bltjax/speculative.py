@@ -434,9 +434,12 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, k: i
   for i in range(len(prompts)):
     r = D.STOP_NAMES[int(g.reason[i])]
     toks = D.trim(g.out[i, :g.n_new[i]].tolist(), r, stops)
+    cyc = int(g.cycles[i])  # one verification (entropy model included) each; k drafted bytes
     res.append(SpecGeneration(toks, r, int(g.nfe_dec[i]), int(g.nfe_enc[i]), int(pre_patches[i]),
-                              cycles=int(g.cycles[i]), drafted=int(g.drafted[i]),
-                              accepted=int(g.accepted[i]), agree=int(g.agree[i])))
+                              nfe_ent=cyc if cfg.entropy is not None else 0,
+                              nfe_enc_byte=int(g.drafted[i]), cycles=cyc,
+                              drafted=int(g.drafted[i]), accepted=int(g.accepted[i]),
+                              agree=int(g.agree[i])))
   return res
 
 

@@ -154,7 +154,8 @@ def test_bltd_cached_equals_full_recompute(rule, wb, block_input, latent):
     ref, steps = reference_bltd(params, cfg, prompt, 24, rule, latent)
     got = r.new_ids + ([EOS_ID] if r.reason == "eos" else [])
     assert got == ref, (prompt, got, ref)
-    assert r.nfe_dec == steps and r.nfe_enc == r.cycles == -(-len(got) // Z)
+    assert r.nfe_dec == steps and r.nfe_enc == r.cycles == -(-len(got) // Z) == r.nfe_ent
+    assert r.nfe_enc_byte == (steps if block_input == "encoder_states" else 0)
     if rule.kind == "one_step":
       assert r.nfe_dec == r.cycles
 
@@ -166,7 +167,7 @@ def test_bltdv_equals_greedy_causal_decoding():
                    rule=BD.BlockRule("entropy", gamma=1.5))
   for x, y in zip(ar, dv, strict=True):
     assert y.new_ids == x.new_ids and y.reason == x.reason
-    assert y.nfe_enc == y.cycles and y.drafted == Z * y.cycles
+    assert y.nfe_enc == y.cycles == y.nfe_ent == y.nfe_enc_byte and y.drafted == Z * y.cycles
     assert y.cycles < y.nfe_dec <= y.cycles * (Z + 1)
   assert sum(y.cycles for y in dv) < sum(len(x.new_ids) for x in ar)
 

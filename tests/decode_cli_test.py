@@ -79,7 +79,8 @@ def test_cli_blts_writes_the_greedy_ar_bytes(ckpt, tmp_path):
   for r in sp:
     b = r["speculation"]
     assert b["window"] == 4
-    assert r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"]}
+    assert r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"],
+                        "entropy": b["cycles"], "encoder_byte": 4 * b["cycles"]}
     assert 1 <= b["bytes_per_cycle"] <= 5 and 0 <= b["acceptance"] <= b["agreement"] <= 1
   with pytest.raises(SystemExit):
     cli.parse_args(["--checkpoint", "x", "--input", "i", "--output", "o", "--method", "blts",

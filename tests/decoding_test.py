@@ -29,6 +29,7 @@ def _check_against_reference(cfg, params, prompts, max_new, width=256):
     assert got == ref[:len(got)], (prompt, got, ref)
     assert len(got) == len(ref) or r.reason != "length"
     assert r.nfe_dec == len(got)
+    assert r.nfe_ent == r.nfe_enc_byte == len(got) - 1  # no step after the last byte
   return res
 
 

@@ -78,6 +78,7 @@ def test_blts_greedy_is_byte_identical_to_ar(kw, k):
   for x, y in zip(ar, sp, strict=True):
     assert y.new_ids == x.new_ids and y.reason == x.reason
     assert y.nfe_dec == y.cycles * (k + 1) and y.nfe_enc == y.cycles
+    assert y.nfe_ent == y.cycles and y.nfe_enc_byte == y.drafted
     assert y.drafted == y.cycles * k and 0 <= y.accepted <= y.agree <= y.drafted
   n_bytes = sum(len(x.new_ids) + (x.reason == "eos") for x in ar)
   cycles = sum(y.cycles for y in sp)
