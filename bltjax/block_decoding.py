@@ -167,10 +167,27 @@ def _block_logits(params, cfg: BLTConfig, pre: Prefix, ids_BxZ, start_B, lat_k, 
 
 
 def denoise(params, cfg: BLTConfig, pre: Prefix, start_B, lat_k, lat_v, rule: BlockRule,
-            active_B):
-  """Greedy block denoising from all-[MASK]: (ids [B, Z], decoder steps [B])."""
+            active_B, keys_B=None, sampling=None):
+  """Block denoising from all-[MASK]: (ids [B, Z], decoder steps [B]).
+
+  Values are greedy, or with `sampling` = (temperature, top_k, top_p) arrays [B] drawn per
+  position from its row key folded with the position and the step (batch-independent); which
+  positions commit is the rule's choice from the probabilities either way (§4.2).
+  """
   b, z = start_B.shape[0], cfg.diffusion.block_size
   ids0 = jnp.full((b, z), MASK_ID, jnp.int32)
+
+  def values(logits_BxZxV, steps_B):
+    if sampling is None:
+      return jnp.argmax(logits_BxZxV, axis=-1).astype(jnp.int32)
+    pos = start_B[:, None] + jnp.arange(z)[None]
+    # A row's own step count (not the batch's iteration) keeps its draws batch-independent.
+    keys = jax.vmap(lambda k, p, s: jax.vmap(lambda q: jax.random.fold_in(
+      jax.random.fold_in(k, q), s))(p))(keys_B, pos, steps_B)
+    rep = lambda x: jnp.repeat(x, z, axis=0)  # noqa: E731
+    drawn = D.sample(logits_BxZxV.reshape(b * z, -1), keys.reshape(b * z),
+                     *(rep(x) for x in sampling))
+    return drawn.reshape(b, z)
 
   def cond(c):
     ids, steps = c
@@ -181,7 +198,7 @@ def denoise(params, cfg: BLTConfig, pre: Prefix, start_B, lat_k, lat_v, rule: Bl
     masked = (ids == MASK_ID) & active_B[:, None]
     logits = _block_logits(params, cfg, pre, ids, start_B, lat_k, lat_v)
     pick = commit_mask(logits, masked, rule)
-    ids = jnp.where(pick, jnp.argmax(logits, axis=-1).astype(jnp.int32), ids)
+    ids = jnp.where(pick, values(logits, steps), ids)
     return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32)
 
   return jax.lax.while_loop(cond, body, (ids0, jnp.zeros((b,), jnp.int32)))
@@ -237,9 +254,10 @@ BLOCK_LATENTS = ("partial_last_patch", "force_boundary")
                    donate_argnames=("dstate",))
 def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: int,
               rule: BlockRule, stop_ids_NxL, stop_len_N, eos_id=EOS_ID,
-              block_latent: str = "partial_last_patch") -> S.SpecState:
+              block_latent: str = "partial_last_patch", keys_B=None, sampling=None
+              ) -> S.SpecState:
   """BLT-D: blocks of Z bytes until every row is done (counters: nfe_dec = denoising steps,
-  nfe_enc = blocks; drafted/accepted/agree stay 0)."""
+  nfe_enc = blocks; drafted/accepted/agree stay 0). `keys_B`/`sampling` as in `denoise`."""
   cfg = D._dec_cfg(cfg)
   z = cfg.diffusion.block_size
 
@@ -252,7 +270,7 @@ def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: 
     else:
       lat_k, lat_v = open_latent(params, cfg, d)
     ids, steps = denoise(params, cfg, Prefix(d.enc, d.dec, d.hist), d.n, lat_k, lat_v, rule,
-                         active)
+                         active, keys_B, sampling)
     # BLT-D keeps its own ids (no verification): one causal pass caches them.
     g2 = _commit_block(params, cfg, g, d, ids, budget_B, stop_ids_NxL, stop_len_N, eos_id)
     ai = active.astype(jnp.int32)
@@ -322,18 +340,23 @@ def bltdv_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new:
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
              method: str = "bltd", rule: BlockRule = BlockRule(),
-             block_latent: str = "partial_last_patch", stops: tuple[bytes, ...] = (),
+             block_latent: str = "partial_last_patch", sc: D.SamplingConfig | None = None,
+             seeds: list[int] | None = None, stops: tuple[bytes, ...] = (),
              budgets: list[int] | None = None, max_patches: int | None = None,
              patch_cap: int = 512, batch_bucket: bool = True,
              stop_at_eos: bool = True) -> list[S.SpecGeneration]:
   """BLT-D ("bltd") or BLT-DV ("bltdv") generation; results as `speculative.generate`
   (cycles = blocks for BLT-D, verifications for BLT-DV). `block_latent` (BLT-D, §4.3):
   "partial_last_patch" keeps pure entropy patching; "force_boundary" starts a patch at every
-  block start (the training layout; the committed patching then differs from causal mode)."""
+  block start (the training layout; the committed patching then differs from causal mode).
+  `sc` with temperature > 0 samples BLT-D's values (per-row `seeds`); BLT-DV is greedy only."""
   if method not in ("bltd", "bltdv"):
     raise ValueError(f"method: unknown {method!r} (bltd | bltdv)")
   if block_latent not in BLOCK_LATENTS:
     raise ValueError(f"block_latent: unknown {block_latent!r} ({' | '.join(BLOCK_LATENTS)})")
+  sampled = sc is not None and sc.temperature > 0
+  if sampled and method == "bltdv":
+    raise ValueError("sc: BLT-DV verifies drafts by exact greedy match; it has no sampling mode")
   if method == "bltdv" and block_latent != "partial_last_patch":
     raise ValueError("block_latent: BLT-DV drafts with the last closed latent and verifies with "
                      "pure entropy patching; force_boundary applies to BLT-D only")
@@ -345,7 +368,13 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
   args = (params, cfg, st, jnp.asarray(budget), max_new, rule, *D.stop_arrays(stops),
           jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32))
   if method == "bltd":
-    g = bltd_loop(*args, block_latent=block_latent)
+    kw = {}
+    if sampled:
+      b = budget.shape[0]
+      seeds = list(seeds) if seeds is not None else [0] * len(prompts)
+      kw = dict(keys_B=jnp.stack([jax.random.key(int(x)) for x in seeds + [0] * (b - len(seeds))]),
+                sampling=sc.arrays(b))
+    g = bltd_loop(*args, block_latent=block_latent, **kw)
   else:
     g = bltdv_loop(*args)
   g = jax.device_get(g)

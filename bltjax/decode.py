@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       ap.error(f"--{key.replace('_', '-')} must be positive")
   if a.max_new_bytes >= a.max_context:
     ap.error("--max-new-bytes must be smaller than --max-context")
-  if a.method != "ar" and a.temperature != 0:
-    ap.error(f"--method {a.method} is greedy only (fast_blt §4.2, §10 #12): use --temperature 0")
+  if a.method in ("blts", "bltdv") and a.temperature != 0:
+    ap.error(f"--method {a.method} verifies by exact greedy match (fast_blt §10 #12): use "
+             "--temperature 0")
   if a.method == "blts" and a.draft_k < 1:
     ap.error("--draft-k must be positive")
   if a.block_latent != "partial_last_patch" and a.method != "bltd":
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         rule = block_decoding.BlockRule(a.rule, a.alpha, a.gamma, a.eb_rule)
         res = block_decoding.generate(params, cfg, prompts, max_new=a.max_new_bytes,
                                       method=a.method, rule=rule, stops=stops,
-                                      block_latent=a.block_latent)
+                                      block_latent=a.block_latent, sc=sc,
+                                      seeds=[row_seed(a.seed, r["id"]) for r in batch])
       else:
         res = D.generate(params, cfg, prompts, max_new=a.max_new_bytes, sc=sc,
                          seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)

@@ -187,3 +187,18 @@ def test_block_decoding_refuses_what_it_cannot_decode():
     BD.generate(params, cfg, [b"x"], max_new=2, method="blts")
   with pytest.raises(ValueError, match="block_latent"):
     BD.generate(params, cfg, [b"x"], max_new=2, method="bltdv", block_latent="force_boundary")
+
+
+def test_bltd_sampling_is_seeded_and_batch_independent():
+  cfg, params = setup()
+  sc = D.SamplingConfig(temperature=1.0, top_p=0.9)
+  rule = BD.BlockRule("confidence", alpha=0.3)
+  kw = dict(max_new=24, method="bltd", rule=rule, sc=sc)
+  alone = BD.generate(params, cfg, [PROMPTS[0]], seeds=[7], **kw)[0]
+  batch = BD.generate(params, cfg, [PROMPTS[2][:70], PROMPTS[0]], seeds=[1, 7], **kw)
+  assert batch[1].new_ids == alone.new_ids
+  other = BD.generate(params, cfg, [PROMPTS[0]], seeds=[8], **kw)[0]
+  greedy = BD.generate(params, cfg, [PROMPTS[0]], max_new=24, method="bltd", rule=rule)[0]
+  assert other.new_ids != alone.new_ids and greedy.new_ids not in (alone.new_ids, other.new_ids)
+  with pytest.raises(ValueError, match="BLT-DV verifies"):
+    BD.generate(params, cfg, [PROMPTS[0]], max_new=4, method="bltdv", sc=sc)
