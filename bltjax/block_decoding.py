@@ -283,34 +283,9 @@ def bltd_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: 
 def _commit_block(params, cfg, g: S.SpecState, d: D.DecodeState, ids_BxZ, budget_B,
                   stop_ids_NxL, stop_len_N, eos_id) -> S.SpecState:
   """Commits ids_BxZ (up to the first event: EOS, stop string, budget, global cache)."""
-  b, z = ids_BxZ.shape
-  pmax = d.glob_k.shape[3]
-  active = ~g.done
-  ext = S._extend_impl(params, cfg, d, ids_BxZ, active)
-  jj = jnp.arange(z)[None]
-  out = g.out
-  for j in range(z):
-    out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
-      out, jnp.where(active, g.n_new + j, out.shape[1]), ids_BxZ[:, j])
-  eos_j = ids_BxZ == eos_id
-  hit_j = jnp.stack([D._stop_hit(out, g.n_new + j + 1, stop_ids_NxL, stop_len_N)
-                     for j in range(z)], axis=1) & ~eos_j
-  full_j = (g.n_new[:, None] + jj + 1 >= budget_B[:, None]) & ~eos_j & ~hit_j
-  closed_before = d.n_closed[:, None] + ext.closed - ext.start.astype(jnp.int32)
-  ctx_j = (closed_before >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
-  ev_j = eos_j | hit_j | full_j | ctx_j
-  stop = active & jnp.any(ev_j, axis=1)
-  a = jnp.where(stop, jnp.argmax(ev_j, axis=1), z - 1)
-  at_a = lambda x: jnp.take_along_axis(x, a[:, None], axis=1)[:, 0]  # noqa: E731
-  reason = g.reason
-  for flag, code in ((ctx_j, D.STOP_CONTEXT), (full_j, D.STOP_LENGTH),
-                     (hit_j, D.STOP_STRING), (eos_j, D.STOP_EOS)):
-    reason = jnp.where(stop & at_a(flag), code, reason)
-  ai = active.astype(jnp.int32)
-  return dataclasses.replace(
-    g, dstate=S._commit_impl(ext, a, active), out=out,
-    n_new=g.n_new + jnp.where(active, a + 1, 0), done=g.done | stop, reason=reason,
-    cycles=g.cycles + ai, step=g.step + 1)
+  ext = S._extend_impl(params, cfg, d, ids_BxZ, ~g.done)
+  limit = jnp.full((ids_BxZ.shape[0],), ids_BxZ.shape[1] - 1, jnp.int32)
+  return S.commit_window(g, d, ext, ids_BxZ, limit, budget_B, stop_ids_NxL, stop_len_N, eos_id)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "rule"),
@@ -331,8 +306,8 @@ def bltdv_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new:
     hist = jnp.concatenate([d.hist[:, 1:], x0[:, None]], axis=1)
     drafts, steps = denoise(params, cfg, Prefix(enc, dec, hist), d.n + 1, d.lat_k, d.lat_v, rule,
                             active)
-    return S.verify_and_commit(params, cfg, g, d, x0, drafts, steps, budget_B, max_new,
-                               stop_ids_NxL, stop_len_N, eos_id)
+    return S.verify_and_commit(params, cfg, g, d, x0, drafts, steps, budget_B, stop_ids_NxL,
+                               stop_len_N, eos_id)
 
   return jax.lax.while_loop(lambda g: (g.step < max_new) & ~jnp.all(g.done), body,
                             S.init_spec_state(dstate, budget_B, max_new, z + 1))

@@ -75,7 +75,6 @@ def draft(params, cfg: BLTConfig, state: D.DecodeState, x0_B, k: int, active_B):
   Writes speculative keys at positions n..n+k-1 of the encoder and decoder rings (the verify
   pass overwrites them); nothing else in `state` changes.
   """
-  nh = state.hist.shape[1]
   lat_k, lat_v = state.lat_k[:, :, None], state.lat_v[:, :, None]
   w = active_B[:, None]
 
@@ -93,7 +92,7 @@ def draft(params, cfg: BLTConfig, state: D.DecodeState, x0_B, k: int, active_B):
     d = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return (enc, dec, hist, d), d
 
-  (enc, dec, _, _), d_KxB = jax.lax.scan(body, (state.enc, state.dec, state.hist[:, -nh:],
+  (enc, dec, _, _), d_KxB = jax.lax.scan(body, (state.enc, state.dec, state.hist,
                                                x0_B.astype(jnp.int32)), jnp.arange(k))
   return d_KxB.T, enc, dec
 
@@ -331,52 +330,59 @@ def init_spec_state(dstate: D.DecodeState, budget_B, max_new: int, q: int) -> Sp
 
 
 def verify_and_commit(params, cfg: BLTConfig, g: SpecState, d: D.DecodeState, x0_B, drafts_BxK,
-                      draft_nfe_B, budget_B, max_new: int, stop_ids_NxL, stop_len_N,
-                      eos_id) -> SpecState:
+                      draft_nfe_B, budget_B, stop_ids_NxL, stop_len_N, eos_id) -> SpecState:
   """One verification (shared by BLT-S and BLT-DV): `extend` over [x0, drafts], commit the
   longest verified prefix (stopping at EOS, a stop string, the budget or the global cache as
   generate_loop would) and count NFEs: decoder draft_nfe + 1, encoder+global 1.
 
   `d` is `g.dstate` with the drafts' speculative ring writes; x0 is the exact next id.
   """
-  b, k = drafts_BxK.shape
-  q = k + 1
-  pmax = d.glob_k.shape[3]
+  k = drafts_BxK.shape[1]
   active = ~g.done
   ids = jnp.concatenate([x0_B[:, None], drafts_BxK], axis=1)  # [B, Q]
   ext = _extend_impl(params, cfg, d, ids, active)
   y = jnp.argmax(ext.logits, axis=-1).astype(jnp.int32)  # y[:, j] predicts id j + 1
   match = drafts_BxK == y[:, :k]
   acc = jnp.sum(jnp.cumprod(match.astype(jnp.int32), axis=1), axis=1)
-  # Events inside the accepted window, checked per id in generate_loop's order: EOS, a stop
-  # string, the budget, the global cache (the id's patch would need a slot past the cache).
+  g2 = commit_window(g, d, ext, ids, acc, budget_B, stop_ids_NxL, stop_len_N, eos_id)
+  ai = active.astype(jnp.int32)
+  return dataclasses.replace(
+    g2, nfe_dec=g.nfe_dec + ai * (draft_nfe_B + 1), nfe_enc=g.nfe_enc + ai,
+    drafted=g.drafted + ai * k, accepted=g.accepted + ai * acc,
+    agree=g.agree + ai * jnp.sum(match.astype(jnp.int32), axis=1))
+
+
+def commit_window(g: SpecState, d: D.DecodeState, ext: Extension, ids_BxQ, limit_B, budget_B,
+                  stop_ids_NxL, stop_len_N, eos_id) -> SpecState:
+  """Commits ids 0..limit_B of an `extend`ed window, cut at the first event, checked per id in
+  generate_loop's order: EOS, a stop string, the budget, the global cache (the id's patch would
+  need a slot past the cache). Advances out / n_new / done / reason / cycles / step."""
+  q = ids_BxQ.shape[1]
+  pmax = d.glob_k.shape[3]
+  active = ~g.done
   jj = jnp.arange(q)[None]
   out = g.out
-  for j in range(q):  # write ids 0..acc at n_new.. (ids past the commit are overwritten later)
-    wj = active & (j <= acc)
+  for j in range(q):  # ids past the commit are overwritten by later cycles
     out = jax.vmap(lambda o, i, t: o.at[i].set(t, mode="drop"))(
-      out, jnp.where(wj, g.n_new + j, out.shape[1]), ids[:, j])
-  eos_j = ids == eos_id
+      out, jnp.where(active & (j <= limit_B), g.n_new + j, out.shape[1]), ids_BxQ[:, j])
+  eos_j = ids_BxQ == eos_id
   hit_j = jnp.stack([D._stop_hit(out, g.n_new + j + 1, stop_ids_NxL, stop_len_N)
                      for j in range(q)], axis=1) & ~eos_j
   full_j = (g.n_new[:, None] + jj + 1 >= budget_B[:, None]) & ~eos_j & ~hit_j
   closed_before = d.n_closed[:, None] + ext.closed - ext.start.astype(jnp.int32)
   ctx_j = (closed_before >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
-  ev_j = (eos_j | hit_j | full_j | ctx_j) & (jj <= acc[:, None])
+  ev_j = (eos_j | hit_j | full_j | ctx_j) & (jj <= limit_B[:, None])
   stop = active & jnp.any(ev_j, axis=1)
-  a = jnp.where(stop, jnp.argmax(ev_j, axis=1), acc)
+  a = jnp.where(stop, jnp.argmax(ev_j, axis=1), limit_B)
   at_a = lambda x: jnp.take_along_axis(x, a[:, None], axis=1)[:, 0]  # noqa: E731
   reason = g.reason
   for flag, code in ((ctx_j, D.STOP_CONTEXT), (full_j, D.STOP_LENGTH),
                      (hit_j, D.STOP_STRING), (eos_j, D.STOP_EOS)):
     reason = jnp.where(stop & at_a(flag), code, reason)
   ai = active.astype(jnp.int32)
-  return SpecState(
-    dstate=_commit_impl(ext, a, active), out=out, n_new=g.n_new + jnp.where(active, a + 1, 0),
-    done=g.done | stop, reason=reason, nfe_dec=g.nfe_dec + ai * (draft_nfe_B + 1),
-    nfe_enc=g.nfe_enc + ai, cycles=g.cycles + ai, drafted=g.drafted + ai * k,
-    accepted=g.accepted + ai * acc,
-    agree=g.agree + ai * jnp.sum(match.astype(jnp.int32), axis=1), step=g.step + 1)
+  return dataclasses.replace(
+    g, dstate=_commit_impl(ext, a, active), out=out, n_new=g.n_new + jnp.where(active, a + 1, 0),
+    done=g.done | stop, reason=reason, cycles=g.cycles + ai, step=g.step + 1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "k"), donate_argnames=("dstate",))
@@ -391,7 +397,7 @@ def blts_loop(params, cfg: BLTConfig, dstate: D.DecodeState, budget_B, max_new: 
     drafts, enc, dec = draft(params, cfg, d, x0, k, ~g.done)
     d = dataclasses.replace(d, enc=enc, dec=dec)
     return verify_and_commit(params, cfg, g, d, x0, drafts, jnp.full_like(x0, k), budget_B,
-                             max_new, stop_ids_NxL, stop_len_N, eos_id)
+                             stop_ids_NxL, stop_len_N, eos_id)
 
   return jax.lax.while_loop(lambda g: (g.step < max_new) & ~jnp.all(g.done), body,
                             init_spec_state(dstate, budget_B, max_new, k + 1))
