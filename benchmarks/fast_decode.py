@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 def held_out_prompts(n_docs: int, prompt_bytes: int) -> list[bytes]:
   from bltjax import data
+  from bltjax.data import corpus
 
-  source = "default" if (ROOT / "data" / "tfds" / "real_mix_bytes").is_dir() else "fixture"
   cfg = data.default_data_config()
-  cfg.source = source
+  cfg.source = corpus.default_source()
   out = []
   for dom in data.heldout_domains(cfg):
     for doc in data.make_eval_iterator(cfg, domain=dom, add_eos=False, max_docs=n_docs):

@@ -82,9 +82,8 @@ def stage_data(st: DemoState) -> None:
   from bltjax.data import corpus, pipeline
   from bltjax.data.stats import unigram_entropy_bits
 
-  default_ready = (corpus.default_tfds_dir() / "real_mix_bytes").is_dir() or \
-    corpus.default_raw_dir().is_dir()
-  st.source = "default" if default_ready else "fixture"
+  st.source = corpus.default_source()
+  default_ready = st.source == "default"
   st.data_cfg = pipeline.default_data_config(source=st.source)
   _say(f"data: source={st.source} "
        f"({'data/ from `make data`' if default_ready else 'tests/fixtures/corpus'})")

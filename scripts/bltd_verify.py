@@ -22,7 +22,6 @@ Writes WORKDIR/results.json and prints a summary.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import math
@@ -49,29 +48,6 @@ def train_batches(data_cfg: Any, seq_len: int, n: int, seed: int = 123) -> list[
   it = pipeline.make_train_iterator(data_cfg, seq_len=seq_len, batch_size=16, seed=seed,
                                     process_index=0, process_count=1)
   return [next(it) for _ in range(n)]
-
-
-def calibrate(export: Path, data: list[dict]) -> tuple[float, float]:
-  """(θ, mean patch length on `data`) for ~TARGET_PATCH-byte entropy patches."""
-  import jax
-  import jax.numpy as jnp
-
-  from bltjax import losses, model, weights
-
-  cfg, params = weights.load_checkpoint(export)
-  ent = jax.jit(lambda p, b: model.entropies(p, cfg, b["ids"], losses.lengths_of(b["valid"]),
-                                             b["doc_ids"]))
-  hs = [np.asarray(ent(params, {k: jnp.asarray(v) for k, v in b.items()}))[b["valid"]]
-        for b in data]
-  theta = float(np.quantile(np.concatenate(hs), 1.0 - 1.0 / TARGET_PATCH))
-  cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, mode="entropy", threshold=theta))
-  starts = jax.jit(lambda p, b: losses.train_patch_starts(p, cfg, b))
-  n_tok = n_patch = 0
-  for b in data:
-    s = np.asarray(starts(params, {k: jnp.asarray(v) for k, v in b.items()}))
-    n_tok += int(b["valid"].sum())
-    n_patch += int(s[:, :-1][b["valid"]].sum())
-  return theta, n_tok / max(n_patch, 1)
 
 
 def masked_eval(config, params: dict, ent_export: Path, counts: np.ndarray, t: float,
@@ -149,14 +125,15 @@ def main() -> None:
     train.train_and_evaluate(c, wd / "entropy")
   res["seconds"]["entropy"] = time.time() - t0
 
-  source = a.data
-  if source == "auto":
-    source = "default" if (REPO / "data" / "tfds" / "real_mix_bytes").is_dir() else "fixture"
+  from bltjax.data import corpus
+  from bltjax.demo import calibrate_threshold
+
+  source = corpus.default_source() if a.data == "auto" else a.data
   res["data"] = source
   base = load_config("bltd_tiny")
   base.data.source = source
-  data = train_batches(base.data, base.train.seq_len, 8)
-  theta, mean_len = calibrate(ent_export, data)
+  theta, mean_len = calibrate_threshold(ent_export, base.data, TARGET_PATCH, batches=8,
+                                        seq_len=base.train.seq_len, batch_size=16)
   res["patcher"] = dict(threshold=theta, mean_patch_len_train=mean_len)
   print(f"[bltd_verify] θ = {theta:.4f} nats -> mean patch {mean_len:.2f} bytes", flush=True)
   counts = np.zeros(260)
@@ -164,19 +141,23 @@ def main() -> None:
     tv = b["valid"][:, 1:] & (b["ids"][:, 1:] != 1)
     counts += np.bincount(b["ids"][:, 1:][tv], minlength=260)
 
-  runs = {}
-  for name in ("bltd", "blt"):
+  def run_config(**train):
+    """bltd_tiny on this data and θ, with the command line's block options."""
     c = load_config("bltd_tiny")
     c.data.source = source
     c.model.patcher.update(threshold=theta)
-    c.train.update(entropy_checkpoint=str(ent_export), progress=False,
-                   export=a.export or (name == "blt" and a.finetune_steps > 0))
-    if a.steps:
-      c.train.steps = a.steps
+    c.train.update(entropy_checkpoint=str(ent_export), progress=False, **train)
     if a.block_size:
       c.model.diffusion.block_size = a.block_size
     if a.block_input:
       c.model.diffusion.block_input = a.block_input
+    return c
+
+  runs = {}
+  for name in ("bltd", "blt"):
+    c = run_config(export=a.export or (name == "blt" and a.finetune_steps > 0))
+    if a.steps:
+      c.train.steps = a.steps
     if name == "blt":
       c.model.diffusion.block_size = 0
     t1 = time.time()
@@ -188,15 +169,8 @@ def main() -> None:
                      block_input=c.model.diffusion.block_input, steps=c.train.steps)
 
   if a.finetune_steps:
-    c = load_config("bltd_tiny")
-    c.data.source = source
-    c.model.patcher.update(threshold=theta)
-    if a.block_size:
-      c.model.diffusion.block_size = a.block_size
-    if a.block_input:
-      c.model.diffusion.block_input = a.block_input
-    c.train.update(entropy_checkpoint=str(ent_export), progress=False, export=False,
-                   steps=a.finetune_steps, init_from_blt=str(wd / "blt" / "export"))
+    c = run_config(export=False, steps=a.finetune_steps,
+                   init_from_blt=str(wd / "blt" / "export"))
     t1 = time.time()
     out = train.train_and_evaluate(c, wd / "bltd_from_blt")
     res["seconds"]["bltd_from_blt"] = time.time() - t1

@@ -65,6 +65,13 @@ def default_tfds_dir() -> pathlib.Path:
   return _REPO_ROOT / "data" / "tfds"
 
 
+def default_source() -> str:
+  """`data.source` for tools that prefer real text: "default" once `make data` has run (built
+  datasets or the raw corpus they are built from), else the committed "fixture"."""
+  ready = (default_tfds_dir() / "real_mix_bytes").is_dir() or default_raw_dir().is_dir()
+  return "default" if ready else "fixture"
+
+
 def cache_dir() -> pathlib.Path:
   """Scratch space for datasets built on demand (e.g. from the fixture); $BLTJAX_CACHE_DIR."""
   env = os.environ.get("BLTJAX_CACHE_DIR")
