@@ -19,13 +19,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks._timing import time_steps  # noqa: E402
 
 
 def _config(name: str, block_size: int, remat: str):
@@ -60,20 +61,8 @@ def bench(c, batch, steps: int, warmup: int) -> dict:
   from bltjax import train as T
 
   tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltd_"), devices=jax.devices()[:1])
-  state = tr.init_state()
-  step = tr.make_train_step()
-  g = tr.to_global(batch)
-  t = time.perf_counter()
-  state, m = step(state, tr.frozen, g)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t
-  times = []
-  for i in range(warmup + steps):
-    t = time.perf_counter()
-    state, m = step(state, tr.frozen, g)
-    jax.block_until_ready(m)
-    if i >= warmup:
-      times.append(time.perf_counter() - t)
+  _, _, m, compile_s, times = time_steps(tr.make_train_step(), tr.init_state(), tr.frozen,
+                                         tr.to_global(batch), steps, warmup)
   m = {k: float(v) for k, v in jax.device_get(m).items()}
   return {"compile_s": compile_s, "step_s": times, "median_step_s": statistics.median(times),
           "loss": m["loss"], "n_blocks": m.get("n_blocks", 0.0),

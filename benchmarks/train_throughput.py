@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 PATCHES = 512 // 4 + 1  # static 4 over 512 ids, plus the next-slot patch
 sys.path.insert(0, str(REPO))
 
+from benchmarks._timing import time_steps  # noqa: E402
+
 
 def _config():
   spec = importlib.util.spec_from_file_location("bench_20m", REPO / "configs" / "bench_20m.py")
@@ -70,20 +72,9 @@ def bench_bltjax(c, batch, steps: int, warmup: int):
   params = jax.device_put(params, tr.state_shardings["params"])
   opt = jax.jit(tr.tx.init, out_shardings=tr.state_shardings["opt_state"])(params)
   state = {"params": params, "opt_state": opt, "step": jax.numpy.int32(0)}
-  step = tr.make_train_step()
-  g = tr.to_global(batch)
-  t = time.perf_counter()
-  state, m = step(state, tr.frozen, g)
-  first_loss = float(m["loss"])
-  compile_s = time.perf_counter() - t
-  times = []
-  for i in range(warmup + steps):
-    t = time.perf_counter()
-    state, m = step(state, tr.frozen, g)
-    jax.block_until_ready(m)
-    if i >= warmup:
-      times.append(time.perf_counter() - t)
-  return {"first_loss": first_loss, "compile_s": compile_s, "step_s": times,
+  _, first, m, compile_s, times = time_steps(tr.make_train_step(), state, tr.frozen,
+                                             tr.to_global(batch), steps, warmup)
+  return {"first_loss": float(first["loss"]), "compile_s": compile_s, "step_s": times,
           "last_loss": float(m["loss"])}, full, tr
 
 
