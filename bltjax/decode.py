@@ -25,8 +25,7 @@ from typing import Any
 
 # blts: self-speculative greedy (fast_blt §5), the bytes of greedy ar; bltd: block diffusion
 # (§4, BLT-D weights); bltdv: diffusion drafts verified causally (§6), the bytes of greedy ar.
-METHODS = ("ar", "blts", "bltd", "bltdv")
-RULE_DEFAULTS = {"bltd": ("confidence", 0.7), "bltdv": ("entropy", 1.5)}  # fast_blt §4.2
+METHODS = ("ar", "blts", "bltd", "bltdv")  # = generation.METHODS (kept import-free for --help)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.error("--draft-k must be positive")
   if a.block_latent != "partial_last_patch" and a.method != "bltd":
     ap.error("--block-latent force_boundary applies to --method bltd only")
-  if a.rule is None and a.method in RULE_DEFAULTS:
-    a.rule = RULE_DEFAULTS[a.method][0]
   return a
 
 
@@ -134,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import decoding as D  # noqa: PLC0415
-  from bltjax import nfe, weights
+  from bltjax import generation, nfe, weights  # noqa: PLC0415
 
   out_path = Path(a.output)
   done = done_ids_of(out_path) if a.resume else set()
@@ -152,18 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg0 = weights.load_config(a.checkpoint)
     shardings = sharding.param_shardings(cfg0, mesh)
   cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
+  opt = generation.Options(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma,
+                           eb_rule=a.eb_rule, block_latent=a.block_latent,
+                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
   try:  # refuse a checkpoint the method cannot decode before any output is written
-    if a.method in ("bltd", "bltdv"):
-      from bltjax import block_decoding  # noqa: PLC0415
-
-      block_decoding.check_supported(cfg)
-    else:
-      D.check_supported(cfg)
+    generation.check(a.method, cfg, opt)
   except ValueError as e:
     print(f"error: {a.checkpoint}: --method {a.method}: {e}", file=sys.stderr)
     return 2
   counts = nfe.param_counts(params)
-  sc = D.SamplingConfig(a.temperature, a.top_k, a.top_p)
   stops = tuple(s.encode("utf-8") for s in a.stop)
   max_prompt = a.max_context - a.max_new_bytes - 1  # BOS
 
@@ -191,22 +184,9 @@ def main(argv: list[str] | None = None) -> int:
       batch = ok_rows[i:i + a.batch_size]
       t0 = time.perf_counter()
       prompts = [r["prompt"] for r in batch]
-      if a.method == "blts":
-        from bltjax import speculative  # noqa: PLC0415
-
-        res = speculative.generate(params, cfg, prompts, max_new=a.max_new_bytes, k=a.draft_k,
-                                   stops=stops)
-      elif a.method in ("bltd", "bltdv"):
-        from bltjax import block_decoding  # noqa: PLC0415
-
-        rule = block_decoding.BlockRule(a.rule, a.alpha, a.gamma, a.eb_rule)
-        res = block_decoding.generate(params, cfg, prompts, max_new=a.max_new_bytes,
-                                      method=a.method, rule=rule, stops=stops,
-                                      block_latent=a.block_latent, sc=sc,
-                                      seeds=[row_seed(a.seed, r["id"]) for r in batch])
-      else:
-        res = D.generate(params, cfg, prompts, max_new=a.max_new_bytes, sc=sc,
-                         seeds=[row_seed(a.seed, r["id"]) for r in batch], stops=stops)
+      res = generation.generate(params, cfg, prompts, method=a.method,
+                                max_new=a.max_new_bytes, options=opt, stops=stops,
+                                seeds=[row_seed(a.seed, r["id"]) for r in batch])
       dt = time.perf_counter() - t0
       for r, g in zip(batch, res, strict=True):
         rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),
@@ -216,16 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                        "entropy": g.nfe_ent, "encoder_byte": g.nfe_enc_byte},
                "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
                "seconds": round(dt, 4)}
-        n_out = len(g.new_ids) + (g.reason == "eos")
-        if a.method in ("blts", "bltdv"):
-          rec["speculation"] = {
-            "window": a.draft_k if a.method == "blts" else cfg.diffusion.block_size,
-            "cycles": g.cycles, "bytes_per_cycle": round(n_out / max(g.cycles, 1), 4),
-            "acceptance": round(g.acceptance, 4), "agreement": round(g.agreement, 4)}
-        elif a.method == "bltd":
-          rec["blocks"] = {"block_size": cfg.diffusion.block_size, "blocks": g.cycles,
-                           "bytes_per_block": round(n_out / max(g.cycles, 1), 4),
-                           "decoder_steps_per_block": round(g.nfe_dec / max(g.cycles, 1), 4)}
+        rec.update(generation.stats(a.method, g, cfg, opt))
         out.write(json.dumps(rec) + "\n")
       out.flush()
       bar.update(len(batch))
