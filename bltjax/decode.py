@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),
                "completion_b64": base64.b64encode(g.data).decode("ascii"),
                "new_bytes": len(g.data), "stop_reason": g.reason,
-               "nfe": {"decoder": g.nfe_dec, "encoder_global": g.nfe_enc,
-                       "entropy": g.nfe_ent, "encoder_byte": g.nfe_enc_byte},
+               "nfe": g.nfe,
                "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
                "seconds": round(dt, 4)}
         rec.update(generation.stats(a.method, g, cfg, opt))

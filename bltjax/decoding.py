@@ -592,6 +592,12 @@ class Generation:
   def data(self) -> bytes:
     return ids_to_bytes(self.new_ids)
 
+  @property
+  def nfe(self) -> dict[str, int]:
+    """The paper's two counters (arXiv 2605.08044 Eq. 8) and the two outside it."""
+    return {"decoder": self.nfe_dec, "encoder_global": self.nfe_enc, "entropy": self.nfe_ent,
+            "encoder_byte": self.nfe_enc_byte}
+
 
 def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int,
             budgets: list[int] | None = None, max_patches: int | None = None,
