@@ -294,13 +294,15 @@ class Trainer:
     param_sh = sharding.param_shardings(cfg, mesh, r.rules, keys)
     abs_params = sharding.abstract_sharded_params(cfg, mesh, r.rules, keys)
     tx, sched = optim.make_optimizer(tc)
-    with sharding.use_mesh(mesh):
-      # XLA's own placement of the optimiser state (mu/nu follow their params); compiling the
-      # init is cheap and allocates nothing.
-      opt_sh = jax.jit(tx.init).lower(abs_params).compile().output_shardings
     repl = sharding.replicated(mesh)
-    state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
     abs_opt = jax.eval_shape(tx.init, abs_params)
+    # Adam's moments take their params' shardings, the counters are replicated. (XLA's own
+    # placement, from compiling tx.init, replicates mu/nu: zeros_like carries no sharding, so
+    # fsdp would not shard 2/3 of the state.)
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abs_opt, param_sh,
+                                   transform_non_params=lambda _: repl,
+                                   is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
     abstract = {
       "params": abs_params,
       "opt_state": checkpoint.abstract_tree(abs_opt, opt_sh),

@@ -146,3 +146,25 @@ def test_init_sharded_from_birth_matches_plain_init():
   assert g_wq.spec == P("fsdp", "tensor", None)
   hash_table = full["local_encoder"]["hash_embeddings"]["embedding"]  # [2, 257, 32]
   assert hash_table.spec == P(None, None, ("fsdp", "tensor"))  # 257 rows: moved to D
+
+
+def test_adam_moments_are_sharded_like_their_params(tmp_path):
+  # fsdp must shard all of the state: XLA's own placement of tx.init's zeros replicated mu/nu.
+  from bltjax import train
+
+  c = load_config("blt_tiny")
+  c.model.patcher.mode = "static"
+  c.mesh.shape = (1, 8, 1)
+  tr = train.Trainer.create(c, tmp_path)
+  ks = jax.tree_util.keystr
+  want = {ks(k): sh.spec for k, sh in jax.tree_util.tree_leaves_with_path(
+    tr.state_shardings["params"], is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))}
+  got = {}
+  for k, sh in jax.tree_util.tree_leaves_with_path(
+      tr.state_shardings["opt_state"], is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)):
+    for moment in (".mu[", ".nu["):
+      if moment in ks(k):
+        got.setdefault(moment, {})[ks(k).split(moment[:-1], 1)[1]] = sh.spec
+  assert set(got) == {".mu[", ".nu["}
+  assert got[".mu["] == want and got[".nu["] == want
+  assert any(s != P() for s in want.values())
