@@ -32,4 +32,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import sys
+
+  from bltjax.train_config import renamed_flag_error
+
+  # Before absl: it would fail on `global` (a Python keyword) with a SyntaxError trace.
+  if err := renamed_flag_error(sys.argv):
+    print(err, file=sys.stderr)
+    sys.exit(2)
   app.run(main)

@@ -49,7 +49,7 @@ def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> 
   """The released BLT-1B geometry (blt.md §6) with BLT-D enabled."""
   st = lambda d, L, h, f, name, w=512: TransformerConfig(d, L, h, ffn_dim=f, window=w, name=name)
   return BLTConfig(encoder=st(1024, 1, 16, 2816, "encoder"),
-                   global_=st(2048, 25, 16, 5632, "global", None),
+                   global_=st(2048, 25, 16, 5632, "global_model", None),
                    decoder=st(1024, 9, 16, 2816, "decoder"),
                    hash=HashConfig() if hashed else HashConfig(group_sizes=(), nb_functions=0),
                    patcher=PatcherConfig(mode="static", patch_size=4),

@@ -184,6 +184,12 @@ class DiffusionConfig:
     return self.block_size > 0
 
 
+# The global stack's config key. Not `global`: a Python keyword breaks ml_collections' override
+# paths (`--config.model.global.dim=...` cannot parse). The dataclass field stays `global_`.
+GLOBAL_KEY = "global_model"
+_OLD_GLOBAL_KEYS = ("global", "global_")
+
+
 @dataclasses.dataclass(frozen=True)
 class BLTConfig:
   """The whole model: local encoder, global transformer, local decoder and entropy model."""
@@ -240,26 +246,34 @@ class BLTConfig:
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    d["global"] = d.pop("global_")
+    d[GLOBAL_KEY] = d.pop("global_")
     return d
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> BLTConfig:
-    """Builds from a plain (or ml_collections) mapping; unknown keys fail with their name."""
+    """Builds from a plain (or ml_collections) mapping; unknown keys fail with their name.
+
+    The global stack is `global_model`; `global` (configs and checkpoints written before the
+    rename) and the field name `global_` are accepted too.
+    """
     d = dict(d)
-    if "global" in d:
-      d["global_"] = d.pop("global")
+    names = [k for k in (GLOBAL_KEY, *_OLD_GLOBAL_KEYS) if k in d]
+    if len(names) > 1:
+      _fail(GLOBAL_KEY, f"given twice (as {' and '.join(names)}); keep only {GLOBAL_KEY}")
+    if names:
+      d["global_"] = d.pop(names[0])
     known = {f.name for f in dataclasses.fields(cls)}
     for key in d:
       if key not in known:
-        _fail(key, f"unknown model config key (known: {sorted(known)})")
+        shown = sorted(GLOBAL_KEY if k == "global_" else k for k in known)
+        _fail(key, f"unknown model config key (known: {shown})")
     sub = {"encoder": TransformerConfig, "global_": TransformerConfig,
            "decoder": TransformerConfig, "entropy": TransformerConfig, "hash": HashConfig,
            "patcher": PatcherConfig, "diffusion": DiffusionConfig}
     kw = {}
     for key, value in d.items():
       if key in sub and value is not None and not isinstance(value, sub[key]):
-        value = _build(sub[key], value, "global" if key == "global_" else key)
+        value = _build(sub[key], value, GLOBAL_KEY if key == "global_" else key)
       kw[key] = value
     return cls(**kw)
 

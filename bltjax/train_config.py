@@ -2,27 +2,33 @@
 
 A config file's `get_config()` returns an ml_collections `ConfigDict` with sections
 
-  model  -> `BLTConfig.from_dict` (encoder / global / decoder / entropy / hash / patcher / ...)
+  model  -> `BLTConfig.from_dict` (encoder, global_model, decoder, entropy, hash, patcher, ...)
   train  -> `TrainConfig` (task, optimiser, schedule, batch, checkpoints, logging)
   data   -> `bltjax.data.pipeline` (source, split, ...; see `default_data_config`)
   mesh   -> shape (data, fsdp, tensor) with one -1 = fill, and optional logical-axis rule overrides
 
 `base_config()` holds every key with its default, so a config file only states what differs and
-command-line overrides (`--config.train.steps=50`) always find the key. `resolve()` turns the dict
-into frozen dataclasses and checks everything that can be checked before compiling; each error
-names the dotted key.
+command-line overrides (`--config.train.steps=50`, `--config.model.global_model.dim=1024`) always
+find the key; optional keys also take `None`, lists and dicts a Python literal. `resolve()` turns
+the dict into frozen dataclasses and checks everything that can be checked before compiling; each
+error names the dotted key.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from bltjax.config import (
+  GLOBAL_KEY,
   BLTConfig,
   ConfigError,
   DiffusionConfig,
@@ -35,35 +41,96 @@ from bltjax.config import (
 TASKS = ("entropy", "blt")
 
 
+class _OrNone(flags.ArgumentParser):
+  """`None` for an optional key (`--config.model.patcher.max_patch_length=None`), else `inner`."""
+
+  def __init__(self, inner: flags.ArgumentParser):
+    self.inner = inner
+
+  def parse(self, argument: Any) -> Any:
+    if isinstance(argument, str) and argument.strip() in ("None", "none"):
+      return None
+    return self.inner.parse(argument)
+
+  def flag_type(self) -> str:
+    return self.inner.flag_type()
+
+
+class _LiteralOf(flags.ArgumentParser):
+  """A Python literal of type `kind` (list, dict) or None; a bare string is a one-item list."""
+
+  def __init__(self, kind: type):
+    self.kind = kind
+
+  def parse(self, argument: Any) -> Any:
+    value = argument
+    if isinstance(argument, str):
+      try:
+        value = ast.literal_eval(argument)
+      except (SyntaxError, ValueError):
+        value = argument  # an unquoted path or glob
+    if self.kind is list and isinstance(value, str | tuple):
+      value = [value] if isinstance(value, str) else list(value)
+    if value is not None and not isinstance(value, self.kind):
+      raise ValueError(f"expected a {self.kind.__name__} literal or None, got {argument!r}")
+    return value
+
+  def flag_type(self) -> str:
+    return self.kind.__name__
+
+
+# ml_collections has no parser for list / dict keys (data.files, data.weights) and cannot reset an
+# optional int / float key to None. Every config file imports this module, so these are in place
+# before its overrides are parsed.
+config_flags.register_flag_parser_for_type(int, _OrNone(flags.IntegerParser()))
+config_flags.register_flag_parser_for_type(float, _OrNone(flags.FloatParser()))
+config_flags.register_flag_parser_for_type(list, _LiteralOf(list))
+config_flags.register_flag_parser_for_type(dict, _LiteralOf(dict))
+
+_OLD_GLOBAL_FLAG = re.compile(r"^(-{1,2}(?:no)?config\.model\.)global(?=\.|$)")
+
+
+def renamed_flag_error(argv: Sequence[str]) -> str | None:
+  """The one-line error for a flag that still names the global stack `global`, else None."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    name = arg.split("=", 1)[0]
+    m = _OLD_GLOBAL_FLAG.match(name)
+    if m:
+      new = m.group(1) + GLOBAL_KEY + name[m.end():]
+      return f"error: {name}: the section is now '{GLOBAL_KEY}' ({new})"
+  return None
+
+
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def section(cls: type, skip: tuple[str, ...] = (), **overrides: Any) -> ml_collections.ConfigDict:
   """A ConfigDict with every field of dataclass `cls` (defaults, then `overrides`).
 
-  Optional fields whose default is None become typed placeholders, so a command-line override
-  such as `--config.model.patcher.max_patch_length=8` finds the key and parses the value.
+  Fields that are None (by default or by `overrides`) become typed placeholders, so a command-line
+  override such as `--config.model.patcher.max_patch_length=8` finds the key and parses the value
+  (a plain None would be typed NoneType, which no override can set).
   """
   c = ml_collections.ConfigDict()
-  for f in dataclasses.fields(cls):
-    if f.name in skip or f.name == "name":
-      continue
-    if f.default is not dataclasses.MISSING:
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip and f.name != "name"}
+  for k in overrides:
+    if k not in fields:
+      _fail(f"{cls.__name__}.{k}", f"unknown key (known: {sorted(fields)})")
+  for name, f in fields.items():
+    if name in overrides:
+      value = overrides[name]
+    elif f.default is not dataclasses.MISSING:
       value = f.default
     elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
       value = f.default_factory()  # type: ignore[misc]
     else:
       value = None
-    if isinstance(value, tuple):
-      value = tuple(value)
     if value is None:
       kind = next((t for n, t in _TYPES.items() if n in str(f.type)), None)
       value = ml_collections.config_dict.placeholder(kind) if kind else None
-    c[f.name] = value
-  for k, v in overrides.items():
-    if k not in c:
-      _fail(f"{cls.__name__}.{k}", f"unknown key (known: {sorted(c.keys())})")
-    c[k] = v
+    c[name] = value
   return c
 
 
@@ -269,7 +336,7 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: in
   # Tensor-parallel axes must divide what they split, or the layout silently degrades.
   tp = math.prod(names[a] for a in rules.mesh_axes("heads"))
   stacks: list[tuple[str, TransformerConfig]] = [("encoder", model.encoder),
-                                                  ("global", model.global_),
+                                                  (GLOBAL_KEY, model.global_),
                                                   ("decoder", model.decoder)]
   if train.task == "entropy":
     if train.init_from_blt:
@@ -287,8 +354,8 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: in
   if train.task == "blt":
     fs = math.prod(names[a] for a in rules.mesh_axes("embed"))
     if model.global_.dim % fs:
-      _fail("model.global.dim", f"{model.global_.dim} does not split over the embed mesh axes "
-            f"({fs}) of mesh.shape {mesh_shape}")
+      _fail(f"model.{GLOBAL_KEY}.dim", f"{model.global_.dim} does not split over the embed mesh "
+            f"axes ({fs}) of mesh.shape {mesh_shape}")
     if train.init_from_blt and not isinstance(train.init_from_blt, str):
       _fail("train.init_from_blt", f"must be a checkpoint path, got {train.init_from_blt!r}")
     if model.patcher.mode == "entropy" and not train.entropy_checkpoint:

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from bltjax.config import VOCAB_SIZE, BLTConfig, ConfigError
+from bltjax.config import GLOBAL_KEY, VOCAB_SIZE, BLTConfig, ConfigError
 
 KEY = "train.init_from_blt"
 _TABLE = ("local_encoder", "tok_embeddings", "embedding")
@@ -37,7 +37,7 @@ def check_compatible(src: BLTConfig, dst: BLTConfig, path: str) -> None:
     if dataclasses.is_dataclass(a) and hasattr(a, "name"):
       a, b = dataclasses.replace(a, name=""), dataclasses.replace(b, name="")
     if a != b:
-      key = "global" if f == "global_" else f
+      key = GLOBAL_KEY if f == "global_" else f
       raise ConfigError(f"{KEY}: model.{key} of {path} is {a}, this run's is {b}")
 
 

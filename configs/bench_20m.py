@@ -13,7 +13,7 @@ from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 def get_config():
   c = base_config()
   c.model.encoder = stack(256, 1, 4)
-  c.model["global"] = global_stack(512, 4, 8)
+  c.model.global_model = global_stack(512, 4, 8)
   c.model.decoder = stack(256, 4, 4)
   c.model.entropy = entropy_stack(256, 2, 4)
   c.model.cross_attn_k = 2

@@ -13,7 +13,7 @@ from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 def get_config():
   c = base_config()
   c.model.encoder = stack(1024, 1, 16)
-  c.model["global"] = global_stack(2048, 25, 16)
+  c.model.global_model = global_stack(2048, 25, 16)
   c.model.decoder = stack(1024, 9, 16)
   c.model.entropy = entropy_stack(768, 14, 12)
   c.model.cross_attn_k = 2

@@ -11,7 +11,7 @@ from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 def get_config():
   c = base_config()
   c.model.encoder = stack(1280, 1, 20)
-  c.model["global"] = global_stack(4096, 32, 32)
+  c.model.global_model = global_stack(4096, 32, 32)
   c.model.decoder = stack(1280, 6, 20)
   c.model.entropy = entropy_stack(768, 14, 12)
   c.model.cross_attn_k = 4

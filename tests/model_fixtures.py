@@ -13,7 +13,7 @@ def tiny_config(k: int = 2, window: int = 512, max_patch_length=None, mode="entr
   enc = TransformerConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64, window=window,
                           name="encoder")
   glb = TransformerConfig(dim=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, window=None,
-                          name="global")
+                          name="global_model")
   dec = TransformerConfig(dim=32, n_layers=2, n_heads=4, ffn_dim=64, window=window,
                           name="decoder")
   ent = TransformerConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64, window=window,

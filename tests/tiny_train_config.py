@@ -12,7 +12,7 @@ from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 def get_config(task: str = "blt"):
   c = base_config()
   c.model.encoder = stack(32, 1, 2, ffn_dim=64)
-  c.model["global"] = global_stack(64, 1, 2, ffn_dim=128)
+  c.model.global_model = global_stack(64, 1, 2, ffn_dim=128)
   c.model.decoder = stack(32, 1, 2, ffn_dim=64)
   c.model.entropy = entropy_stack(32, 1, 2, ffn_dim=64)
   c.model.hash.update(group_sizes=(3, 4), vocab=257, nb_functions=1)

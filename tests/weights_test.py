@@ -18,7 +18,7 @@ from bltjax.convert import hf
 def _cfg(k: int = 4) -> BLTConfig:
   enc = TransformerConfig(dim=16, n_layers=1, n_heads=2, ffn_dim=32, name="encoder")
   glb = TransformerConfig(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64, window=None,
-                          name="global")
+                          name="global_model")
   dec = TransformerConfig(dim=16, n_layers=2, n_heads=4, ffn_dim=32, name="decoder")
   ent = TransformerConfig(dim=16, n_layers=1, n_heads=2, ffn_dim=32, rope_theta=1e4,
                           name="entropy")
@@ -64,7 +64,7 @@ def test_roundtrip_exact(saved):
   assert doc["format_version"] == weights.FORMAT_VERSION
   assert doc["converter_version"] == weights.CONVERTER_VERSION
   assert doc["source"] == {"format": "test"} and doc["meta"] == {"note": "x"}
-  assert {"encoder", "global", "decoder", "entropy", "hash", "patcher"} <= doc.keys()
+  assert {"encoder", "global_model", "decoder", "entropy", "hash", "patcher"} <= doc.keys()
   assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt"]  # no temp dirs left
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from bltjax import weights
 from bltjax.config import (
+  GLOBAL_KEY,
   RELEASE_THRESHOLD,
   VOCAB_SIZE,
   BLTConfig,
@@ -629,7 +630,7 @@ def config_from_hf(d: Mapping[str, Any], where: str = "config.json") -> BLTConfi
   local_window = d.get("local_attention_window_len", 512)
   enc = _hf_stack(d, "encoder_config", where, "encoder", local_window)
   dec = _hf_stack(d, "decoder_config", where, "decoder", local_window)
-  glb = _hf_stack(d, "global_config", where, "global", None)
+  glb = _hf_stack(d, "global_config", where, GLOBAL_KEY, None)
   k = d.get("cross_attn_k", 2)
   for key, want_all in (("encoder_config", False), ("decoder_config", True)):
     sub = d[key]

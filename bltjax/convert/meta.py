@@ -30,6 +30,7 @@ import numpy as np
 
 from bltjax import weights
 from bltjax.config import (
+  GLOBAL_KEY,
   PATCHING_MODES,
   RELEASE_THRESHOLD,
   VOCAB_SIZE,
@@ -295,7 +296,7 @@ def config_from_official(args: Mapping[str, Any], *, where: str,
                get("n_heads_local_encoder"), get("n_kv_heads"), theta, window)
   dec = _stack(args, where, "decoder", get("dim_local_decoder"), get("n_layers_local_decoder"),
                get("n_heads_local_decoder"), get("n_kv_heads"), theta, window)
-  glb = _stack(args, where, "global", get("dim_global"), get("n_layers_global"),
+  glb = _stack(args, where, GLOBAL_KEY, get("dim_global"), get("n_layers_global"),
                get("n_heads_global"), get("n_kv_heads_global"), theta, None)
   nx = get("cross_attn_nheads")
   if nx is None:
