@@ -22,7 +22,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# Assembles the default real-text corpus (data.md §2/§3) into $(DATA_DIR); idempotent.
+# Assembles the default real-text corpus (docs/data.md) into $(DATA_DIR); idempotent.
 data: venv
 	PYTHON=$(PY) bash scripts/materialize_data.sh $(DATA_DIR)
 

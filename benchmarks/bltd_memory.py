@@ -46,7 +46,7 @@ GIB = 2**30
 
 
 def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> BLTConfig:
-  """The released BLT-1B geometry (blt.md §6) with BLT-D enabled."""
+  """The released BLT-1B geometry (docs/architecture.md, released geometries) with BLT-D enabled."""
   st = lambda d, L, h, f, name, w=512: TransformerConfig(d, L, h, ffn_dim=f, window=w, name=name)
   return BLTConfig(encoder=st(1024, 1, 16, 2816, "encoder"),
                    global_=st(2048, 25, 16, 5632, "global_model", None),

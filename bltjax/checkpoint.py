@@ -44,7 +44,7 @@ def abstract_tree(tree: Any, shardings: Any = None) -> Any:
 
 
 class TrainCheckpointer:
-  """A thin wrapper over orbax's V1 training checkpointer (jax_style.md §6).
+  """A thin wrapper over orbax's V1 training checkpointer.
 
   Args:
     directory: where step directories go (created if missing).

@@ -113,8 +113,9 @@ def stage_entropy(st: DemoState) -> None:
 
 def calibrate_threshold(export: Path, data_cfg: Any, target: float, batches: int = 8,
                         seq_len: int = 128, batch_size: int = 16) -> tuple[float, float]:
-  """θ with P(H > θ) = 1 / target on training text: a start follows each such byte (blt.md
-  §3.1), so patches average ~`target` bytes (paper §4.3 picks θ for a target patch size).
+  """θ with P(H > θ) = 1 / target on training text: a start follows each such byte
+  (arXiv 2412.09871 §2.3), so patches average ~`target` bytes (§4.3 picks θ for a target patch
+  size).
 
   Returns:
     (θ, the mean patch length it gives on those batches, forced starts included).

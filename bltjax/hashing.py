@@ -1,4 +1,4 @@
-"""Hash n-gram ids for the BLT local encoder (spec `blt.md` §2).
+"""Hash n-gram ids for the BLT local encoder (arXiv 2412.09871 §3.2.1; docs/architecture.md).
 
 For every hash function `f` and n-gram size `n`, the id sequence is left-padded with `n - 1` zeros
 (BOE) and each position `t` hashes its window `w = (x[t-n+1], ..., x[t])`, oldest to newest:

@@ -19,8 +19,9 @@ Contract::
 
 Targets: position t predicts ids[t + 1]. A target counts iff it is a real id (valid), is not BOS
 (the first id of the next packed document is not predictable from the previous one), and, for BLT,
-lies before the row's patch budget cut (blt.md §9). Bits per byte (blt.md §8) sums over byte
-targets only (ids 4..259); EOS targets are reported apart (`nll_eos_sum`, `n_eos`).
+lies before the row's patch budget cut (docs/choices.md). Bits per byte (arXiv 2412.09871 §4.6,
+Eq. 18) sums over byte targets only (ids 4..259); EOS targets are reported apart (`nll_eos_sum`,
+`n_eos`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def train_patch_starts(params: Any, cfg: BLTConfig, batch: Batch) -> jax.Array:
 
   Entropy mode runs the (frozen) entropy model `params["entropy_model"]` in fp32 on the batch,
   with document-reset attention; no gradient flows through the result. Forcing a start right
-  after each EOS keeps every patch inside one document (blt.md §9), so packing never lets a
+  after each EOS keeps every patch inside one document (docs/choices.md), so packing never lets a
   patch latent mix two documents.
   """
   ids, valid = batch["ids"], batch["valid"]

@@ -1,8 +1,9 @@
-"""Optimiser (blt.md §9): AdamW after global-norm clipping, linear warm-up + cosine, and
+"""Optimiser (arXiv 2412.09871 §4.8): AdamW after global-norm clipping, linear warm-up + cosine, and
 gradient accumulation as a `lax.scan` over microbatches.
 
-Weight decay is masked off norm scales, embeddings and hash tables (jax_style.md §5 [D]): those
-are lookups or gains, and decaying them towards 0 only fights the loss.
+Weight decay is masked off norm scales, embeddings and hash tables (a project choice: the paper
+does not say; docs/choices.md): those are lookups or gains, and decaying them towards 0 only
+fights the loss.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Patch boundaries: entropy / space / static / byte patchers and derived patch ids (blt.md §3).
+"""Patch boundaries: entropy / space / static / byte patchers and derived patch ids.
 
-Internal representation (blt.md §3.2): a boolean `start_BxS1` over S + 1 slots. Slot t is True iff
+Patching modes: arXiv 2412.09871 §2; this project's conventions: docs/architecture.md.
+
+Internal representation: a boolean `start_BxS1` over S + 1 slots. Slot t is True iff
 position t starts a patch; slot S is the "next token" slot. Rows are right-padded: row b has
 `lengths_B[b]` real ids, its next slot is at index `lengths_B[b]`, and every slot after it is False.
 Slot 0 is always a start. Lengths, patch ids and decoder patch ids are derived from the starts.
 
-Length conventions (oracle.md §5.1), for the starts {0, 1, 3, 6, 8} of a row with 8 ids:
+Length conventions (docs/testing.md), for the starts {0, 1, 3, 6, 8} of a row with 8 ids:
   official: [1, 2, 3, 2, 1]  the last patch includes the next slot; rows sum to length + 1.
   HF:       [1, 2, 3, 2, 0]  the last end is clamped to length - 1; rows sum to length.
 Both are right-padded with 0. In the HF form a trailing 0 (the next slot starting a patch) cannot be
@@ -60,7 +62,7 @@ def _last_index_le(mask_BxN: jnp.ndarray) -> jnp.ndarray:
 def entropies_from_logits(logits_BxSxV: jnp.ndarray) -> jnp.ndarray:
   """Entropy in nats of each next-byte distribution, H = -sum p log p, always in fp32.
 
-  Near-threshold entropies flip boundaries between precisions (blt.md §3.3), hence fp32 even for
+  Near-threshold entropies flip boundaries between precisions (docs/choices.md), hence fp32 even for
   bf16 logits. Entries with p = 0 (logit -inf) contribute 0 instead of 0 * -inf = nan.
   """
   logp_BxSxV = jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1)
@@ -174,7 +176,7 @@ def _ends_patch(id_: jnp.ndarray, id_prev: jnp.ndarray) -> jnp.ndarray:
 
 
 def space_patch_starts(ids_BxS: jnp.ndarray, lengths_B: jnp.ndarray) -> jnp.ndarray:
-  """Space-mode starts (blt.md §3.1, official `find_space_patch_start_ids`).
+  """Space-mode starts (arXiv 2412.09871 §2.2, official `find_space_patch_start_ids`).
 
   Slots 0 and 1 are forced; slot t >= 2 starts iff id t - 1 ends a patch: it is space-like and the
   id before it is not, or it is a special id (< 4). This includes the next slot: slot `length`

@@ -1,12 +1,13 @@
 """One device mesh (data, fsdp, tensor) and the logical-axis rules that place arrays on it.
 
 Parameters and activations carry *logical* axis names (`model.logical_axes`); a single
-`ShardingRules` table maps each name to mesh axes (jax_style.md §4). `logical_to_sharding` turns a
-tree of logical `PartitionSpec`s into `NamedSharding`s, checking that no mesh axis appears twice in
-one spec. Given shapes, it also fits each spec to its array: a dimension that a mesh axis does not
-divide (the 500002-row hash tables on 8 devices) hands that axis to another, divisible dimension of
-the same array (the table's width), else leaves it replicated there. jit out/in shardings must
-divide evenly, so this is what makes released geometries shardable on any mesh.
+`ShardingRules` table maps each name to mesh axes (docs/architecture.md, sharding).
+`logical_to_sharding` turns a tree of logical `PartitionSpec`s into `NamedSharding`s, checking
+that no mesh axis appears twice in one spec. Given shapes, it also fits each spec to its array: a
+dimension that a mesh axis does not divide (the 500002-row hash tables on 8 devices) hands that
+axis to another, divisible dimension of the same array (the table's width), else leaves it
+replicated there. jit out/in shardings must divide evenly, so this is what makes released
+geometries shardable on any mesh.
 
 Parameters are created sharded from birth: `jax.eval_shape(init)` -> shardings ->
 `jax.jit(init, out_shardings=...)`; no host ever holds a full copy.

@@ -144,7 +144,7 @@ def window_document(ids: np.ndarray, seq_len: int, stride: int
 
   The first window scores every target; each later window starts `stride` ids further and
   scores only targets no earlier window scored, so they have >= seq_len - stride ids of context
-  (blt.md §8). Every target ids[1:] is scored exactly once.
+  (docs/choices.md, bits per byte). Every target ids[1:] is scored exactly once.
   """
   n = len(ids)
   o, done = 0, 1

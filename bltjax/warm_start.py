@@ -1,4 +1,4 @@
-"""Start a BLT or BLT-D run from a trained BLT's weights (fast_blt.md §10 #17, `init_from_blt`).
+"""Start a BLT or BLT-D run from a trained BLT's weights (`init_from_blt`; docs/choices.md #17).
 
 `train.init_from_blt = DIR` (a bltjax checkpoint: a BLT run's export, or Meta/HF weights converted
 with `python -m bltjax.convert`) replaces the fresh parameters of a new run before step 0; a run

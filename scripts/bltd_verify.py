@@ -1,4 +1,4 @@
-"""BLT-D end-to-end check on CPU: a tiny BLT-D against a BLT trained identically (fast_blt.md §3).
+"""BLT-D end-to-end check on CPU: a tiny BLT-D against a BLT trained identically (docs/bltd.md).
 
   python scripts/bltd_verify.py [--workdir runs/bltd_verify] [--steps 400] [--block_size 8]
                                 [--block_input encoder_states] [--entropy_export DIR]
@@ -15,7 +15,7 @@ Stages (finished runs resume from their checkpoints, so re-running only re-evalu
                      against the unigram baseline (the most frequent training byte; its cross-
                      entropy) and the oracle unigram (the most frequent masked byte itself)
   6. --finetune_steps N: a third run, BLT-D started from the trained BLT (`train.init_from_blt`,
-                     fast_blt §10 #17) for N more steps, evaluated like stage 4-5
+                     docs/choices.md, Fast BLT #17) for N more steps, evaluated like stage 4-5
 Writes WORKDIR/results.json and prints a summary.
 """
 

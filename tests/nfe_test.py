@@ -4,7 +4,7 @@ from bltjax import nfe
 
 
 def test_bandwidth_reproduces_paper_row():
-  # fast_blt.md §8 worked example: BLT 3B Fr->En, 512 decoder and 308 global NFEs.
+  # Worked example of arXiv 2605.08044, Eq. 8: BLT 3B Fr->En, 512 decoder and 308 global NFEs.
   counts = nfe.ParamCounts(enc=0, glob=2_852_500_000, dec=159_800_000)
   # The counts are a least-squares fit (every row within 0.4%), hence rel=1e-3.
   assert nfe.bandwidth_gb(512, 308, counts) == pytest.approx(1920.99, rel=1e-3)

@@ -1,8 +1,8 @@
-"""Logit parity with HF's BltForCausalLM (oracle.md §6 workflows A and B), fp32 on CPU.
+"""Logit parity with HF's BltForCausalLM (docs/testing.md, workflows A and B), fp32 on CPU.
 
 Weights go through the real converters (HF dir -> bltjax tree, bltjax tree -> HF dir). Inputs
-keep S <= 512 and contain no EOS (oracle.md §5). Tolerances are oracle.md's: logits and entropies
-atol = rtol = 1e-4, patch starts exact.
+keep S <= 512 and contain no EOS (docs/testing.md). Tolerances are docs/testing.md's: logits and
+entropies atol = rtol = 1e-4, patch starts exact.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 S = 512
 TOL = dict(atol=1e-4, rtol=1e-4)
-# (pattern, length) rows of the explicit-patch test; official S+1 lengths (oracle.md §5.1).
+# (pattern, length) rows of the explicit-patch test; official S+1 lengths (docs/testing.md).
 ROWS = [([1, 3, 1, 4, 2, 5, 1, 1, 6, 2, 3, 1, 7, 2, 1, 4], S),  # irregular
         ([1], S),  # all ones
         ([S], S),  # one long patch (it also covers the next-token slot)
@@ -58,7 +58,7 @@ def models(tmp_path_factory):
 
 
 def _hf_reference(model):
-  """HF logits per row: explicit-patch rows, then patcher rows (batch 1, oracle.md §5.2 #2)."""
+  """HF logits per row: explicit-patch rows, then patcher rows (batch 1, docs/testing.md)."""
   rows = []
   for i, (pattern, n) in enumerate(ROWS):
     ids = fx.sample_ids(n, seed=i)
@@ -66,7 +66,7 @@ def _hf_reference(model):
     st = np.zeros(S + 1, bool)
     st[:n + 1] = fx.starts_from_lengths(lens, n + 1)
     rows.append(dict(ids=ids, n=n, lens=lens, starts=st, explicit=True))
-  # Explicit rows of one length share an HF call: 0-padded S+1 lengths are safe (oracle.md §5.1).
+  # Explicit rows of one length share an HF call: 0-padded S+1 lengths are safe (docs/testing.md).
   for n in sorted({r["n"] for r in rows}):
     group = [r for r in rows if r["n"] == n]
     p = max(len(r["lens"]) for r in group)
@@ -84,7 +84,7 @@ def _hf_reference(model):
       h, lens, _ = model.model.patcher(x, patch_size=model.config.patch_size, threshold=theta)
       ref = model(x, use_cache=False).logits[0].numpy()
     h = h[0].numpy()
-    # Exact start comparison needs entropies clear of the threshold (oracle.md §6 C).
+    # Exact start comparison needs entropies clear of the threshold (docs/testing.md).
     assert np.abs(h[1:] - theta).min() > 1e-4
     st = np.zeros(S + 1, bool)
     st[:n + 1] = fx.starts_from_hf_lengths(lens[0].numpy(), n)

@@ -1,8 +1,9 @@
-"""Tests for bltjax.patching: blt.md §3 examples, NumPy references, incrementality, HF oracle.
+"""Tests for bltjax.patching: worked examples, NumPy references, incrementality, HF oracle.
 
-The NumPy references below are written slot by slot from the spec (blt.md §3.1-3.2) and the
-official code's semantics (checked by hand against `bytelatent/data/patcher.py`); the JAX code is
-vectorised, so they are independent implementations.
+The NumPy references below are written slot by slot from the rules (docs/architecture.md,
+patching) and the official code's semantics (checked by hand against
+`bytelatent/data/patcher.py`); the JAX code is vectorised, so they are independent
+implementations.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ import pytest
 from bltjax import patching
 from bltjax.config import PatcherConfig
 
-# blt.md §3.2 worked example.
+# Worked example, checked with the official patcher functions.
 EX_H = [5.0, 0.5, 2.0, 0.3, 0.2, 1.5, 0.1, 3.0]
 EX_THETA = 1.0
 
@@ -199,7 +200,7 @@ def _patch_starts_jit(cfg, ids_BxS, lengths_B, H_BxS):
 
 
 # ----------------------------------------------------------------------------------------------
-# blt.md §3.2 worked examples.
+# Worked examples, checked with the official patcher functions.
 
 
 def test_worked_example_threshold():
@@ -440,7 +441,7 @@ def test_open_patch_lengths():
 
 @pytest.mark.parametrize("name,cfg", CFGS, ids=[n for n, _ in CFGS])
 def test_prefix_property(name, cfg):
-  """Patching a prefix equals the prefix of the patching (blt.md §3.1)."""
+  """Patching a prefix equals the prefix of the patching (arXiv 2412.09871 §2.4)."""
   del name
   S = 40
   H, ids, L = _random_batch(7, S=S)
@@ -513,7 +514,7 @@ def test_next_slot_starts_matches_patch_starts(name, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
-# HF oracle (oracle.md §5.1): the pure patch-length functions of transformers' BLT port.
+# HF oracle (docs/testing.md): the pure patch-length functions of transformers' BLT port.
 
 S_ORACLE = 72  # our side pads every row to this width (one compile); HF gets the exact length
 THETA = 1.0

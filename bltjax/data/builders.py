@@ -1,10 +1,10 @@
-"""tensorflow-datasets builders over local files, usable without TensorFlow (data.md §6).
+"""tensorflow-datasets builders over local files, usable without TensorFlow (docs/data.md).
 
 Every builder reads `manual_dir` (a raw dir written by `scripts/materialize_data.sh`, or the
 committed fixture) and writes array_record shards, read back with `as_data_source()` or
 `tfds.builder_from_directory(...)`. Never call `as_dataset` / `tfds.load`: they need TF.
 
-Traps handled here (data.md §6.3): `_info` builds `DatasetInfo(builder=self, ...)` directly;
+Traps handled here (docs/data.md): `_info` builds `DatasetInfo(builder=self, ...)` directly;
 `disable_shuffling` is a `DatasetInfo` argument (a class attribute of that name is ignored) and is
 set so stored order is generation order; text features stay `bytes`.
 """
@@ -45,7 +45,7 @@ class RealMixConfig(tfds.core.BuilderConfig):
 
 
 class RealMixBytes(tfds.core.GeneratorBasedBuilder):
-  """Real-text byte corpus `real_mix_v1` (data.md §3): one example per document.
+  """Real-text byte corpus `real_mix_v1` (docs/data.md): one example per document.
 
   Splits: `train_<domain>` (prose, drama, code, docs, scripture[, sympy]) and the held-out BPB
   sets `heldout_<domain>` (novel, drama, code, scripture_en, scripture_es). Only sources present
@@ -53,7 +53,7 @@ class RealMixBytes(tfds.core.GeneratorBasedBuilder):
   """
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "real_mix_v1 / real_mix_v1_plus, data.md §3."}
+  RELEASE_NOTES = {"1.0.0": "real_mix_v1 / real_mix_v1_plus, docs/data.md."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
   BUILDER_CONFIGS = [
     RealMixConfig(name="real_mix_v1", include_sympy=False, description="default mix"),
@@ -86,14 +86,14 @@ class RealMixBytes(tfds.core.GeneratorBasedBuilder):
 
 
 class KjvRv1909(tfds.core.GeneratorBasedBuilder):
-  """Verse-aligned KJV (1769) <-> Reina-Valera 1909 pairs (data.md §4).
+  """Verse-aligned KJV (1769) <-> Reina-Valera 1909 pairs (docs/data.md).
 
   Splits: train (books outside Gospels+Acts), dev (500) and test (1,012) seeded samples from
   Gospels+Acts. Archaic, religious text: never report these scores as FLORES.
   """
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Parsing and cleaning as data.md §4; split seed 0."}
+  RELEASE_NOTES = {"1.0.0": "Parsing and cleaning as docs/data.md; split seed 0."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
 
   def _info(self) -> tfds.core.DatasetInfo:

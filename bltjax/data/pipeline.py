@@ -1,4 +1,4 @@
-"""grain input pipeline: documents -> byte ids with BOS/EOS -> packed [B, S] rows (data.md §6.4).
+"""grain input pipeline: documents -> byte ids with BOS/EOS -> packed [B, S] rows (docs/data.md).
 
 Training chain, per process:
 
@@ -265,7 +265,7 @@ def _tfds_source(data_cfg, split: str) -> DocSource:
   except Exception as e:  # tfds raises many types; re-raise naming the config keys.
     raise ConfigError(
       f"data.name/data.split: cannot open tfds {name!r} split {split!r} "
-      f"(data_dir={data_dir}; it must be prepared as array_record, data.md §7): {e}"
+      f"(data_dir={data_dir}; it must be prepared as array_record, see docs/data.md): {e}"
     ) from e
   docs = grain.MapDataset.source(src).map(functools.partial(_text_of, text_field=field))
   return DocSource(domain=name, docs=docs)

@@ -1,6 +1,6 @@
 """Reference numbers for a byte stream: order-0 entropy and compressor bits per byte.
 
-These are the sanity lines a byte-level LM's BPB is read against (data.md §3.2): a model that
+These are the sanity lines a byte-level LM's BPB is read against (docs/data.md): a model that
 cannot beat the unigram entropy has learnt nothing about context, and xz/gzip show what a
 generic compressor gets on the same text.
 """
