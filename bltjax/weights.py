@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,28 @@ def staging_dir(dst: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
   return dst, tmp
 
 
+def entropy_consistent(cfg: BLTConfig, has_entropy_params: bool, where: str = "",
+                       warn: bool = False) -> BLTConfig:
+  """`cfg` without its entropy stack when there are no entropy-model params to go with it.
+
+  A BLT run with space / static / byte patching never loads an entropy model, but its config may
+  still name one (a leftover of the base config). Decoding runs the entropy model whenever
+  `cfg.entropy` is set, so such a config must not reach it. Entropy patching cannot drop the
+  stack: it is kept, with a warning that the checkpoint cannot patch on its own.
+  """
+  if cfg.entropy is None or has_entropy_params:
+    return cfg
+  if cfg.patcher.mode == "entropy":
+    warnings.warn(f"{where}: entropy patching, but no entropy_model parameters: the weights can "
+                  "initialise training, not score or decode", stacklevel=3)
+    return cfg
+  if warn:
+    warnings.warn(f"{where}: the config names an entropy model that has no parameters and "
+                  f"{cfg.patcher.mode} patching does not use; loading with entropy=None",
+                  stacklevel=3)
+  return cfg.replace(entropy=None)
+
+
 def _to_host(x: Any) -> Any:
   # numpy leaves go to orbax as they are; jax arrays too (orbax handles sharded arrays).
   if isinstance(x, (np.ndarray, jax.Array)):
@@ -98,7 +121,8 @@ def save_checkpoint(
   Args:
     dst: the checkpoint directory to create.
     params: the parameter tree (nested dicts of numpy or jax arrays).
-    cfg: the model config stored next to the arrays.
+    cfg: the model config stored next to the arrays. Its entropy section is dropped when
+      `params` has no `entropy_model` and the patcher does not need one (`entropy_consistent`).
     meta: extra provenance. `source` and `converter_version` go to the top level of config.json,
       everything else under `meta`.
     overwrite: replace an existing `dst`.
@@ -113,6 +137,8 @@ def save_checkpoint(
 
   meta = dict(meta or {})
   dst, tmp = staging_dir(dst, overwrite)
+  if cfg.patcher.mode != "entropy":
+    cfg = entropy_consistent(cfg, "entropy_model" in params)
   try:
     doc = cfg.to_dict()
     doc["format_version"] = FORMAT_VERSION
@@ -159,15 +185,22 @@ def _read_doc(src: Path) -> dict[str, Any]:
   return doc
 
 
-def load_config(src: str | os.PathLike) -> BLTConfig:
-  """Reads only the BLTConfig of a bltjax checkpoint directory."""
-  src = Path(src)
-  doc = _read_doc(src)
-  body = {k: v for k, v in doc.items() if k not in _RESERVED}
+def _stored_config(src: Path) -> BLTConfig:
+  body = {k: v for k, v in _read_doc(src).items() if k not in _RESERVED}
   try:
     return BLTConfig.from_dict(body)
   except (ValueError, TypeError) as e:
     raise CheckpointError(f"{src / CONFIG_FILE}: {e}") from e
+
+
+def load_config(src: str | os.PathLike) -> BLTConfig:
+  """Reads only the BLTConfig of a bltjax checkpoint directory (the one `load_checkpoint` gives:
+  an entropy stack without parameters is dropped, see `entropy_consistent`)."""
+  src = Path(src).absolute()
+  cfg = _stored_config(src)
+  if cfg.entropy is None or not (src / PARAMS_DIR).is_dir():
+    return cfg
+  return entropy_consistent(cfg, "entropy_model" in _tree_meta(src), str(src), warn=True)
 
 
 def load_metadata(src: str | os.PathLike) -> dict[str, Any]:
@@ -193,12 +226,9 @@ def _abstract_tree(tree_meta: Any, dtype: Any, shardings: Any) -> Any:
     raise ValueError(f"shardings tree does not match the checkpoint's parameter tree: {e}") from e
 
 
-def tree_metadata(src: str | os.PathLike) -> Any:
-  """The parameter tree of a bltjax checkpoint as orbax metadata (shape, dtype), no arrays read."""
-  import orbax.checkpoint as ocp
+def _tree_meta(src: Path) -> Any:
+  import orbax.checkpoint as ocp  # Deferred: orbax import is slow.
 
-  src = Path(src).absolute()
-  load_config(src)
   pdir = src / PARAMS_DIR
   if not pdir.is_dir():
     raise CheckpointError(f"{src}: no {PARAMS_DIR}/ directory (incomplete bltjax checkpoint)")
@@ -209,6 +239,13 @@ def tree_metadata(src: str | os.PathLike) -> Any:
     raise CheckpointError(f"{pdir}: cannot read orbax metadata ({e})") from e
   finally:
     ckpt.close()
+
+
+def tree_metadata(src: str | os.PathLike) -> Any:
+  """The parameter tree of a bltjax checkpoint as orbax metadata (shape, dtype), no arrays read."""
+  src = Path(src).absolute()
+  _stored_config(src)
+  return _tree_meta(src)
 
 
 def load_checkpoint(
@@ -232,19 +269,16 @@ def load_checkpoint(
   import orbax.checkpoint as ocp
 
   src = Path(src).absolute()
-  cfg = load_config(src)
-  pdir = src / PARAMS_DIR
-  if not pdir.is_dir():
-    raise CheckpointError(f"{src}: no {PARAMS_DIR}/ directory (incomplete bltjax checkpoint)")
-  ckpt = ocp.StandardCheckpointer()
-  try:
-    tree_meta = ckpt.metadata(pdir).item_metadata.tree
-  except Exception as e:  # orbax raises several types for a damaged directory.
-    raise CheckpointError(f"{pdir}: cannot read orbax metadata ({e})") from e
+  cfg = _stored_config(src)
+  tree_meta = _tree_meta(src)
+  cfg = entropy_consistent(cfg, "entropy_model" in tree_meta, str(src), warn=True)
   dt = None if dtype is None else jnp.dtype(dtype)
   abstract = _abstract_tree(tree_meta, dt, shardings)
-  params = ckpt.restore(pdir, abstract)
-  ckpt.close()
+  ckpt = ocp.StandardCheckpointer()
+  try:
+    params = ckpt.restore(src / PARAMS_DIR, abstract)
+  finally:
+    ckpt.close()
   if dt is not None and dt.name in ("float32", "bfloat16", "float16"):
     cfg = cfg.replace(param_dtype=dt.name)  # the config describes the arrays it comes with
   return cfg, params
