@@ -187,7 +187,7 @@ def test_hf_tensor_errors(hf_dirs, tmp_path, case, capsys):
 
 
 @pytest.mark.parametrize("edit,key", [
-  (lambda d: d["encoder_config"].update(hidden_size_global=48), "hidden_size_global"),
+  (lambda d: d["decoder_config"].update(hidden_size_global=48), "hidden_size_global"),
   (lambda d: d["encoder_config"].update(cross_attn_all_layers=True), "cross_attn_all_layers"),
   (lambda d: d.update(model_type="llama"), "model_type"),
   (lambda d: d["global_config"].update(rope_parameters={"rope_type": "yarn", "factor": 2.0}),
@@ -204,6 +204,36 @@ def test_hf_config_errors(hf_dirs, tmp_path, edit, key):
   with pytest.raises(hf.ConversionError, match=key):
     hf.import_hf(bad, tmp_path / "out")
   assert not (tmp_path / "out").exists()
+
+
+def test_hf_encoder_hidden_size_global_ignored_as_hf_does(tmp_path, caplog):
+  # HF sizes the encoder's patch projection by hidden_size and never reads the encoder's
+  # hidden_size_global; such a checkpoint runs in HF and converts, with a warning.
+  from transformers import BltForCausalLM
+
+  from bltjax import model as M
+
+  c = fx.tiny_hf_config()
+  c.encoder_config.hidden_size_global = 48
+  torch.manual_seed(0)
+  model = BltForCausalLM(c).eval()
+  fx.sharpen_patcher(model)
+  model.save_pretrained(tmp_path / "hf")
+  d = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert d["encoder_config"]["hidden_size_global"] == 48 != d["global_config"]["hidden_size"]
+  with caplog.at_level(logging.WARNING, logger="bltjax.convert"):
+    assert cli(["--from", "hf", str(tmp_path / "hf"), str(tmp_path / "blt"), "-q"]) == 0
+  assert "encoder_config.hidden_size_global: 48 != global_config.hidden_size 64" in caplog.text
+  cfg, params = weights.load_checkpoint(tmp_path / "blt")
+  ids = fx.sample_ids(128, seed=7)
+  x = torch.tensor(ids[None])
+  with torch.no_grad():
+    h = model.model.patcher(x, patch_size=c.patch_size, threshold=c.patching_threshold)[0]
+    ref = model(x, use_cache=False).logits[0].numpy()
+  assert np.abs(h[0, 1:].numpy() - c.patching_threshold).min() > 1e-4  # exact starts
+  ids_j = ids[None].astype(np.int32)
+  got = np.asarray(M.forward(params, cfg, ids_j, M.patch(params, cfg, ids_j)))[0]
+  np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)  # the oracle tolerance
 
 
 def test_hf_config_spellings(hf_dirs, caplog):

@@ -637,9 +637,15 @@ def config_from_hf(d: Mapping[str, Any], where: str = "config.json") -> BLTConfi
     if sub.get("cross_attn_k", k) != k:
       raise ConversionError(f"{where}:{key}.cross_attn_k: {sub['cross_attn_k']} != top-level "
                             f"cross_attn_k {k}")
-    if sub.get("hidden_size_global", glb.dim) != glb.dim:
-      raise ConversionError(f"{where}:{key}.hidden_size_global: {sub['hidden_size_global']} != "
-                            f"global_config.hidden_size {glb.dim}")
+    hsg = sub.get("hidden_size_global", glb.dim)
+    if hsg != glb.dim and key == "encoder_config":
+      # HF's encoder never reads it (its patch projection is sized by hidden_size).
+      log.warning("%s:%s.hidden_size_global: %s != global_config.hidden_size %s, ignored as HF "
+                  "ignores it", where, key, hsg, glb.dim)
+    elif hsg != glb.dim:
+      raise ConversionError(f"{where}:{key}.hidden_size_global: {hsg} != global_config."
+                            f"hidden_size {glb.dim} (HF sizes the decoder's patch projection by "
+                            "it, so it must read the global model's output)")
     heads = sub.get("num_attention_heads", _HF_STACK_DEFAULTS[key]["num_attention_heads"])
     if sub.get("num_key_value_heads") not in (None, heads):
       raise ConversionError(f"{where}:{key}.num_key_value_heads: {sub['num_key_value_heads']} != "
