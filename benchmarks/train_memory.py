@@ -1,0 +1,259 @@
+"""Per-device memory of one BLT training step: XLA's memory analysis next to a formula.
+
+Compiles the training code's own step (`bltjax.train.Trainer.make_train_step`: forward, backward,
+clip, AdamW, donated state) from abstract arguments only, on CPU with N fake devices and a mesh
+(1, N, 1) = fsdp over N, one row per device by default. Nothing is allocated, so the 1B geometry
+at 8k bytes compiles on a laptop (slowly: see README "Training memory").
+
+Reported per device, in GiB:
+
+  xla_*          `compiled.memory_analysis()`: arguments (params, Adam moments, frozen entropy
+                 model, batch), outputs (aliased to the donated arguments), temp (activations,
+                 gradients, gathered weights) and generated code; peak = args + outputs - alias +
+                 temp. XLA:CPU schedules without the accelerator backends' memory-aware
+                 rematerialisation, so treat its temp as a conservative figure.
+  residuals_gib  JAX's `saved_residuals` of the step's loss for one row: what the forward pass
+                 keeps for the backward pass under the remat policy (backend-independent; the
+                 one-layer recompute transient comes on top)
+  formula_*      `state_bytes` (exact, from the shardings) + `activation_bytes` (the model below)
+  fits           formula and XLA peaks against --hbm_gib (16 by default)
+
+The entropy model is frozen and replicated (train.entropy_checkpoint is not read: its abstract
+parameters stand in), and runs in the step as in a real entropy-patched run.
+
+  python benchmarks/train_memory.py                     # configs/blt_1b.py, 8192 bytes, 8 devices
+  python benchmarks/train_memory.py --config=configs/blt_tiny.py --seq_len=512
+  python benchmarks/train_memory.py --remat=full --json=out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 2**30
+
+
+def _set_devices(n: int) -> None:
+  # Must run before jax is imported: the CPU backend reads the flag once, at start-up.
+  flag = f"--xla_force_host_platform_device_count={n}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) -> dict[str, float]:
+  """Activation memory of one row of plain BLT training, in bytes, per term.
+
+  The BLT analogue of `bltjax.diffusion.activation_bytes`, with the same per-position constants:
+  a block keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 RMSNorm and
+  softmax internals) per position, and a dense attention layer works on 3 fp32 score-sized arrays,
+  the b-byte probabilities and the bool mask, i.e. (12 + b + 1) bytes per score and head. In this
+  model local self-attention is dense [S, S] under a window mask, the encoder's pooling
+  cross-attention dense [P·C, S] under a patch mask, the global model's [P, P].
+
+  Saved until the backward pass ("saved_*"):
+    blocks   remat "none": every block's terms. "full": each block's input (S·D·b or P·D·b).
+             "dots": that plus every weight-matmul output ((4·D + 3·F)·b per position).
+    pooling  outside any remat block, so all its score-sized arrays stay: masked scores, exp,
+             probabilities (fp32), their b-byte copy and two masks, (14 + b) bytes per score,
+             plus the byte states and the patch queries.
+    cross    the decoder's per-layer cross-attention (C gathered keys/values, norms), no remat.
+    logits   fp32 logits and their log-softmax.
+  Transient, one at a time ("transient_*"):
+    layer    the largest block recomputed and differentiated (remat) or its attention gradient
+             (no remat): one layer's terms.
+    entropy  the frozen entropy model's forward pass, before anything else is live: one layer's
+             terms in fp32.
+  total = max(entropy, saved + layer).
+  """
+  e, g, d = cfg.encoder, cfg.global_, cfg.decoder
+  s, p, b, c = seq_len, num_patches, act_bytes, cfg.cross_attn_k
+  per_score = 12 + b + 1
+  per = lambda st: 6 * st.hidden_dim * b + (5 * b + 40) * st.dim  # noqa: E731
+  dots = lambda st: (4 * st.dim + 3 * st.hidden_dim) * b  # noqa: E731
+  attn = lambda st, q, k: st.n_heads * q * k * per_score  # noqa: E731
+  enc_layer = s * per(e) + attn(e, s, s)
+  glob_layer = p * per(g) + attn(g, p, p)
+  dec_layer = s * per(d) + attn(d, s, s)
+  if cfg.remat == "none":
+    blocks = e.n_layers * enc_layer + g.n_layers * glob_layer + d.n_layers * dec_layer
+    layer = max(st.n_heads * q * q * 12 for st, q in ((e, s), (g, p), (d, s)))
+  else:
+    blocks = (e.n_layers * s * e.dim + g.n_layers * p * g.dim + d.n_layers * s * d.dim) * b
+    if cfg.remat == "dots":
+      blocks += e.n_layers * s * dots(e) + g.n_layers * p * dots(g) + d.n_layers * s * dots(d)
+    layer = max(enc_layer, glob_layer, dec_layer)
+  xh = cfg.cross_attn_nheads or e.n_heads
+  pooling = xh * p * c * s * (14 + b) + s * e.dim * b + p * c * per(e)
+  cross = d.n_layers * s * (2 * c * d.dim * b + (5 * b + 40) * d.dim)
+  out = dict(saved_blocks=float(blocks), saved_pooling=float(pooling), saved_cross=float(cross),
+             saved_logits=8.0 * s * cfg.vocab_size, transient_layer=float(layer),
+             transient_entropy=0.0)
+  if cfg.entropy is not None and cfg.patcher.mode == "entropy":
+    en = cfg.entropy
+    out["transient_entropy"] = float(s * (6 * en.hidden_dim + 45 * en.dim)
+                                     + en.n_heads * s * s * (12 + 4 + 1))
+  saved = sum(v for k, v in out.items() if k.startswith("saved"))
+  out["saved"] = saved
+  out["total"] = max(out["transient_entropy"], saved + out["transient_layer"])
+  return out
+
+
+def state_bytes(tr) -> dict[str, float]:
+  """Bytes per device (the largest) of the training state, gradients and frozen entropy model."""
+  import jax
+
+  from bltjax import sharding
+
+  def per_device(tree) -> float:
+    d = sharding.shard_bytes_per_device(tree)
+    return float(max(d.values())) if d else 0.0
+
+  out = dict(params=per_device(tr.abstract_state["params"]),
+             opt_state=per_device(tr.abstract_state["opt_state"]),
+             frozen=per_device(tr.frozen))
+  out["grads"] = out["params"]  # fp32 gradients, sharded like the params
+  out["total"] = sum(out.values())
+  out["params_unsharded"] = float(sum(x.size * x.dtype.itemsize
+                                      for x in jax.tree.leaves(tr.abstract_state["params"])))
+  return out
+
+
+def residual_bytes(tr) -> float:
+  """Bytes JAX saves from forward to backward for one row of the step's loss (no compile)."""
+  import jax
+  import jax.numpy as jnp
+
+  try:  # public in newer JAX; private in 0.10
+    from jax.ad_checkpoint import saved_residuals  # type: ignore[attr-defined]
+  except ImportError:  # pragma: no cover
+    from jax._src.ad_checkpoint import saved_residuals
+  from bltjax import losses
+
+  cfg, s = tr.cfg, tr.r.train.seq_len
+  sds = jax.ShapeDtypeStruct
+  batch = dict(ids=sds((1, s), jnp.int32), valid=sds((1, s), bool),
+               doc_ids=sds((1, s), jnp.int32))
+  params = jax.tree.map(lambda x: sds(x.shape, x.dtype), tr.abstract_state["params"])
+  frozen = jax.tree.map(lambda x: sds(x.shape, x.dtype), tr.frozen)
+
+  def loss(p, f, b):
+    full = {**p, **f}
+    b = dict(b)
+    b["start"] = losses.train_patch_starts(full, cfg, b)
+    return tr.loss_fn(full, cfg, b, jax.random.key(0))[0]
+
+  res = saved_residuals(loss, params, frozen, batch)
+  return float(sum(math.prod(a.shape) * a.dtype.itemsize for a, why in res
+                   if not why.startswith("from the argument")))
+
+
+def compile_step(c, devices: int, log=print):
+  """Trainer for config `c` on `devices` CPU devices; lowers and compiles its step abstractly."""
+  import jax
+  import jax.numpy as jnp
+
+  from bltjax import model, sharding
+  from bltjax import train as T
+
+  def abstract_entropy(cfg, path, mesh, rules):
+    del path, rules
+    repl = sharding.replicated(mesh)
+    ent = model.abstract_params(cfg)["entropy_model"]
+    frozen = {"entropy_model": jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), ent)}
+    return frozen, jax.tree.map(lambda x: x.sharding, frozen)
+
+  T._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
+  tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"),
+                        devices=jax.devices()[:devices])
+  b, s = tr.r.train.batch_size, tr.r.train.seq_len
+  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,  # noqa: E731
+                                               sharding=tr.batch_sharding(len(shape)))
+  batch = dict(ids=sds((b, s), jnp.int32), valid=sds((b, s), bool),
+               doc_ids=sds((b, s), jnp.int32))
+  if tr.cfg.patcher.mode != "entropy":
+    batch["start"] = sds((b, s + 1), bool)
+  step = tr.make_train_step()
+  with sharding.use_mesh(tr.mesh):
+    t = time.perf_counter()
+    lowered = step.lower(tr.abstract_state, tr.frozen, batch)
+    lower_s = time.perf_counter() - t
+    log(f"lowered in {lower_s:.1f}s; compiling ...")
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t
+  return tr, compiled, lower_s, compile_s
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", default="configs/blt_1b.py")
+  ap.add_argument("--seq_len", type=int, default=8192)
+  ap.add_argument("--devices", type=int, default=8, help="fake CPU devices = fsdp size")
+  ap.add_argument("--rows_per_device", type=int, default=1)
+  ap.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
+  ap.add_argument("--hbm_gib", type=float, default=16.0)
+  ap.add_argument("--json", default=None)
+  a = ap.parse_args(argv)
+  _set_devices(a.devices)
+  sys.path.insert(0, str(REPO))
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+  c = load_config(a.config)
+  c.train.seq_len = a.seq_len
+  c.train.batch_size = a.devices * a.rows_per_device
+  c.train.grad_accum = 1
+  c.mesh.shape = (1, a.devices, 1)
+  if c.model.patcher.mode == "entropy":
+    c.train.entropy_checkpoint = "(abstract)"  # never read: see compile_step
+  if a.remat:
+    c.model.remat = a.remat
+  tr, compiled, lower_s, compile_s = compile_step(c, a.devices)
+  ma = compiled.memory_analysis()
+  xla = dict(argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
+             alias=ma.alias_size_in_bytes, temp=ma.temp_size_in_bytes,
+             generated_code=ma.generated_code_size_in_bytes)
+  xla["peak"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
+  cfg, p = tr.cfg, tr.r.max_patches
+  act = activation_bytes(cfg, a.seq_len, p, 2 if cfg.dtype == "bfloat16" else 4)
+  st = state_bytes(tr)
+  resid = residual_bytes(tr)
+  formula_peak = st["total"] + a.rows_per_device * act["total"]
+  res = dict(config=a.config, seq_len=a.seq_len, max_patches=p, devices=a.devices,
+             rows_per_device=a.rows_per_device, remat=cfg.remat, dtype=cfg.dtype,
+             lower_s=round(lower_s, 1), compile_s=round(compile_s, 1),
+             xla_gib={k: round(v / GIB, 3) for k, v in xla.items()},
+             state_gib={k: round(v / GIB, 3) for k, v in st.items()},
+             activation_gib_per_row={k: round(v / GIB, 3) for k, v in act.items()},
+             residuals_gib_per_row=round(resid / GIB, 3),
+             formula_peak_gib=round(formula_peak / GIB, 3), hbm_gib=a.hbm_gib,
+             fits_formula=formula_peak <= a.hbm_gib * GIB,
+             fits_xla=xla["peak"] <= a.hbm_gib * GIB)
+  print(json.dumps(res, indent=2), flush=True)
+  if a.json:
+    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
