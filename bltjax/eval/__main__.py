@@ -74,7 +74,7 @@ def settings(a, suite, cfg) -> dict:
     s.update(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
              block_latent=a.block_latent, temperature=a.temperature, top_k=a.top_k,
              top_p=a.top_p, seed=a.seed, max_new_bytes=a.max_new_bytes)
-  if cfg is not None and cfg.diffusion is not None:
+  if cfg is not None and cfg.diffusion.enabled:  # BLT-D: Z names the model in reports
     s["block_size"] = cfg.diffusion.block_size
   return s
 

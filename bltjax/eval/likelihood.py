@@ -22,6 +22,7 @@ from bltjax import score
 from bltjax.config import BOS_ID, OFFSET, BLTConfig
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))  # one cache across Scorers and runs
 def _nll(params: Any, ids_BxS: jnp.ndarray, lengths_B: jnp.ndarray, *, cfg: BLTConfig):
   """NLL (nats) of ids[:, j + 1] given ids[:, :j + 1]; positions past a row's length are junk."""
   from bltjax import model as M  # noqa: PLC0415 - model imports flax; keep --help fast
@@ -49,7 +50,6 @@ class Scorer:
       raise ValueError(f"window and batch must be >= 1, got {window}, {batch}")
     self.params, self.cfg = params, cfg
     self.window, self.stride, self.batch = window, stride or max(1, window // 2), batch
-    self._fn = jax.jit(functools.partial(_nll, cfg=cfg))
 
   def nll(self, seqs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per-position NLL (nats, float64) of every id of every sequence."""
@@ -58,8 +58,9 @@ class Scorer:
             for w in score.windows(len(s), self.window, self.stride)]
     jobs.sort(key=lambda j: j[3] - j[1])  # similar lengths share a bucket
     groups: dict[int, list] = {}
-    for j in jobs:
-      groups.setdefault(_bucket(j[3] - j[1] + 1), []).append(j)
+    top = _bucket(self.window + 1)
+    for j in jobs:  # widths from 64 to the full window's: a handful of programs per run
+      groups.setdefault(min(top, _bucket(j[3] - j[1] + 1, lo=64)), []).append(j)
     for width, js in groups.items():
       for k in range(0, len(js), self.batch):
         part = js[k:k + self.batch]
@@ -69,8 +70,8 @@ class Scorer:
         for r, (i, s, _, e) in enumerate(part):
           ids[r, 1:1 + e - s] = seqs[i][s:e]
           lengths[r] = 1 + e - s
-        nll = np.asarray(jax.device_get(self._fn(self.params, jnp.asarray(ids),
-                                                 jnp.asarray(lengths))), np.float64)
+        nll = np.asarray(jax.device_get(_nll(self.params, jnp.asarray(ids),
+                                                jnp.asarray(lengths), cfg=self.cfg)), np.float64)
         for r, (i, s, f, e) in enumerate(part):
           out[i][f:e] = nll[r, f - s:e - s]  # position j predicts id s + j
     return out
