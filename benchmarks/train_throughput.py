@@ -11,6 +11,16 @@ AdamW 0.9/0.95/1e-8, wd 0.1): bltjax its jitted, donated `Trainer` step; HF a pl
 (`torch.optim.AdamW(fused=False)`, default CPU threads). bytes/s = B * S / median step time,
 after warm-up (bltjax's compile is excluded and reported separately).
 
+MFU = model FLOPs per step / median step time / peak, where the peak is a dense fp32 matmul
+(2048^3, jitted, timed after warm-up) measured in the same run, so both sides are compared with
+what this machine's matmul units sustain. Model FLOPs (`model_flops`) count the useful work of
+the model, the same for both implementations: 6 x the weight-matmul parameters each stack
+applies at its own sequence length (bytes for the local models, patches for the global one),
+plus the attention scores and mixes (QK^T and AV over the visible keys only, x 3 for the
+backward pass); lookups (byte and hash embeddings) cost nothing. bltjax's XLA FLOP count
+(`compiled.cost_analysis()`) is printed next to it: it includes the masked-out attention work
+of dense masks, the optimiser and the elementwise ops.
+
   python benchmarks/train_throughput.py [--steps 6] [--warmup 2] [--json out.json]
 """
 
@@ -59,10 +69,77 @@ def _batch(c) -> dict[str, np.ndarray]:
   return dict(b, start=np.asarray(start))
 
 
+def model_flops(cfg, seq_len: int, num_patches: int, rows: int) -> dict[str, float]:
+  """Model FLOPs of one training step over `rows` rows (2 per multiply-add, backward = 2x).
+
+  Per row and forward pass: each stack's block matmuls (attention projections + SwiGLU) at its
+  own length, the encoder's pooling cross-attention (k, v over the bytes; q, o and the patch
+  projection over the P·C queries), the decoder's per-layer cross-attention (q, o over the
+  bytes; k, v over the P·C latent slots), the decoder's patch projection and output head; and
+  attention FLOPs 4·H·K per visible (query, key) pair (causal within the window).
+  """
+  e, g, d = cfg.encoder, cfg.global_, cfg.decoder
+  s, p, c, v = seq_len, num_patches, cfg.cross_attn_k, cfg.vocab_size
+
+  def block(st):
+    return st.dim * st.head_dim * (2 * st.n_heads + 2 * st.kv_heads) + 3 * st.dim * st.hidden_dim
+
+  def pairs(n, w):  # causal (query, key) pairs when each query sees at most w keys, itself included
+    w = n if w is None else min(w, n)
+    return w * (w + 1) // 2 + (n - w) * w
+
+  def attn(st, n):
+    return 4 * st.n_heads * st.head_dim * pairs(n, st.window)
+
+  de, dg, dd = e.dim, g.dim, d.dim
+  proj = c * de * dg if cfg.needs_global_projection else 0
+  mm = dict(encoder=2 * (e.n_layers * block(e) * s + p * de * c * de + 2 * p * c * de * de
+                         + 2 * s * de * de),
+            global_=2 * (g.n_layers * block(g) * p + p * proj),
+            decoder=2 * (d.n_layers * (block(d) * s + 2 * s * dd * dd + 2 * p * c * dd * dd)
+                         + p * dg * c * dd + s * dd * v))
+  at = dict(encoder=e.n_layers * attn(e, s) + 4 * de * s * c,
+            global_=g.n_layers * attn(g, p),
+            decoder=d.n_layers * (attn(d, s) + 4 * dd * s * c))
+  out = {f"matmul_{k}": 3.0 * rows * x for k, x in mm.items()}
+  out.update({f"attention_{k}": 3.0 * rows * x for k, x in at.items()})
+  out["total"] = sum(out.values())
+  return out
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> dict[str, float]:
+  """FLOP/s of a dense fp32 n^3 matmul: JAX (jitted) and torch, median of `reps` after warm-up."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  out = {}
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  ta = torch.randn(n, n, dtype=torch.float32)
+  for name, run in (("jax", lambda: f(a, a).block_until_ready()), ("torch", lambda: ta @ ta)):
+    for _ in range(3):
+      run()
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - t)
+    out[name] = 2.0 * n**3 / statistics.median(times)
+  return out
+
+
+def _xla_flops(compiled) -> float | None:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):  # older JAX: one dict per computation
+    ca = ca[0] if ca else None
+  return float(ca["flops"]) if ca and "flops" in ca else None
+
+
 def bench_bltjax(c, batch, steps: int, warmup: int):
   import jax
 
-  from bltjax import model
+  from bltjax import model, sharding
   from bltjax import train as T
 
   tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltjax_"), devices=jax.devices()[:1])
@@ -72,10 +149,16 @@ def bench_bltjax(c, batch, steps: int, warmup: int):
   params = jax.device_put(params, tr.state_shardings["params"])
   opt = jax.jit(tr.tx.init, out_shardings=tr.state_shardings["opt_state"])(params)
   state = {"params": params, "opt_state": opt, "step": jax.numpy.int32(0)}
-  _, first, m, compile_s, times = time_steps(tr.make_train_step(), state, tr.frozen,
-                                             tr.to_global(batch), steps, warmup)
+  gbatch = tr.to_global(batch)
+  # Compiled ahead of time (lowering reads shapes only; nothing is donated yet), so XLA's FLOP
+  # count comes with the executable that is timed.
+  t = time.perf_counter()
+  with sharding.use_mesh(tr.mesh):
+    compiled = tr.make_train_step().lower(state, tr.frozen, gbatch).compile()
+  compile_s = time.perf_counter() - t
+  _, first, m, _, times = time_steps(compiled, state, tr.frozen, gbatch, steps, warmup)
   return {"first_loss": float(first["loss"]), "compile_s": compile_s, "step_s": times,
-          "last_loss": float(m["loss"])}, full, tr
+          "last_loss": float(m["loss"]), "xla_flops": _xla_flops(compiled)}, full, tr
 
 
 def bench_hf(c, batch, full_params, cfg, steps: int, warmup: int):
@@ -133,10 +216,16 @@ def main(argv=None) -> int:
   print(f"bltjax: median step {statistics.median(jx['step_s']):.3f}s "
         f"(compile {jx['compile_s']:.1f}s); now HF ...", flush=True)
   ht = bench_hf(c, batch, full, tr.cfg, args.steps, args.warmup)
-  res = {"bytes_per_step": n_bytes, "batch": list(batch["ids"].shape)}
+  peak = matmul_peak()
+  rows, seq = batch["ids"].shape
+  flops = model_flops(tr.cfg, seq, PATCHES, rows)
+  res = {"bytes_per_step": n_bytes, "batch": list(batch["ids"].shape),
+         "model_flops_per_step": flops, "peak_flops": peak}
   for name, r in (("bltjax", jx), ("hf", ht)):
     med = statistics.median(r["step_s"])
-    res[name] = dict(r, median_step_s=med, bytes_per_s=n_bytes / med)
+    res[name] = dict(r, median_step_s=med, bytes_per_s=n_bytes / med,
+                     model_flops_per_s=flops["total"] / med,
+                     mfu=flops["total"] / med / peak["jax"])
   res["ratio"] = res["bltjax"]["bytes_per_s"] / res["hf"]["bytes_per_s"]
   print(f"bench_20m, batch {res['batch'][0]} x {res['batch'][1]} bytes, fp32, static patches "
         "of 4, one AdamW step per iteration")
@@ -146,6 +235,16 @@ def main(argv=None) -> int:
   print(f"  HF      {res['hf']['bytes_per_s']:10.0f} bytes/s  "
         f"(median step {res['hf']['median_step_s']:.3f}s, {ht['threads']} torch threads)")
   print(f"  ratio bltjax / HF = {res['ratio']:.2f}x")
+  xf = jx["xla_flops"]
+  print(f"  model FLOPs/step {flops['total'] / 1e9:.2f} G (attention "
+        f"{sum(v for k, v in flops.items() if k.startswith('attention')) / 1e9:.2f} G); XLA "
+        f"cost_analysis {'n/a' if xf is None else f'{xf / 1e9:.2f} G'}")
+  print(f"  fp32 matmul peak (2048^3): JAX {peak['jax'] / 1e9:.1f} GFLOP/s, torch "
+        f"{peak['torch'] / 1e9:.1f} GFLOP/s")
+  for name in ("bltjax", "hf"):
+    r = res[name]
+    print(f"  MFU {name:6s} {100 * r['mfu']:5.1f}%  ({r['model_flops_per_s'] / 1e9:.1f} "
+          "GFLOP/s of model FLOPs, against the JAX peak)")
   if args.json:
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
   return 0
