@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bltjax import decoding as D  # noqa: E402
+from bltjax import ar, generation  # noqa: E402
 from bltjax import model as M  # noqa: E402
 from bltjax.config import BLTConfig  # noqa: E402
 
@@ -58,7 +58,7 @@ def main():
   cfg = load_config()
   params = M.init_params(cfg, jax.random.key(0))
   sample = prompts(4, 256)
-  ids = jnp.asarray([D.encode_prompt(s) for s in sample])
+  ids = jnp.asarray([ar.encode_prompt(s) for s in sample])
   h = M.entropies(params, cfg, ids)
   cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=float(jnp.median(h))))
 
@@ -75,14 +75,16 @@ def main():
   for b in (int(x) for x in a.batches.split(",")):
     ps = prompts(b)
     # Every row generates the full budget (EOS does not stop it), as HF's min_new_tokens below.
-    D.generate(params, cfg, ps, max_new=a.new_bytes, stop_at_eos=False)  # compile
+    generation.generate(params, cfg, ps, method="ar", max_new=a.new_bytes,
+                        stop_at_eos=False)  # compile
     t = time.perf_counter()
-    res = D.generate(params, cfg, ps, max_new=a.new_bytes, stop_at_eos=False)
+    res = generation.generate(params, cfg, ps, method="ar", max_new=a.new_bytes,
+                        stop_at_eos=False)
     dt = time.perf_counter() - t
     n_bytes = sum(len(r.new_ids) + (r.reason == "eos") for r in res)
     ours = n_bytes / dt
-    patches = sum(r.nfe_enc for r in res)
-    ids = torch.tensor([D.encode_prompt(p) for p in ps])
+    patches = sum(r.nfe_enc_global for r in res)
+    ids = torch.tensor([ar.encode_prompt(p) for p in ps])
     with torch.no_grad():
       hf.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False, eos_token_id=2,
                   pad_token_id=0)

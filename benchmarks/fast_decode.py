@@ -42,21 +42,22 @@ def held_out_prompts(n_docs: int, prompt_bytes: int) -> list[bytes]:
 
 
 def parse_method(spec: str):
+  """"ar", "blts:K", "bltd|bltdv:confidence:A", "...:entropy:G", "...:one_step"."""
+  from bltjax.generation import Options  # noqa: PLC0415
+
   parts = spec.split(":")
   name = parts[0]
   if name == "ar":
-    return name, None
+    return name, Options()
   if name == "blts":
-    return name, int(parts[1])
+    return name, Options(draft_k=int(parts[1]))
   if name in ("bltd", "bltdv"):
-    from bltjax.block_decoding import BlockRule
-
     kind = parts[1]
     if kind == "confidence":
-      return name, BlockRule(kind, alpha=float(parts[2]))
+      return name, Options(rule=kind, alpha=float(parts[2]))
     if kind == "entropy":
-      return name, BlockRule(kind, gamma=float(parts[2]))
-    return name, BlockRule(kind)
+      return name, Options(rule=kind, gamma=float(parts[2]))
+    return name, Options(rule=kind)
   raise ValueError(f"--methods: unknown {spec!r}")
 
 
@@ -86,8 +87,7 @@ def main(argv=None) -> int:
   if not Path(a.checkpoint).is_dir():
     ap.error(f"--checkpoint {a.checkpoint} does not exist (run `make demo` or pass a trained BLT)")
 
-  from bltjax import block_decoding, nfe, speculative, weights
-  from bltjax import decoding as D
+  from bltjax import generation, nfe, weights
 
   cfg, params = weights.load_checkpoint(a.checkpoint)
   methods = a.methods.split(",") if a.methods else (
@@ -98,12 +98,8 @@ def main(argv=None) -> int:
   prompts = held_out_prompts(a.docs, a.prompt_bytes)
   groups = [prompts[i:i + a.batch] for i in range(0, len(prompts), a.batch)]
 
-  def gen(name, arg, p):
-    if name == "ar":
-      return D.generate(params, cfg, p, max_new=a.max_new)
-    if name == "blts":
-      return speculative.generate(params, cfg, p, max_new=a.max_new, k=arg)
-    return block_decoding.generate(params, cfg, p, max_new=a.max_new, method=name, rule=arg)
+  def gen(name, opt, p):
+    return generation.generate(params, cfg, p, method=name, max_new=a.max_new, options=opt)
 
   def run(name, arg):
     gen(name, arg, groups[0])  # compile
@@ -111,9 +107,9 @@ def main(argv=None) -> int:
     res = [g for grp in groups for g in gen(name, arg, grp)]
     return res, time.perf_counter() - t
 
-  ar, ar_s = run("ar", None)
+  ar, ar_s = run("ar", generation.Options())
   ar_bytes = sum(len(g.new_ids) + (g.reason == "eos") for g in ar)
-  ar_bw = nfe.bandwidth_gb(sum(g.nfe_dec for g in ar), sum(g.nfe_enc for g in ar), counts)
+  ar_bw = nfe.bandwidth_gb(sum(g.nfe_dec for g in ar), sum(g.nfe_enc_global for g in ar), counts)
   print(f"{len(prompts)} held-out prompts x {a.max_new} new bytes, batch {a.batch}; "
         f"checkpoint {a.checkpoint}")
   print(f"{'method':22s} {'bytes/s':>8s} {'x AR':>5s} {'dec/B':>6s} {'enc/B':>6s} {'BW/AR':>6s} "
@@ -123,7 +119,7 @@ def main(argv=None) -> int:
     name, arg = parse_method(spec)
     res, sec = (ar, ar_s) if name == "ar" else run(name, arg)
     n_bytes = sum(len(g.new_ids) + (g.reason == "eos") for g in res)
-    dec, enc = sum(g.nfe_dec for g in res), sum(g.nfe_enc for g in res)
+    dec, enc = sum(g.nfe_dec for g in res), sum(g.nfe_enc_global for g in res)
     cyc = sum(getattr(g, "cycles", 0) for g in res)
     drafted = sum(getattr(g, "drafted", 0) for g in res)
     acc = sum(getattr(g, "accepted", 0) for g in res) / drafted if drafted else None

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                "completion_b64": base64.b64encode(g.data).decode("ascii"),
                "new_bytes": len(g.data), "stop_reason": g.reason,
                "nfe": g.nfe,
-               "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc, counts),
+               "est_bandwidth_gb": nfe.bandwidth_gb(g.nfe_dec, g.nfe_enc_global, counts),
                "seconds": round(dt, 4)}
         rec.update(generation.stats(a.method, g, cfg, opt))
         out.write(json.dumps(rec) + "\n")

@@ -187,7 +187,7 @@ def stage_report(st: DemoState) -> None:
 
 def stage_decode(st: DemoState, prompt_bytes: int = 64, new_bytes: int = 96) -> None:
   """Greedy cached decoding of held-out prompts with the trained BLT (one batch)."""
-  from bltjax import data, decoding, nfe, weights
+  from bltjax import data, generation, nfe, weights
 
   _say("decoding held-out prompts with the trained BLT (greedy, cached)")
   cfg, params = weights.load_checkpoint(st.blt_export)
@@ -199,9 +199,9 @@ def stage_decode(st: DemoState, prompt_bytes: int = 64, new_bytes: int = 96) -> 
     cut = body[:prompt_bytes]
     prompts.append(cut[:len(cut.decode("utf-8", "ignore").encode())])  # whole characters
     names.append(dom)
-  decoding.generate(params, cfg, prompts, max_new=new_bytes)  # compile once
+  generation.generate(params, cfg, prompts, method="ar", max_new=new_bytes)  # compile once
   t = time.perf_counter()
-  res = decoding.generate(params, cfg, prompts, max_new=new_bytes)
+  res = generation.generate(params, cfg, prompts, method="ar", max_new=new_bytes)
   dt = time.perf_counter() - t
   counts = nfe.param_counts(params)
   total = sum(len(r.new_ids) for r in res)
@@ -210,10 +210,10 @@ def stage_decode(st: DemoState, prompt_bytes: int = 64, new_bytes: int = 96) -> 
     show = lambda b: b.decode("utf-8", "replace").replace("\n", "\\n")  # noqa: E731
     print(f"  [{dom}] {show(p)!s}\u2192{show(r.data)}")
     print(f"      {len(r.new_ids)} bytes, stop={r.reason}, NFE decoder={r.nfe_dec} "
-          f"encoder+global={r.nfe_enc}, est. bandwidth "
-          f"{nfe.bandwidth_gb(r.nfe_dec, r.nfe_enc, counts) * 1e3:.3f} MB")
+          f"encoder+global={r.nfe_enc_global}, est. bandwidth "
+          f"{nfe.bandwidth_gb(r.nfe_dec, r.nfe_enc_global, counts) * 1e3:.3f} MB")
     out.append({"domain": dom, "completion": r.data.decode("utf-8", "replace"),
-                "nfe_decoder": r.nfe_dec, "nfe_encoder_global": r.nfe_enc})
+                "nfe_decoder": r.nfe_dec, "nfe_encoder_global": r.nfe_enc_global})
   print(f"  {total} bytes in {dt:.2f}s = {total / dt:.0f} bytes/s (batch {len(prompts)})")
   st.results["decode"] = {"samples": out, "bytes_per_s": total / dt}
   st.decode_prompts, st.decode_ar = prompts, res
@@ -221,23 +221,27 @@ def stage_decode(st: DemoState, prompt_bytes: int = 64, new_bytes: int = 96) -> 
 
 def stage_blts(st: DemoState, k: int = 8, new_bytes: int = 96) -> None:
   """BLT-S on stage_decode's prompts: byte-identical output, NFEs and bandwidth against AR."""
-  from bltjax import nfe, speculative, weights
+  from bltjax import generation, nfe, weights
 
   _say(f"BLT-S self-speculative decoding of the same prompts (draft window k = {k})")
   cfg, params = weights.load_checkpoint(st.blt_export)
-  res = speculative.generate(params, cfg, st.decode_prompts, max_new=new_bytes, k=k)
+  res = generation.generate(params, cfg, st.decode_prompts, method="blts", max_new=new_bytes,
+                            options=generation.Options(draft_k=k))
   same = all(a.new_ids == b.new_ids for a, b in zip(st.decode_ar, res, strict=True))
   counts = nfe.param_counts(params)
   tot = lambda rs, f: sum(getattr(r, f) for r in rs)  # noqa: E731
-  bw = lambda rs: nfe.bandwidth_gb(tot(rs, "nfe_dec"), tot(rs, "nfe_enc"), counts)  # noqa: E731
+  bw = lambda rs: nfe.bandwidth_gb(  # noqa: E731
+    tot(rs, "nfe_dec"), tot(rs, "nfe_enc_global"), counts)
   n = sum(len(r.new_ids) + (r.reason == "eos") for r in res)
   print(f"  identical to greedy AR: {'yes' if same else 'NO'}; {n / tot(res, 'cycles'):.2f} bytes "
         f"per verification, acceptance {tot(res, 'accepted') / tot(res, 'drafted'):.3f}")
   print(f"  NFEs decoder {tot(res, 'nfe_dec')} (AR {tot(st.decode_ar, 'nfe_dec')}), "
-        f"encoder+global {tot(res, 'nfe_enc')} (AR {tot(st.decode_ar, 'nfe_enc')}); est. "
+        f"encoder+global {tot(res, 'nfe_enc_global')} "
+        f"(AR {tot(st.decode_ar, 'nfe_enc_global')}); est. "
         f"bandwidth {bw(res) / bw(st.decode_ar):.2f}x AR")
   st.results["blts"] = {"k": k, "identical_to_ar": same, "cycles": tot(res, "cycles"),
-                        "nfe_dec": tot(res, "nfe_dec"), "nfe_enc": tot(res, "nfe_enc"),
+                        "nfe_dec": tot(res, "nfe_dec"),
+                        "nfe_enc_global": tot(res, "nfe_enc_global"),
                         "bandwidth_vs_ar": bw(res) / bw(st.decode_ar)}
   (st.run_dir / "results.json").write_text(json.dumps(st.results, indent=2) + "\n")
 

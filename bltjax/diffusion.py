@@ -50,6 +50,9 @@ Public API:
   bltd_forward, bltd_loss                                   training (§3.8)
   decode_blocks                                             inference reuse (BLT-D / BLT-DV)
   dense_reference_mask, activation_bytes                    tests and docs
+
+Longer than 600 lines: the BLT-D objective and its memory-efficient kernels; the kernels move to
+the shared kernel module planned in docs/ (one set for BLT and BLT-D training).
 """
 
 from __future__ import annotations
@@ -385,9 +388,7 @@ def _block_cross(cfg: BLTConfig, dec, i: int, hb_BxMxZxD, kv_i, lat_BxM):
   p = jax.nn.softmax(sc, axis=-1).astype(v_BxMxCxHxK.dtype)
   o = jnp.einsum("bmzhc,bmchk->bmzhk", p, v_BxMxCxHxK)
   x = hb_BxMxZxD.reshape(b, m * z, d)
-  out = xa.output(x, o.reshape(b, m * z, *o.shape[3:]))
-  out = x + out if cfg.cross_attn_residual == "double" else out  # release double residual
-  return out.reshape(b, m, z, d)
+  return xa.output(x, o.reshape(b, m * z, *o.shape[3:])).reshape(b, m, z, d)
 
 
 def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
@@ -461,7 +462,6 @@ def _pool(cfg: BLTConfig, enc, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: i
   pv = prob[..., None].astype(jnp.float32) * v_BxSxHxK[:, :, None].astype(jnp.float32)
   o_BxPxCxHxK = by_patch(pv, jax.ops.segment_sum)[:, :p].astype(v_BxSxHxK.dtype)
   out = xa.output(q_BxQxD, o_BxPxCxHxK.reshape(b, p * c, *o_BxPxCxHxK.shape[3:]))
-  out = q_BxQxD + out if cfg.cross_attn_residual == "double" else out  # release double residual
   return out.reshape(b, p, c * d)
 
 

@@ -18,7 +18,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from bltjax.config import BLTConfig
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bltjax import ar, bltd, bltdv, blts, engine, runloop
+from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,61 +44,61 @@ class Options:
 RULE_DEFAULTS = {"bltd": "confidence", "bltdv": "entropy"}
 
 
+@dataclasses.dataclass
+class Generation:
+  """One prompt's result: ids, why it stopped, the paper's counters and the passes that ran."""
+
+  new_ids: list[int]  # without the EOS or stop string that ended it
+  reason: str  # eos | length | stop | context
+  nfe_dec: int  # decoder NFEs as the paper counts them (arXiv 2605.08044 Eq. 8)
+  nfe_enc_global: int  # local encoder + global NFEs as the paper counts them
+  prefill_patches: int
+  passes: dict[str, int] = dataclasses.field(default_factory=dict)  # executed, per stack
+  cycles: int = 0  # verifications (blts, bltdv), blocks (bltd), bytes (ar)
+  drafted: int = 0
+  accepted: int = 0
+  agree: int = 0
+
+  @property
+  def data(self) -> bytes:
+    return ids_to_bytes(self.new_ids)
+
+  @property
+  def nfe(self) -> dict[str, int]:
+    """The paper's two counters (Eq. 8) and, outside them, the passes of every stack
+    (docs/nfe.md)."""
+    return {"decoder": self.nfe_dec, "encoder_global": self.nfe_enc_global,
+            "passes": dict(self.passes)}
+
+  @property
+  def acceptance(self) -> float:
+    """(a) accepted draft bytes / drafted bytes."""
+    return self.accepted / max(self.drafted, 1)
+
+  @property
+  def agreement(self) -> float:
+    """(b) position-wise agreement of draft and verifier over all drafted positions."""
+    return self.agree / max(self.drafted, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   name: str
   summary: str
   check: Callable[[BLTConfig], None]  # raises ValueError naming the config key
-  run: Callable[..., list[Any]]
+  cycle: Callable[..., Any]  # one `runloop` cycle
   sampling: bool  # accepts temperature > 0
   stats: str | None  # "speculation" | "blocks" | None: the per-record statistics it reports
 
 
-def _ar(params, cfg, prompts, opt: Options, **kw):
-  from bltjax import decoding  # noqa: PLC0415
-
-  sc = decoding.SamplingConfig(opt.temperature, opt.top_k, opt.top_p)
-  return decoding.generate(params, cfg, prompts, sc=sc, **kw)
-
-
-def _blts(params, cfg, prompts, opt: Options, seeds=None, **kw):
-  from bltjax import speculative  # noqa: PLC0415
-
-  del seeds  # greedy only
-  return speculative.generate(params, cfg, prompts, k=opt.draft_k, **kw)
-
-
-def _block(method: str):
-  def run(params, cfg, prompts, opt: Options, seeds=None, **kw):
-    from bltjax import block_decoding, decoding  # noqa: PLC0415
-
-    rule = block_decoding.BlockRule(opt.rule or RULE_DEFAULTS[method], opt.alpha, opt.gamma,
-                                    opt.eb_rule)
-    sc = decoding.SamplingConfig(opt.temperature, opt.top_k, opt.top_p)
-    return block_decoding.generate(params, cfg, prompts, method=method, rule=rule,
-                                   block_latent=opt.block_latent, sc=sc, seeds=seeds, **kw)
-  return run
-
-
-def _check_causal(cfg: BLTConfig) -> None:
-  from bltjax import decoding  # noqa: PLC0415
-
-  decoding.check_supported(cfg)
-
-
-def _check_block(cfg: BLTConfig) -> None:
-  from bltjax import block_decoding  # noqa: PLC0415
-
-  block_decoding.check_supported(cfg)
-
-
 METHODS: dict[str, Method] = {
-  "ar": Method("ar", "cached autoregressive BLT", _check_causal, _ar, True, None),
-  "blts": Method("blts", "BLT-S self-speculation (= ar greedy)", _check_causal, _blts, False,
-                 "speculation"),
-  "bltd": Method("bltd", "BLT-D block diffusion", _check_block, _block("bltd"), True, "blocks"),
-  "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", _check_block,
-                  _block("bltdv"), False, "speculation"),
+  "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle, True, None),
+  "blts": Method("blts", "BLT-S self-speculation (= ar greedy)", engine.check_supported,
+                 blts.cycle, False, "speculation"),
+  "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle, True,
+                 "blocks"),
+  "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", bltd.check_supported,
+                  bltdv.cycle, False, "speculation"),
 }
 
 
@@ -111,22 +116,116 @@ def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
   if opt.block_latent != "partial_last_patch" and name != "bltd":
     raise ValueError("block_latent: force_boundary applies to bltd only")
   if name == "blts" and opt.draft_k < 1:
-    raise ValueError(f"draft_k: must be >= 1, got {opt.draft_k}")
+    raise ValueError(f"draft_k: the draft window must be >= 1, got {opt.draft_k}")
+  if name in RULE_DEFAULTS:
+    bltd.BlockRule(opt.rule or RULE_DEFAULTS[name], opt.alpha, opt.gamma, opt.eb_rule)
+    if opt.block_latent not in bltd.BLOCK_LATENTS:
+      raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
+                       f"({' | '.join(bltd.BLOCK_LATENTS)})")
   m.check(cfg)
+
+
+def ids_to_bytes(ids) -> bytes:
+  return bytes(int(i) - OFFSET for i in ids if int(i) >= OFFSET)
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """Next power of two >= n (and >= minimum)."""
+  return max(minimum, 1 << (max(1, n) - 1).bit_length())
+
+
+def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q: int = 1,
+            budgets: list[int] | None = None, max_patches: int | None = None,
+            patch_cap: int = 512, batch_bucket: bool = True, open_latent: bool = False
+            ) -> tuple[engine.State, np.ndarray, np.ndarray]:
+  """Bucketed prefill of a prompt batch: (state, per-row budgets [B], prefill patches [B]).
+
+  Rows are padded to a power-of-two batch (padding rows get budget 0) and prompts to a
+  power-of-two length, so a CLI run compiles a handful of programs at most; `max_q` is the most
+  positions one cycle writes past the committed ones.
+  """
+  engine.check_supported(cfg)
+  n_real = len(prompts)
+  b = bucket(n_real, 1) if batch_bucket else n_real
+  ids = [ar.encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)
+  s = bucket(max(len(x) for x in ids))
+  arr = np.zeros((b, s), np.int32)
+  for i, x in enumerate(ids):
+    arr[i, :len(x)] = x
+  lengths = np.array([len(x) for x in ids], np.int32)
+  if cfg.patcher.max_patch_length is not None:
+    patch_cap = min(patch_cap, cfg.patcher.max_patch_length)
+  spec = engine.CacheSpec(max_patches=max_patches or bucket(s + max_new + 2),
+                          max_len=s + max_new + 1, patch_cap=patch_cap, max_q=max_q)
+  st = engine.prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec, open_latent)
+  if int(jnp.max(st.patch_len)) > patch_cap:
+    raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
+  budget = np.zeros((b,), np.int32)
+  budget[:n_real] = budgets if budgets is not None else max_new
+  if budget.max() > max_new:
+    raise ValueError(f"a row budget exceeds max_new={max_new}")
+  return st, budget, np.asarray(st.n_closed)
+
+
+def trim(toks: list[int], reason: str, stops: tuple[bytes, ...]) -> list[int]:
+  """A row's generated ids without the EOS or the stop string that ended it."""
+  if reason == "eos":
+    return toks[:-1]
+  if reason == "stop":
+    for sb in stops:
+      if sb and ids_to_bytes(toks).endswith(sb):
+        return toks[:len(toks) - len(sb)]
+  return toks
+
+
+def _static(method: str, cfg: BLTConfig, opt: Options) -> tuple[int, Any]:
+  """(max_q, the cycle's static options) of a method."""
+  z = cfg.diffusion.block_size
+  rule = (opt.rule or RULE_DEFAULTS.get(method, "confidence"), opt.eb_rule)
+  return {"ar": lambda: (1, None),
+          "blts": lambda: (opt.draft_k + 1, (opt.draft_k,)),
+          "bltd": lambda: (z, (rule, opt.block_latent, opt.temperature > 0)),
+          "bltdv": lambda: (z + 1, (rule,))}[method]()
 
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_new: int,
              options: Options = Options(), stops: tuple[bytes, ...] = (),
-             seeds: list[int] | None = None, **kw) -> list[Any]:
-  """Generates for a batch of prompts with the named method; one record per prompt with
-  `data` (bytes), `reason`, the NFE counters and the method's statistics.
-
-  Extra keyword arguments (`budgets`, `max_patches`, `patch_cap`, `batch_bucket`,
-  `stop_at_eos`) go to the engine.
-  """
+             seeds: list[int] | None = None, budgets: list[int] | None = None,
+             max_patches: int | None = None, patch_cap: int = 512, batch_bucket: bool = True,
+             stop_at_eos: bool = True) -> list[Generation]:
+  """Generates for a batch of prompts with the named method: bucketed prefill, then one jitted
+  loop for the whole batch; one `Generation` per prompt. `budgets`: per-row byte budgets
+  (<= max_new); `seeds`: per-row sampling seeds (a row's output never depends on its batch)."""
   check(method, cfg, options)
-  return METHODS[method].run(params, cfg, prompts, options, max_new=max_new, stops=stops,
-                             seeds=seeds, **kw)
+  opt = options
+  max_q, static = _static(method, cfg, opt)
+  st, budget, pre = prepare(params, cfg, prompts, max_new=max_new, max_q=max_q, budgets=budgets,
+                            max_patches=max_patches, patch_cap=patch_cap,
+                            batch_bucket=batch_bucket, open_latent=method == "bltd")
+  n_real, b = len(prompts), budget.shape[0]
+  seeds = list(seeds) if seeds is not None else [0] * n_real
+  stop_ids, stop_len = runloop.stop_arrays(stops)
+  ctx = runloop.LoopArgs(
+    budget=jnp.asarray(budget),
+    keys=jnp.stack([jax.random.key(int(x)) for x in seeds + [0] * (b - n_real)]),
+    temperature=jnp.full((b,), opt.temperature, jnp.float32),
+    top_k=jnp.full((b,), opt.top_k, jnp.int32), top_p=jnp.full((b,), opt.top_p, jnp.float32),
+    stop_ids=stop_ids, stop_len=stop_len,
+    eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
+    alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32))
+  g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
+                   max_q=max_q, opts=static)
+  g = jax.device_get(dataclasses.replace(g, state=None))  # ids and counters: caches stay put
+  res = []
+  for i in range(n_real):
+    r = runloop.STOP_NAMES[int(g.reason[i])]
+    res.append(Generation(
+      trim(g.out[i, :g.n_new[i]].tolist(), r, stops), r, int(g.nfe_dec[i]),
+      int(g.nfe_enc_global[i]), int(pre[i]),
+      passes={k: int(v) for k, v in zip(engine.PASSES, g.passes[i], strict=True)},
+      cycles=int(g.cycles[i]), drafted=int(g.drafted[i]), accepted=int(g.accepted[i]),
+      agree=int(g.agree[i])))
+  return res
 
 
 def stats(name: str, g: Any, cfg: BLTConfig, opt: Options = Options()) -> dict[str, Any]:
@@ -145,4 +244,5 @@ def stats(name: str, g: Any, cfg: BLTConfig, opt: Options = Options()) -> dict[s
   return {}
 
 
-__all__ = ["Options", "Method", "METHODS", "method", "check", "generate", "stats"]
+__all__ = ["Options", "Method", "METHODS", "Generation", "method", "check", "generate",
+           "prepare", "trim", "stats", "bucket", "ids_to_bytes"]

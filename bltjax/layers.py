@@ -8,7 +8,7 @@ Modules are `setup`-style so the cached decoding path can call `project`/`output
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -83,68 +83,99 @@ def rope(x_BxSxHxK: jnp.ndarray, pos_BxS: jnp.ndarray, theta: float) -> jnp.ndar
   return out.reshape(x.shape).astype(x_BxSxHxK.dtype)
 
 
-def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT) -> jnp.ndarray:
-  """Softmax attention with GQA; fp32 softmax; rows with no visible key return exactly 0."""
+class CacheKeys(NamedTuple):
+  """Keys/values that queries read besides their own new keys (a decoding cache), head-major
+  [(L,) B, G, C, K]. Visibility: `mask` [B, Q, C] (dense), or slots < `used` [B] read in
+  chunks of `CACHE_CHUNK` with a dynamic trip count (a large, mostly empty cache costs what is
+  used)."""
+
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array | None = None
+  used: jax.Array | None = None
+
+  def layer(self, i: int) -> CacheKeys:
+    return CacheKeys(self.k[i], self.v[i], self.mask, self.used)
+
+
+CACHE_CHUNK = 128
+
+
+def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None = None
+           ) -> jnp.ndarray:
+  """Softmax attention with GQA (fp32 scores and softmax) for every layout in the package.
+
+  Queries read the new keys k/v under `mask` and, when given, a cache (dense or chunked). Rows
+  with no visible key return exactly 0, not a uniform average.
+  """
   b, q, h, kd = q_BxQxHxK.shape
   g = k_BxTxGxK.shape[2]
   q_BxQxGxRxK = q_BxQxHxK.reshape(b, q, g, h // g, kd)
   s = jnp.einsum("bqgrk,btgk->bgrqt", q_BxQxGxRxK, k_BxTxGxK,
                  preferred_element_type=jnp.float32) / math.sqrt(kd)
   m = mask_BxQxT[:, None, None, :, :]
-  s = jnp.where(m, s, MASK_VALUE)
-  p = jax.nn.softmax(s, axis=-1)
-  p = jnp.where(m, p, 0.0)  # fully masked rows: all zeros, not a uniform average
-  o = jnp.einsum("bgrqt,btgk->bqgrk", p.astype(v_BxTxGxK.dtype), v_BxTxGxK)
-  return o.reshape(b, q, h, kd)
+  if cache is None:
+    s = jnp.where(m, s, MASK_VALUE)
+    p = jax.nn.softmax(s, axis=-1)
+    p = jnp.where(m, p, 0.0)  # fully masked rows: all zeros, not a uniform average
+    o = jnp.einsum("bgrqt,btgk->bqgrk", p.astype(v_BxTxGxK.dtype), v_BxTxGxK)
+    return o.reshape(b, q, h, kd)
+
+  # Online softmax over blocks of keys: the new keys, then the cache (one block or chunks).
+  def block(s_BxGxRxQxT, v_BxGxTxK, ok_BxQxT):
+    s_BxGxRxQxT = jnp.where(ok_BxQxT[:, None, None], s_BxGxRxQxT, -jnp.inf)
+    mx = jnp.max(s_BxGxRxQxT, axis=-1)
+    e = jnp.exp(s_BxGxRxQxT - jnp.where(jnp.isfinite(mx), mx, 0.0)[..., None])
+    acc = jnp.einsum("bgrqt,bgtk->bgrqk", e, v_BxGxTxK, preferred_element_type=jnp.float32)
+    return mx, jnp.sum(e, axis=-1), acc
+
+  def merge(x, y):
+    m1, l1, a1 = x
+    m2, l2, a2 = y
+    mx = jnp.maximum(m1, m2)
+    safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
+    c1 = jnp.where(jnp.isfinite(m1), jnp.exp(m1 - safe), 0.0)
+    c2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - safe), 0.0)
+    return mx, l1 * c1 + l2 * c2, a1 * c1[..., None] + a2 * c2[..., None]
+
+  def cache_scores(k_BxGxCxK):
+    return jnp.einsum("bqgrk,bgck->bgrqc", q_BxQxGxRxK, k_BxGxCxK,
+                      preferred_element_type=jnp.float32) / math.sqrt(kd)
+
+  acc = block(s, v_BxTxGxK.transpose(0, 2, 1, 3), mask_BxQxT)
+  if cache.used is None:
+    acc = merge(acc, block(cache_scores(cache.k), cache.v, cache.mask))
+  else:
+    chunk = min(CACHE_CHUNK, cache.k.shape[2])
+
+    def body(c, carry):
+      kc = jax.lax.dynamic_slice_in_dim(cache.k, c * chunk, chunk, axis=2)
+      vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=2)
+      ok = (c * chunk + jnp.arange(chunk))[None, None, :] < cache.used[:, None, None]
+      return merge(carry, block(cache_scores(kc), vc, jnp.broadcast_to(ok, (b, q, chunk))))
+
+    acc = jax.lax.fori_loop(0, (jnp.max(cache.used) + chunk - 1) // chunk, body, acc)
+  _, l, a = acc
+  o = jnp.where((l > 0)[..., None], a / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
+  return o.transpose(0, 3, 1, 2, 4).reshape(b, q, h, kd).astype(v_BxTxGxK.dtype)
 
 
-def attend_hm(q_BxQxHxK, k_BxGxTxK, v_BxGxTxK, mask_BxQxT) -> jnp.ndarray:
-  """`attend` over head-major caches ([B, G, T, K]): no transposes of the cache on every step."""
-  b, q, h, kd = q_BxQxHxK.shape
-  g = k_BxGxTxK.shape[1]
-  q_BxGxRxQxK = q_BxQxHxK.reshape(b, q, g, h // g, kd).transpose(0, 2, 3, 1, 4)
-  s = jnp.einsum("bgrqk,bgtk->bgrqt", q_BxGxRxQxK, k_BxGxTxK,
-                 preferred_element_type=jnp.float32) / math.sqrt(kd)
-  m = mask_BxQxT[:, None, None, :, :]
-  s = jnp.where(m, s, MASK_VALUE)
-  p = jax.nn.softmax(s, axis=-1)
-  p = jnp.where(m, p, 0.0)
-  o = jnp.einsum("bgrqt,bgtk->bqgrk", p.astype(v_BxGxTxK.dtype), v_BxGxTxK)
-  return o.reshape(b, q, h, kd)
+def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = None,
+              cross=None):
+  """The one layer loop of every stack, in training and decoding: (x, k [L,B,Q,G,K], v).
 
-
-def attend_prefix(q_BxHxK, k_BxGxTxK, v_BxGxTxK, n_prev_B, k_BxGxK, v_BxGxK,
-                  chunk: int) -> jnp.ndarray:
-  """One query per row over its own new key plus cache slots 0..n_prev_B-1, read in chunks.
-
-  Online softmax over `chunk`-slot blocks with a dynamic trip count, so a large static cache
-  (the global model's patch slots) costs what is used, not what is allocated. The query's own
-  key/value come separately, so the caller can write the cache after (outside any `cond`).
+  `cache` holds per-layer keys the queries also read (a decoding ring or global cache);
+  `cross(i, x)` runs before layer i (the decoder's cross-attention to its latent).
   """
-  b, h, kd = q_BxHxK.shape
-  g = k_BxGxTxK.shape[1]
-  r = h // g
-  q = q_BxHxK.reshape(b, g, r, kd).astype(jnp.float32) / math.sqrt(kd)
-  s_self = jnp.einsum("bgrk,bgk->bgr", q, k_BxGxK.astype(jnp.float32))
-  init = (s_self, jnp.ones_like(s_self),
-          jnp.broadcast_to(v_BxGxK.astype(jnp.float32)[:, :, None, :], (b, g, r, kd)))
-
-  def body(c, carry):
-    m, l, acc = carry
-    k = jax.lax.dynamic_slice_in_dim(k_BxGxTxK, c * chunk, chunk, axis=2).astype(jnp.float32)
-    v = jax.lax.dynamic_slice_in_dim(v_BxGxTxK, c * chunk, chunk, axis=2).astype(jnp.float32)
-    s = jnp.einsum("bgrk,bgtk->bgrt", q, k)
-    ok = (c * chunk + jnp.arange(chunk))[None, :] < n_prev_B[:, None]
-    s = jnp.where(ok[:, None, None, :], s, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    p = jnp.exp(s - m_new[..., None])
-    scale = jnp.exp(m - m_new)
-    return (m_new, l * scale + jnp.sum(p, axis=-1),
-            acc * scale[..., None] + jnp.einsum("bgrt,bgtk->bgrk", p, v))
-
-  n_chunks = (jnp.max(n_prev_B) + chunk - 1) // chunk
-  _, l, acc = jax.lax.fori_loop(0, n_chunks, body, init)
-  return (acc / l[..., None]).reshape(b, h, kd).astype(v_BxGxTxK.dtype)
+  ks, vs = [], []
+  for i, layer in enumerate(layers):
+    if cross is not None:
+      x_BxQxD = cross(i, x_BxQxD)
+    x_BxQxD, (k, v) = layer(x_BxQxD, pos_BxQ, mask_BxQxT,
+                            None if cache is None else cache.layer(i))
+    ks.append(k)
+    vs.append(v)
+  return x_BxQxD, jnp.stack(ks), jnp.stack(vs)
 
 
 def local_mask(qpos_BxQ, kpos_BxT, qdoc_BxQ, kdoc_BxT, kvalid_BxT, window: int | None):
@@ -181,10 +212,6 @@ class Attention(nn.Module):
   def output(self, o_BxSxHxK):
     return self.wo(o_BxSxHxK)
 
-  def __call__(self, x_BxSxD, pos_BxS, mask_BxSxS):
-    q, k, v = self.project(x_BxSxD, pos_BxS)
-    return self.output(attend(q, k, v, mask_BxSxS))
-
 
 class FeedForward(nn.Module):
   cfg: TransformerConfig
@@ -219,22 +246,24 @@ class Block(nn.Module):
     self.ffn_norm = RMSNorm(**nkw)
     self.feed_forward = FeedForward(self.cfg, **kw)
 
-  def __call__(self, x_BxSxD, pos_BxS, mask_BxSxS):
-    h = x_BxSxD + self.attention(self.attention_norm(x_BxSxD), pos_BxS, mask_BxSxS)
-    return h + self.feed_forward(self.ffn_norm(h))
+  def __call__(self, x_BxSxD, pos_BxS, mask_BxSxT, cache: CacheKeys | None = None):
+    """(output, (k, v) of the new positions); `cache`: keys read besides them (`attend`)."""
+    q, k, v = self.attn_in(x_BxSxD, pos_BxS)
+    return self.attn_out(x_BxSxD, attend(q, k, v, mask_BxSxT, cache)), (k, v)
 
   def attn_in(self, x_BxSxD, pos_BxS):
-    """Cached path, part 1: q, k, v of the new positions."""
+    """q, k, v of the new positions (for kernels that attend outside `attend`)."""
     return self.attention.project(self.attention_norm(x_BxSxD), pos_BxS)
 
   def attn_out(self, x_BxSxD, o_BxSxHxK):
-    """Cached path, part 2: residual + FFN given the attention result of the new positions."""
+    """Residual + FFN given the attention result of the new positions."""
     h = x_BxSxD + self.attention.output(o_BxSxHxK)
     return h + self.feed_forward(self.ffn_norm(h))
 
 
 class CrossAttention(nn.Module):
-  """Release cross-attention: returns x + wo(attn(norm_q(x), norm_kv(kv))); no RoPE."""
+  """Release cross-attention: x + wo(attn(norm_q(x), norm_kv(kv))), no RoPE; with
+  `double_residual` (the released weights, cross_attn_residual="double") x is added once more."""
 
   dim: int
   n_heads: int
@@ -242,6 +271,7 @@ class CrossAttention(nn.Module):
   embed_axis: str = "embed_local"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  double_residual: bool = False
 
   def setup(self):
     d, h = self.dim, self.n_heads
@@ -266,7 +296,8 @@ class CrossAttention(nn.Module):
     return self.wq(self.norm_q(x_BxQxD))
 
   def output(self, x_BxQxD, o_BxQxHxK):
-    return x_BxQxD + self.wo(o_BxQxHxK)
+    out = x_BxQxD + self.wo(o_BxQxHxK)
+    return x_BxQxD + out if self.double_residual else out
 
   def __call__(self, x_BxQxD, kv_BxTxD, mask_BxQxT):
     k, v = self.kv(kv_BxTxD)
@@ -280,3 +311,11 @@ class CrossAttention(nn.Module):
                    preferred_element_type=jnp.float32) / math.sqrt(kd)
     p = jax.nn.softmax(s, axis=-1).astype(v_BxQxCxHxK.dtype)
     return self.output(x_BxQxD, jnp.einsum("bqhc,bqchk->bqhk", p, v_BxQxCxHxK))
+
+  def one_latent(self, x_BxQxD, k_BxCxHxK, v_BxCxHxK):
+    """Every query of a row reads the same C keys (blocks and drafts share one latent)."""
+    q = self.query(x_BxQxD)
+    s = jnp.einsum("bqhk,bchk->bqhc", q, k_BxCxHxK,
+                   preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    p = jax.nn.softmax(s, axis=-1).astype(v_BxCxHxK.dtype)
+    return self.output(x_BxQxD, jnp.einsum("bqhc,bchk->bqhk", p, v_BxCxHxK))

@@ -5,8 +5,8 @@ Parameter tree (plain nested dicts; `blt.md` §7.2 names):
 
 Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
 `init_params`, `abstract_params`, `logical_axes`, `entropy_logits`, `entropies`, `patch`,
-`forward`, and the stage functions `encode`, `global_latents`, `decode` that BLT-D training and
-the cached decoders reuse.
+`forward`, and the stage functions `encode`, `global_latents`, `decoder_logits` that BLT-D
+training reuses.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from bltjax.layers import (
   attend,
   dtype_of,
   local_mask,
+  run_stack,
   trunc_normal,
 )
 
@@ -42,21 +43,6 @@ def _remat(cls, policy: str):
   if policy == "dots":
     pol = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
   return nn.remat(cls, policy=pol)
-
-
-class Stack(nn.Module):
-  """`n_layers` blocks with a shared mask; a list submodule so names are layers_{l}."""
-
-  cfg: TransformerConfig
-  embed_axis: str
-  dtype: Any
-  param_dtype: Any
-  remat: str = "none"
-
-  def setup(self):
-    blk = _remat(Block, self.remat)
-    self.layers = [blk(self.cfg, self.embed_axis, self.dtype, self.param_dtype)
-                   for _ in range(self.cfg.n_layers)]
 
 
 class HashEmbeddings(nn.Module):
@@ -96,7 +82,8 @@ class LocalEncoder(nn.Module):
       (e.dim, c.cross_attn_k * e.dim), ("embed_local", "embed_cross"), "bpd,de->bpe",
       e.dim**-0.5, dt, pdt)
     self.cross_attn_layers = [CrossAttention(e.dim, c.cross_attn_nheads or e.n_heads, e.norm_eps,
-                                             "embed_local", dt, pdt)]
+                                             "embed_local", dt, pdt,
+                                             c.cross_attn_residual == "double")]
 
   def embed(self, ids_BxS, pos_BxS, valid_BxS):
     """Byte embedding plus the hash n-gram embeddings (no scaling in the release)."""
@@ -119,8 +106,7 @@ class LocalEncoder(nn.Module):
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = self.embed(ids_BxS, pos_BxS, valid_BxS)
     mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.encoder.window)
-    for layer in self.layers:
-      x = layer(x, pos_BxS, mask)
+    x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
 
   def pool(self, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int):
@@ -138,28 +124,22 @@ class LocalEncoder(nn.Module):
     qpatch = jnp.arange(num_patches * k) // k
     mask = (patch_ids_BxS[:, None, :] == qpatch[None, :, None]) & valid_BxS[:, None, :]
     out = self.cross_attn_layers[0](q_BxQxD, h_BxSxD, mask)
-    out = q_BxQxD + out if c.cross_attn_residual == "double" else out
     return out.reshape(b, num_patches, k * d)
 
   def pool_kv(self, h_BxTxD):
     """Cross-attention keys/values of byte states; decoding caches them per byte."""
     return self.cross_attn_layers[0].kv(h_BxTxD)
 
-  def pool_one(self, pooled_BxD, k_BxTxHxK, v_BxTxHxK, valid_BxT):
-    """One patch per row from its max-pooled state and its bytes' cached keys/values.
-
-    Equals `pool` for a single non-empty patch, at O(patch length) instead of re-projecting
-    every byte: [B, C·De].
-    """
-    c = self.cfg
-    b, d = pooled_BxD.shape
-    k = c.cross_attn_k
-    q_BxCxD = self.patch_embedding_projection(pooled_BxD[:, None]).reshape(b, k, d)
+  def pool_patches(self, pmax_BxPxD, k_BxTxHxK, v_BxTxHxK, ok_BxPxT):
+    """P patches per row from their max-pooled states and one set of byte keys/values (a
+    patch's bytes marked in ok): equals `pool` for those patches, [B, P, C·De]."""
+    b, p, d = pmax_BxPxD.shape
+    c = self.cfg.cross_attn_k
+    q_BxQxD = self.patch_embedding_projection(pmax_BxPxD).reshape(b, p * c, d)
     xa = self.cross_attn_layers[0]
-    mask = jnp.broadcast_to(valid_BxT[:, None, :], (b, k, valid_BxT.shape[1]))
-    out = xa.output(q_BxCxD, attend(xa.query(q_BxCxD), k_BxTxHxK, v_BxTxHxK, mask))
-    out = q_BxCxD + out if c.cross_attn_residual == "double" else out
-    return out.reshape(b, k * d)
+    mask_BxQxT = jnp.repeat(ok_BxPxT, c, axis=1)
+    out = xa.output(q_BxQxD, attend(xa.query(q_BxQxD), k_BxTxHxK, v_BxTxHxK, mask_BxQxT))
+    return out.reshape(b, p, c * d)
 
 
 class GlobalTransformer(nn.Module):
@@ -184,9 +164,7 @@ class GlobalTransformer(nn.Module):
   def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
     x = self.project_in(x_BxPxE)
     mask = local_mask(pos_BxP, pos_BxP, doc_BxP, doc_BxP, valid_BxP, None)
-    for layer in self.layers:
-      x = layer(x, pos_BxP, mask)
-    return x  # no final norm in the release
+    return run_stack(self.layers, x, pos_BxP, mask)[0]  # no final norm in the release
 
 
 class LocalDecoder(nn.Module):
@@ -202,7 +180,8 @@ class LocalDecoder(nn.Module):
     blk = _remat(Block, c.remat)
     self.layers = [blk(d, "embed_local", dt, pdt) for _ in range(d.n_layers)]
     self.cross_attn_layers = [CrossAttention(d.dim, c.cross_attn_nheads or d.n_heads, d.norm_eps,
-                                             "embed_local", dt, pdt)
+                                             "embed_local", dt, pdt,
+                                             c.cross_attn_residual == "double")
                               for _ in range(d.n_layers)]
     self.norm = RMSNorm(d.norm_eps, "embed_local", dt, pdt)
     self.output = Einsum((d.dim, c.vocab_size), ("embed_local", "vocab"), "bsd,dv->bsv",
@@ -220,17 +199,12 @@ class LocalDecoder(nn.Module):
                   v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
     return out
 
-  def layer(self, i: int, h_BxSxD, kv_i, lat_idx_BxS, pos_BxS, mask_BxSxT):
-    """Decoder layer i on full sequences: cross-attend own latent, then the local block."""
-    h_BxSxD = self.cross(i, h_BxSxD, kv_i, lat_idx_BxS)
-    return self.layers[i](h_BxSxD, pos_BxS, mask_BxSxT)
-
   def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxS):
+    """Layer i's cross-attention: each byte reads the C keys of latent lat_idx."""
     k_BxPxCxHxK, v_BxPxCxHxK = kv_i
     take = jax.vmap(lambda a, idx: a[idx])
-    out = self.cross_attn_layers[i].gathered(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxS),
-                                             take(v_BxPxCxHxK, lat_idx_BxS))
-    return h_BxSxD + out if self.cfg.cross_attn_residual == "double" else out
+    return self.cross_attn_layers[i].gathered(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxS),
+                                              take(v_BxPxCxHxK, lat_idx_BxS))
 
   def head(self, h_BxSxD):
     return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
@@ -239,8 +213,8 @@ class LocalDecoder(nn.Module):
     kvs = self.latent_kv(o_BxPxDg)
     mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.decoder.window)
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
-    for i in range(len(self.layers)):
-      h = self.layer(i, h, kvs[i], lat_idx_BxS, pos_BxS, mask)
+    h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
+                        cross=lambda i, x: self.cross(i, x, kvs[i], lat_idx_BxS))
     return self.head(h)
 
 
@@ -290,9 +264,7 @@ class EntropyModel(nn.Module):
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
     x = self.embed(jnp.where(valid_BxS, ids_BxS, 0))
     mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.window)
-    for layer in self.layers:
-      x = layer(x, pos_BxS, mask)
-    return self.head(x)
+    return self.head(run_stack(self.layers, x, pos_BxS, mask)[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,7 +298,8 @@ def byte_arrays(start_BxS1, ids_BxS, valid_BxS, num_patches: int) -> dict[str, j
               patch_valid=patch_valid, patch_doc=patch_doc)
 
 
-def _defaults(ids_BxS, lengths_B=None, doc_BxS=None):
+def defaults(ids_BxS, lengths_B=None, doc_BxS=None):
+  """Ids, lengths, positions, validity and documents of right-padded rows."""
   b, s = ids_BxS.shape
   ids_BxS = ids_BxS.astype(jnp.int32)
   if lengths_B is None:
@@ -358,7 +331,7 @@ def _init_boxed(cfg: BLTConfig, rng) -> Params:
   k1, k2 = jax.random.split(rng)
   s = 8
   ids = jnp.ones((1, s), jnp.int32)
-  ids, _, pos, valid, doc = _defaults(ids)
+  ids, _, pos, valid, doc = defaults(ids)
   start = jnp.ones((1, s + 1), bool)
   out = dict(blt_module(cfg).init(k1, ids, pos, doc, valid, start, s + 1)["params"])
   if cfg.entropy is not None:
@@ -394,7 +367,7 @@ def blt_params(params: Params) -> Params:
 
 
 def entropy_logits(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
-  ids_BxS, _, pos, valid, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  ids_BxS, _, pos, valid, doc = defaults(ids_BxS, lengths_B, doc_BxS)
   return entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxS, pos, doc, valid)
 
 
@@ -405,7 +378,7 @@ def entropies(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=N
 
 def patch(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
   """Patch starts over S+1 slots with the config's patcher."""
-  ids_BxS, lengths_B, _, _, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  ids_BxS, lengths_B, _, _, doc = defaults(ids_BxS, lengths_B, doc_BxS)
   h = None
   if cfg.patcher.mode == "entropy":
     h = entropies(params, cfg, ids_BxS, lengths_B, doc)
@@ -415,7 +388,7 @@ def patch(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None)
 def forward(params: Params, cfg: BLTConfig, ids_BxS, start_BxS1=None, lengths_B=None,
             max_patches: int | None = None, doc_BxS=None):
   """Next-byte logits [B, S, 260] (fp32). Runs the patcher when `start_BxS1` is None."""
-  ids_BxS, lengths_B, pos, valid, doc = _defaults(ids_BxS, lengths_B, doc_BxS)
+  ids_BxS, lengths_B, pos, valid, doc = defaults(ids_BxS, lengths_B, doc_BxS)
   if start_BxS1 is None:
     start_BxS1 = patch(params, cfg, ids_BxS, lengths_B, doc)
   p = max_patches or ids_BxS.shape[1] + 1
@@ -441,13 +414,14 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
                                valid_BxP, method=lambda m, *a: m.global_transformer(*a))
 
 
-def decode(params: Params, cfg: BLTConfig, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg,
-           lat_idx_BxS):
+def decoder_logits(params: Params, cfg: BLTConfig, h_BxSxD, pos_BxS, doc_BxS, valid_BxS,
+                   o_BxPxDg, lat_idx_BxS):
+  """The local decoder stage: next-byte logits of byte states h given the patch latents o."""
   return blt_module(cfg).apply({"params": blt_params(params)}, h_BxSxD, pos_BxS, doc_BxS,
                                valid_BxS, o_BxPxDg, lat_idx_BxS,
                                method=lambda m, *a: m.local_decoder(*a))
 
 
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
-           "entropies", "entropy_logits", "patch", "encode", "global_latents", "decode",
-           "byte_arrays", "doc_ids_from_ids", "attend"]
+           "entropies", "entropy_logits", "patch", "encode", "global_latents", "decoder_logits",
+           "byte_arrays", "doc_ids_from_ids", "defaults"]

@@ -1,35 +1,32 @@
-"""Cached decoding equals full recompute; sampling is batch-independent."""
+"""Cached AR decoding equals full recompute; sampling is batch-independent; counters."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
-from bltjax import decoding as D
-from tests.model_fixtures import median_threshold, tiny_config, tiny_params
+from bltjax import ar, engine, generation
+from bltjax.generation import Options
+from tests.model_fixtures import PROMPTS, tiny_config
+from tests.model_fixtures import blt_setup as _setup
 
-PROMPTS = [b"Hello world", b"a", b"The quick brown fox jumps over the lazy dog. " * 3,
-           bytes(range(200, 256)) + b"\x00\xff"]
 
-
-def _setup(**kw):
-  cfg = tiny_config(**kw)
-  params = tiny_params(cfg)
-  if cfg.patcher.mode == "entropy":
-    th = median_threshold(params, cfg)
-    cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th))
-  return cfg, params
+def generate(params, cfg, prompts, **kw):
+  opts = {k: kw.pop(k) for k in ("temperature", "top_k", "top_p") if k in kw}
+  return generation.generate(params, cfg, prompts, method="ar", options=Options(**opts), **kw)
 
 
 def _check_against_reference(cfg, params, prompts, max_new, width=256):
-  res = D.generate(params, cfg, prompts, max_new=max_new)
+  res = generate(params, cfg, prompts, max_new=max_new)
   for prompt, r in zip(prompts, res, strict=True):
-    ref = D.generate_reference(params, cfg, prompt, max_new, width=width)
+    ref = ar.generate_reference(params, cfg, prompt, max_new, width=width)
     got = r.new_ids + ([2] if r.reason == "eos" else [])
     assert got == ref[:len(got)], (prompt, got, ref)
     assert len(got) == len(ref) or r.reason != "length"
     assert r.nfe_dec == len(got)
-    assert r.nfe_ent == r.nfe_enc_byte == len(got) - 1  # no step after the last byte
+    # One step per byte after the first (its logits come from the prefill); none after the last.
+    steps = len(got) - 1
+    assert r.passes == {"decoder": steps, "encoder": steps, "global": r.nfe_enc_global,
+                        "entropy": steps if cfg.patcher.mode == "entropy" else 0}
   return res
 
 
@@ -42,7 +39,7 @@ def test_cached_greedy_equals_full_recompute(kw):
   cfg, params = _setup(**kw)
   res = _check_against_reference(cfg, params, PROMPTS, 40)
   # Several patches must actually close during generation for the test to mean anything.
-  assert sum(r.nfe_enc for r in res) > 10
+  assert sum(r.nfe_enc_global for r in res) > 10
 
 
 def test_long_prompt_crosses_window():
@@ -53,25 +50,25 @@ def test_long_prompt_crosses_window():
 
 def test_seeded_sampling_independent_of_batch():
   cfg, params = _setup(window=16)
-  sc = D.SamplingConfig(temperature=1.0, top_k=50, top_p=0.9)
-  alone = D.generate(params, cfg, [PROMPTS[0]], max_new=30, sc=sc, seeds=[7])[0]
-  batch = D.generate(params, cfg, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], max_new=30, sc=sc,
-                     seeds=[1, 7, 3])
+  sc = dict(temperature=1.0, top_k=50, top_p=0.9)
+  alone = generate(params, cfg, [PROMPTS[0]], max_new=30, seeds=[7], **sc)[0]
+  batch = generate(params, cfg, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], max_new=30,
+                   seeds=[1, 7, 3], **sc)
   assert batch[1].new_ids == alone.new_ids
-  other = D.generate(params, cfg, [PROMPTS[0]], max_new=30, sc=sc, seeds=[8])[0]
+  other = generate(params, cfg, [PROMPTS[0]], max_new=30, seeds=[8], **sc)[0]
   assert other.new_ids != alone.new_ids  # the seed matters
 
 
 def test_stop_strings_and_budget():
   cfg, params = _setup(window=16)
-  full = D.generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
+  full = generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
   if full.reason == "eos" or len(full.data) < 6:
     pytest.fail("fixture should generate at least 6 bytes without EOS")
   stop = full.data[3:5]
-  cut = D.generate(params, cfg, [PROMPTS[0]], max_new=30, stops=(stop,))[0]
+  cut = generate(params, cfg, [PROMPTS[0]], max_new=30, stops=(stop,))[0]
   assert cut.reason == "stop"
   assert full.data.startswith(cut.data) and stop not in cut.data
-  short = D.generate(params, cfg, [PROMPTS[0], PROMPTS[1]], max_new=30, budgets=[3, 30])
+  short = generate(params, cfg, [PROMPTS[0], PROMPTS[1]], max_new=30, budgets=[3, 30])
   assert short[0].reason == "length" and len(short[0].new_ids) == 3
   assert short[0].new_ids == full.new_ids[:3]
 
@@ -79,13 +76,15 @@ def test_stop_strings_and_budget():
 def test_static_patching_is_refused():
   cfg = tiny_config(mode="static", threshold=None)
   with pytest.raises(ValueError, match="patcher.mode"):
-    D.generate(None, cfg, [b"x"], max_new=2)  # refused before any weights are touched
+    generate(None, cfg, [b"x"], max_new=2)  # refused before any weights are touched
+  with pytest.raises(ValueError, match="method"):
+    generation.generate(None, cfg, [b"x"], method="beam", max_new=2)
 
 
 def test_stream_matches_batch():
   cfg, params = _setup(window=16)
-  batch = D.generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
-  streamed = b"".join(D.stream(params, cfg, PROMPTS[0], max_new=30))
+  batch = generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
+  streamed = b"".join(ar.stream(params, cfg, PROMPTS[0], max_new=30))
   assert streamed == batch.data
 
 
@@ -108,13 +107,45 @@ def test_bltd_checkpoint_decodes_and_scores_as_blt(tmp_path):
   cfg2, bltd = weights.load_checkpoint(tmp_path / "bltd")
   assert cfg2 == bltd_cfg and bltd["local_encoder"]["tok_embeddings"]["embedding"].shape[0] == \
     MASK_ID + 1
-  got = D.generate(bltd, cfg2, PROMPTS, max_new=40)
-  want = D.generate(params, cfg, PROMPTS, max_new=40)
+  got = generate(bltd, cfg2, PROMPTS, max_new=40)
+  want = generate(params, cfg, PROMPTS, max_new=40)
   assert [r.new_ids for r in got] == [r.new_ids for r in want]
-  assert [r.nfe_enc for r in got] == [r.nfe_enc for r in want]
+  assert [r.nfe_enc_global for r in got] == [r.nfe_enc_global for r in want]
   assert sum(len(r.new_ids) for r in got) > 40
   text = PROMPTS[2]
   s_d = score.score_bytes(bltd, cfg2, text, window=64)
   s_b = score.score_bytes(params, cfg, text, window=64)
   assert s_d["patches"] == s_b["patches"]
   np.testing.assert_allclose(s_d["nll_nats"], s_b["nll_nats"], rtol=1e-6)
+
+
+def test_full_attention_stacks_keep_every_key():
+  """window=None local stacks: the rings hold prompt + generation (they used to be sized from
+  the prompt bucket and evicted keys that full causal attention still reads)."""
+  cfg, params = _setup(window=None)
+  _check_against_reference(cfg, params, [PROMPTS[0], PROMPTS[1]], 40)
+
+
+def test_engine_forward_equals_training_forward():
+  """`engine.forward` on an empty state (what prefill runs) gives the training forward's logits
+  at every position, and the entropies of the entropy model."""
+  import jax.numpy as jnp
+
+  from bltjax import model
+
+  cfg, params = _setup(window=16)
+  ids = [ar.encode_prompt(p) for p in (PROMPTS[2], PROMPTS[0])]
+  s = 160
+  arr = np.zeros((2, s), np.int32)
+  for i, x in enumerate(ids):
+    arr[i, :len(x)] = x
+  lengths = jnp.asarray([len(x) for x in ids], jnp.int32)
+  valid = jnp.arange(s)[None] < lengths[:, None]
+  spec = engine.CacheSpec(max_patches=256, max_len=s)
+  st = engine.empty_state(params, cfg, 2, spec)
+  ext = engine.forward(params, cfg, st, jnp.asarray(arr), valid, fresh=True)
+  want = model.forward(params, cfg, jnp.asarray(arr), lengths_B=lengths)
+  np.testing.assert_allclose(np.where(valid[..., None], ext.logits, 0),
+                             np.where(valid[..., None], want, 0), atol=2e-5, rtol=2e-5)
+  h = model.entropies(params, cfg, jnp.asarray(arr), lengths)
+  np.testing.assert_allclose(np.where(valid, ext.H, 0), np.where(valid, h, 0), atol=2e-5)

@@ -1,5 +1,6 @@
-"""BLT-D and BLT-DV decoding (bltjax/block_decoding.py): cached BLT-D equals a full-recompute
-reference step for step; BLT-DV equals greedy causal decoding of the same weights."""
+"""BLT-D and BLT-DV decoding (bltjax/bltd.py, bltjax/bltdv.py): cached BLT-D equals a
+full-recompute reference step for step (block logits at every denoising step, then ids); BLT-DV
+equals greedy causal decoding of the same weights for every commit rule."""
 
 import dataclasses
 import functools
@@ -9,25 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import block_decoding as BD
-from bltjax import decoding as D
-from bltjax import diffusion, patching
+from bltjax import ar, bltd, diffusion, engine, generation, patching
 from bltjax import model as M
 from bltjax.config import EOS_ID, MASK_ID, DiffusionConfig
-from tests.decoding_test import PROMPTS
-from tests.model_fixtures import median_threshold, tiny_config, tiny_params
+from tests.model_fixtures import BLOCK_SIZE, PROMPTS, bltd_setup
 
-Z = 4
+Z = BLOCK_SIZE
 WIDTH = 128  # the reference's fixed row length (one compilation)
-
-
-@functools.cache
-def setup(block_prefix_window: int = 16, block_input: str = "tok_embeddings"):
-  cfg = tiny_config(window=16).replace(diffusion=DiffusionConfig(
-    block_size=Z, block_prefix_window=block_prefix_window, block_input=block_input))
-  params = tiny_params(cfg)
-  th = median_threshold(params, cfg)
-  return cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th)), params
+setup = bltd_setup
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -37,7 +27,7 @@ def _reference_prefix(params, cfg, ids_1xS, n, forced_1xS1):
   Patch starts: the mode's rule, plus the forced starts (force_boundary block starts), then
   max_patch_length over both.
   """
-  ids, lengths, pos, valid, doc = M._defaults(ids_1xS, n[None])
+  ids, lengths, pos, valid, doc = M.defaults(ids_1xS, n[None])
   h_ent = M.entropies(params, cfg, ids, lengths)
   start = patching.rule_patch_starts(cfg.patcher, ids_BxS=ids, lengths_B=lengths, H_BxS=h_ent)
   start |= forced_1xS1 & (jnp.arange(ids.shape[1] + 1)[None] <= n)
@@ -71,7 +61,7 @@ def _reference_block_h(params, cfg, ids_1xS, n, block_1xZ):
   def run(m, vids):
     x = m.local_encoder.embed(vids, j[None], valid)
     for layer in m.local_encoder.layers:
-      x = layer(x, j[None], mask)
+      x = layer(x, j[None], mask)[0]
     return jax.lax.dynamic_slice_in_dim(x, n, Z, axis=1)
 
   return M.blt_module(cfg).apply({"params": M.blt_params(params)}, vids, method=run)
@@ -87,11 +77,24 @@ def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat, ids_1xS):
                                  n[None, None], lat, kv, pos, valid, block_h_BxMxZxD=h)[:, 0]
 
 
-def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule,
+def _mask(logits, masked, rule: bltd.BlockRule):
+  return bltd.commit_mask(logits, masked, rule.kind, rule.alpha, rule.gamma, rule.eb_rule)
+
+
+def generate(params, cfg, prompts, *, method, rule=None, block_latent="partial_last_patch",
+             seeds=None, temperature=0.0, top_p=1.0, **kw):
+  rule = rule or bltd.BlockRule()
+  opt = generation.Options(rule=rule.kind, alpha=rule.alpha, gamma=rule.gamma,
+                           eb_rule=rule.eb_rule, block_latent=block_latent,
+                           temperature=temperature, top_p=top_p)
+  return generation.generate(params, cfg, prompts, method=method, options=opt, seeds=seeds, **kw)
+
+
+def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: bltd.BlockRule,
                    block_latent: str = "partial_last_patch"):
   """BLT-D by full recompute: every block re-patches and re-runs the model over the prefix
   (with a forced patch start at every block start for "force_boundary")."""
-  ids = D.encode_prompt(prompt)
+  ids = ar.encode_prompt(prompt)
   out, steps = [], 0
   forced = np.zeros((1, WIDTH + 1), bool)
   while len(out) < max_new:
@@ -106,7 +109,7 @@ def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule,
     while (block == MASK_ID).any():
       logits = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat,
                                 jnp.asarray(arr))
-      pick = np.asarray(BD.commit_mask(logits, jnp.asarray(block == MASK_ID), rule))
+      pick = np.asarray(_mask(logits, jnp.asarray(block == MASK_ID), rule))
       block = np.where(pick, np.asarray(jnp.argmax(logits, -1)), block)
       steps += 1
     for t in block[0].tolist():
@@ -120,14 +123,14 @@ def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: BD.BlockRule,
 def test_commit_rules_on_hand_cases():
   logits = jnp.log(jnp.asarray([[[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.99, 0.01]]]))
   masked = jnp.asarray([[True, True, True, False]])
-  conf = BD.commit_mask(logits, masked, BD.BlockRule("confidence", alpha=0.7))
+  conf = _mask(logits, masked, bltd.BlockRule("confidence", alpha=0.7))
   np.testing.assert_array_equal(conf, [[1, 0, 0, 0]])  # 0.9 > 0.7; slot 3 is not masked
-  none = BD.commit_mask(logits, masked, BD.BlockRule("confidence", alpha=0.95))
+  none = _mask(logits, masked, bltd.BlockRule("confidence", alpha=0.95))
   np.testing.assert_array_equal(none, [[1, 0, 0, 0]])  # nothing qualifies: the most confident
-  one = BD.commit_mask(logits, masked, BD.BlockRule("one_step"))
+  one = _mask(logits, masked, bltd.BlockRule("one_step"))
   np.testing.assert_array_equal(one, masked)
   h = [0.325, 0.673, 0.693]  # entropies (nats) of the masked slots, ascending
-  eb = lambda g, r: np.asarray(BD.commit_mask(logits, masked, BD.BlockRule(  # noqa: E731
+  eb = lambda g, r: np.asarray(_mask(logits, masked, bltd.BlockRule(  # noqa: E731
     "entropy", gamma=g, eb_rule=r)))
   np.testing.assert_array_equal(eb(0.0, "sum_minus_max"), [[1, 0, 0, 0]])
   np.testing.assert_array_equal(eb(h[0] + 0.01, "sum_minus_max"), [[1, 1, 0, 0]])
@@ -135,70 +138,120 @@ def test_commit_rules_on_hand_cases():
   np.testing.assert_array_equal(eb(h[0] + 0.01, "cumulative"), [[1, 0, 0, 0]])
   np.testing.assert_array_equal(eb(h[0] + h[1] + 0.01, "cumulative"), [[1, 1, 0, 0]])
   with pytest.raises(ValueError, match="rule.kind"):
-    BD.BlockRule("topk")
+    bltd.BlockRule("topk")
 
 
 @pytest.mark.parametrize("rule,wb,block_input,latent", [
-  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "partial_last_patch"),
-  (BD.BlockRule("entropy", gamma=1.5), 8, "tok_embeddings", "partial_last_patch"),  # narrower
-  (BD.BlockRule("one_step"), 16, "tok_embeddings", "partial_last_patch"),
-  (BD.BlockRule("confidence", alpha=0.3), 8, "encoder_states", "partial_last_patch"),
-  (BD.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "force_boundary"),
+  (bltd.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "partial_last_patch"),
+  (bltd.BlockRule("entropy", gamma=1.5), 8, "tok_embeddings", "partial_last_patch"),  # narrower
+  (bltd.BlockRule("one_step"), 16, "tok_embeddings", "partial_last_patch"),
+  (bltd.BlockRule("confidence", alpha=0.3), 8, "encoder_states", "partial_last_patch"),
+  (bltd.BlockRule("confidence", alpha=0.3), 16, "tok_embeddings", "force_boundary"),
 ])
 def test_bltd_cached_equals_full_recompute(rule, wb, block_input, latent):
   cfg, params = setup(wb, block_input)
   prompts = [PROMPTS[0], PROMPTS[2][:70]]
-  res = BD.generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule,
-                    block_latent=latent)
+  res = generate(params, cfg, prompts, max_new=24, method="bltd", rule=rule, block_latent=latent)
   for prompt, r in zip(prompts, res, strict=True):
     ref, steps = reference_bltd(params, cfg, prompt, 24, rule, latent)
     got = r.new_ids + ([EOS_ID] if r.reason == "eos" else [])
     assert got == ref, (prompt, got, ref)
-    assert r.nfe_dec == steps and r.nfe_enc == r.cycles == -(-len(got) // Z) == r.nfe_ent
-    assert r.nfe_enc_byte == (steps if block_input == "encoder_states" else 0)
+    blocks = -(-len(got) // Z)
+    assert r.nfe_dec == steps and r.nfe_enc_global == r.cycles == blocks
+    # Passes: the denoising steps and one forward per block (its decoder pass caches the block
+    # and its global pass gives the next block's latent); force_boundary re-runs byte n-1.
+    redo = r.passes["decoder"] - steps - blocks
+    assert r.passes["global"] == blocks == r.passes["entropy"]
+    assert r.passes["encoder"] == blocks + redo + (steps if block_input == "encoder_states"
+                                                   else 0)
+    assert redo == 0 if latent == "partial_last_patch" else 0 <= redo <= blocks
     if rule.kind == "one_step":
       assert r.nfe_dec == r.cycles
 
 
-def test_bltdv_equals_greedy_causal_decoding():
+@pytest.mark.parametrize("rule", [
+  bltd.BlockRule("entropy", gamma=1.5), bltd.BlockRule("entropy", gamma=0.5, eb_rule="cumulative"),
+  bltd.BlockRule("confidence", alpha=0.3), bltd.BlockRule("one_step")])
+def test_bltdv_equals_greedy_causal_decoding(rule):
   cfg, params = setup()
-  ar = D.generate(params, cfg, PROMPTS, max_new=40)
-  dv = BD.generate(params, cfg, PROMPTS, max_new=40, method="bltdv",
-                   rule=BD.BlockRule("entropy", gamma=1.5))
-  for x, y in zip(ar, dv, strict=True):
+  causal = generation.generate(params, cfg, PROMPTS, method="ar", max_new=40)
+  dv = generate(params, cfg, PROMPTS, max_new=40, method="bltdv", rule=rule)
+  for x, y in zip(causal, dv, strict=True):
     assert y.new_ids == x.new_ids and y.reason == x.reason
-    assert y.nfe_enc == y.cycles == y.nfe_ent == y.nfe_enc_byte and y.drafted == Z * y.cycles
-    assert y.cycles < y.nfe_dec <= y.cycles * (Z + 1)
-  assert sum(y.cycles for y in dv) < sum(len(x.new_ids) for x in ar)
+    assert y.nfe_enc_global == y.cycles == y.passes["global"] == y.passes["entropy"]
+    assert y.drafted == Z * y.cycles and y.cycles < y.nfe_dec <= y.cycles * (Z + 1)
+    # x0's pass, the denoising steps (nfe_dec - cycles), the verification.
+    assert y.passes["decoder"] == y.nfe_dec + y.cycles
+    assert y.passes["encoder"] == 2 * y.cycles
+    if rule.kind == "one_step":
+      assert y.nfe_dec == 2 * y.cycles
+  assert sum(y.cycles for y in dv) < sum(len(x.new_ids) for x in causal)
 
 
 def test_block_decoding_refuses_what_it_cannot_decode():
   cfg, params = setup()
   with pytest.raises(ValueError, match="diffusion.block_size"):
-    BD.generate(params, cfg.replace(diffusion=DiffusionConfig()), [b"x"], max_new=2)
+    generate(params, cfg.replace(diffusion=DiffusionConfig()), [b"x"], max_new=2, method="bltd")
   wide = cfg.replace(diffusion=dataclasses.replace(cfg.diffusion, block_prefix_window=None))
   with pytest.raises(ValueError, match="diffusion.block_prefix_window"):
-    BD.generate(params, wide, [b"x"], max_new=2)
+    generate(params, wide, [b"x"], max_new=2, method="bltd")
   narrow = cfg.replace(encoder=dataclasses.replace(cfg.encoder, window=8),
                        diffusion=dataclasses.replace(cfg.diffusion, block_input="encoder_states"))
   with pytest.raises(ValueError, match="the encoder ring"):
-    BD.generate(params, narrow, [b"x"], max_new=2)
+    generate(params, narrow, [b"x"], max_new=2, method="bltd")
   with pytest.raises(ValueError, match="method"):
-    BD.generate(params, cfg, [b"x"], max_new=2, method="blts")
+    generate(params, cfg, [b"x"], max_new=2, method="bltx")
   with pytest.raises(ValueError, match="block_latent"):
-    BD.generate(params, cfg, [b"x"], max_new=2, method="bltdv", block_latent="force_boundary")
+    generate(params, cfg, [b"x"], max_new=2, method="bltdv", block_latent="force_boundary")
 
 
 def test_bltd_sampling_is_seeded_and_batch_independent():
   cfg, params = setup()
-  sc = D.SamplingConfig(temperature=1.0, top_p=0.9)
-  rule = BD.BlockRule("confidence", alpha=0.3)
-  kw = dict(max_new=24, method="bltd", rule=rule, sc=sc)
-  alone = BD.generate(params, cfg, [PROMPTS[0]], seeds=[7], **kw)[0]
-  batch = BD.generate(params, cfg, [PROMPTS[2][:70], PROMPTS[0]], seeds=[1, 7], **kw)
+  sc = dict(temperature=1.0, top_p=0.9)
+  rule = bltd.BlockRule("confidence", alpha=0.3)
+  kw = dict(max_new=24, method="bltd", rule=rule, **sc)
+  alone = generate(params, cfg, [PROMPTS[0]], seeds=[7], **kw)[0]
+  batch = generate(params, cfg, [PROMPTS[2][:70], PROMPTS[0]], seeds=[1, 7], **kw)
   assert batch[1].new_ids == alone.new_ids
-  other = BD.generate(params, cfg, [PROMPTS[0]], seeds=[8], **kw)[0]
-  greedy = BD.generate(params, cfg, [PROMPTS[0]], max_new=24, method="bltd", rule=rule)[0]
+  other = generate(params, cfg, [PROMPTS[0]], seeds=[8], **kw)[0]
+  greedy = generate(params, cfg, [PROMPTS[0]], max_new=24, method="bltd", rule=rule)[0]
   assert other.new_ids != alone.new_ids and greedy.new_ids not in (alone.new_ids, other.new_ids)
-  with pytest.raises(ValueError, match="BLT-DV verifies"):
-    BD.generate(params, cfg, [PROMPTS[0]], max_new=4, method="bltdv", sc=sc)
+  with pytest.raises(ValueError, match="verifies by exact greedy match"):
+    generate(params, cfg, [PROMPTS[0]], max_new=4, method="bltdv", **sc)
+
+
+@pytest.mark.parametrize("block_input", ["tok_embeddings", "encoder_states"])
+def test_bltd_block_logits_equal_reference_at_every_step(block_input):
+  """Step by step: the cached block logits (engine caches, the open latent the previous forward
+  left) equal the full-recompute reference's at every denoising step of several blocks."""
+  cfg, params = setup(8, block_input)
+  rule = bltd.BlockRule("confidence", alpha=0.3)
+  prompt = PROMPTS[2][:50]
+  ids = ar.encode_prompt(prompt)
+  arr = np.zeros((1, 64), np.int32)
+  arr[0, :len(ids)] = ids
+  spec = engine.CacheSpec(max_patches=128, max_len=WIDTH, max_q=Z)
+  st = engine.prefill(params, cfg, jnp.asarray(arr), jnp.asarray([len(ids)], jnp.int32), spec,
+                      True)
+  active = jnp.ones((1,), bool)
+  n_steps = 0
+  for _ in range(3):
+    n = jnp.asarray(len(ids), jnp.int32)
+    ref_arr = np.zeros((1, WIDTH), np.int32)
+    ref_arr[0, :len(ids)] = ids
+    kv, pos, valid, lat = _reference_prefix(params, cfg, jnp.asarray(ref_arr), n,
+                                            jnp.zeros((1, WIDTH + 1), bool))
+    block = np.full((1, Z), MASK_ID, np.int32)
+    while (block == MASK_ID).any():
+      got = bltd.block_logits(params, cfg, st, jnp.asarray(block), st.n, st.open_k, st.open_v)
+      want = _reference_block(params, cfg, jnp.asarray(block), n, kv, pos, valid, lat,
+                              jnp.asarray(ref_arr))
+      np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+      pick = np.asarray(_mask(want, jnp.asarray(block == MASK_ID), rule))
+      block = np.where(pick, np.asarray(jnp.argmax(want, -1)), block)
+      n_steps += 1
+    ext = engine.forward(params, cfg, st, jnp.asarray(block), jnp.ones((1, Z), bool),
+                         open_latent=True)
+    st = engine.commit(ext, jnp.asarray([Z - 1]), active)
+    ids += block[0].tolist()
+  assert n_steps > 3  # several steps per block on average, or the check means little

@@ -88,7 +88,7 @@ def test_cli_blts_writes_the_greedy_ar_bytes(ckpt, tmp_path):
 
 
 def test_cli_block_methods(ckpt, tmp_path, capsys):
-  from tests.block_decoding_test import setup
+  from tests.model_fixtures import bltd_setup as setup
 
   cfg, params = setup()
   bltd = tmp_path / "bltd"

@@ -19,7 +19,7 @@ from bltjax.config import (
   PatcherConfig,
   TransformerConfig,
 )
-from bltjax.layers import attend
+from bltjax.layers import attend, run_stack
 
 S, Z, W = 16, 4, 5
 WB = 4  # the blocks' prefix window (diffusion.block_prefix_window), unlike the stacks' W
@@ -309,18 +309,17 @@ def reference_block_logits(params, cfg, b, out, p):
   @jit
   def encoder_states(e_1xNxD, pos_1xN, mask_1xNxN):
     def f(m, x):
-      for layer in m.local_encoder.layers:
-        x = layer(x, pos_1xN, mask_1xNxN)
-      return x
+      return run_stack(m.local_encoder.layers, x, pos_1xN, mask_1xNxN)[0]
     return run(f, e_1xNxD)
 
   @jit
   def decoder(x_1xNxD, pos_1xN, lat_1xN, mask_1xNxN, o_1xPxD):
     def f(m, x):
-      kvs = m.local_decoder.latent_kv(o_1xPxD)
-      for i in range(cfg.decoder.n_layers):
-        x = m.local_decoder.layer(i, x, kvs[i], lat_1xN, pos_1xN, mask_1xNxN)
-      return m.local_decoder.head(x)
+      dec = m.local_decoder
+      kvs = dec.latent_kv(o_1xPxD)
+      x = run_stack(dec.layers, x, pos_1xN, mask_1xNxN,
+                    cross=lambda i, h: dec.cross(i, h, kvs[i], lat_1xN))[0]
+      return dec.head(x)
     return run(f, x_1xNxD)
 
   embed = jit(lambda i, p_, v: run(lambda m, *r: m.local_encoder.embed(*r), i, p_, v))

@@ -22,7 +22,7 @@ def ckpts(tmp_path_factory):
   """One tiny BLT-D checkpoint serves every method (it is an ordinary causal BLT for ar/blts),
   so every run shares one config and its compilations; `blt_cfg` is a plain BLT's config
   alone, enough for the refusal checks that run before any weights load."""
-  from tests.block_decoding_test import setup
+  from tests.model_fixtures import bltd_setup as setup
 
   root = tmp_path_factory.mktemp("eval_ckpts")
   cfg, params = setup()

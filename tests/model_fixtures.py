@@ -1,5 +1,8 @@
 """Tiny random BLT configs and params with non-trivial entropy patches (no torch needed)."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,3 +41,34 @@ def median_threshold(params, cfg: BLTConfig, n: int = 200, seed: int = 1) -> flo
   rng = np.random.default_rng(seed)
   ids = jnp.asarray(np.concatenate([[1], rng.integers(4, 260, n - 1)])[None], jnp.int32)
   return float(jnp.median(M.entropies(params, cfg, ids)[0, 1:]))
+
+
+# Prompts shared by the decoding tests: short, one byte, repetitive text crossing the window,
+# and arbitrary bytes.
+PROMPTS = [b"Hello world", b"a", b"The quick brown fox jumps over the lazy dog. " * 3,
+           bytes(range(200, 256)) + b"\x00\xff"]
+
+
+def blt_setup(**kw):
+  """A tiny BLT with (for entropy patching) the median-entropy threshold: (cfg, params)."""
+  cfg = tiny_config(**kw)
+  params = tiny_params(cfg)
+  if cfg.patcher.mode == "entropy":
+    th = median_threshold(params, cfg)
+    cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th))
+  return cfg, params
+
+
+BLOCK_SIZE = 4
+
+
+@functools.cache
+def bltd_setup(block_prefix_window: int = 16, block_input: str = "tok_embeddings"):
+  """A tiny BLT-D (Z = 4, window 16): (cfg, params)."""
+  from bltjax.config import DiffusionConfig
+
+  cfg = tiny_config(window=16).replace(diffusion=DiffusionConfig(
+    block_size=BLOCK_SIZE, block_prefix_window=block_prefix_window, block_input=block_input))
+  params = tiny_params(cfg)
+  th = median_threshold(params, cfg)
+  return cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=th)), params

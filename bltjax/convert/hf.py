@@ -3,6 +3,10 @@
 Also holds the machinery that the Meta converter shares: the parameter layout (every bltjax leaf
 with its HF and official tensor names, `blt.md` §7.2), the strict tensor-by-tensor filler, and a
 zero-copy safetensors reader / streaming writer.
+zero-copy safetensors reader / streaming writer.
+
+Longer than 600 lines: the HF config translation in both directions and the name table of every
+tensor belong together; splitting them would scatter one mapping over files.
 
 Torch `Linear.weight` is `[out, in]`; bltjax kernels are `[in, out]` with attention heads split
 out: `wq/wk/wv` `[D, H, K] = weight.T.reshape(D, H, K)` and `wo` `[H, K, D] = weight.T.reshape(H,

@@ -1,0 +1,227 @@
+"""BLT-D block-diffusion decoding (arXiv 2605.08044 §3.2 and §4; docs/decoding.md).
+
+Per cycle, with n committed ids:
+  latent   the block latent L: the latent of the patch holding byte n-1, pooled over the bytes
+           it has ("partial_last_patch", docs/choices.md): `state.open_k/v`, which the engine's
+           previous forward computed at its last position (no extra global pass).
+           "force_boundary" instead closes that patch for good at the block start.
+  denoise  Z positions n..n+Z-1 start as [MASK]; each step runs the local decoder over the block
+           only (bidirectional within it, cross-attending L, causal onto the clean decoder ring
+           within diffusion.block_prefix_window of the block start) and commits masked positions
+           by the rule: confidence α, entropy-bounded γ (EB-sampler, arXiv 2505.24857) or one
+           step. Values are greedy, or sampled per position.
+  commit   the Z ids (cut at a stop event) go through one `engine.forward` (entropy model,
+           patching, encoder, global for the patches that close and the open one, decoder).
+Counters: decoder NFE += denoising steps, encoder+global NFE += 1 per block; the passes also
+count the commit forward's decoder pass, which the paper fuses into the next block's first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from bltjax import engine, model, runloop
+from bltjax.config import MASK_ID, BLTConfig
+from bltjax.layers import CacheKeys, dtype_of, run_stack
+
+RULES = ("confidence", "entropy", "one_step")
+EB_RULES = ("sum_minus_max", "cumulative")
+BLOCK_LATENTS = ("partial_last_patch", "force_boundary")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRule:
+  """Which masked positions a denoising step commits (arXiv 2605.08044 §4)."""
+
+  kind: str = "confidence"  # "confidence" (α) | "entropy" (EB, γ) | "one_step"
+  alpha: float = 0.7
+  gamma: float = 1.5
+  eb_rule: str = "sum_minus_max"  # | "cumulative"
+
+  def __post_init__(self):
+    if self.kind not in RULES:
+      raise ValueError(f"rule.kind: unknown {self.kind!r} ({' | '.join(RULES)})")
+    if self.eb_rule not in EB_RULES:
+      raise ValueError(f"rule.eb_rule: unknown {self.eb_rule!r}")
+    if not 0 <= self.alpha < 1:
+      raise ValueError(f"rule.alpha: must be in [0, 1), got {self.alpha}")
+    if self.gamma < 0:
+      raise ValueError(f"rule.gamma: must be >= 0, got {self.gamma}")
+
+
+def check_supported(cfg: BLTConfig) -> None:
+  engine.check_supported(cfg)
+  d = cfg.diffusion
+  if not d.enabled:
+    raise ValueError("diffusion.block_size: the checkpoint is a plain BLT (block_size 0); BLT-D "
+                     "and BLT-DV need BLT-D weights")
+  wb = d.block_prefix_window
+  stacks = [("decoder", cfg.decoder)]
+  if d.block_input == "encoder_states":
+    stacks.append(("encoder", cfg.encoder))
+  for key, st in stacks:
+    if st.window is not None and (wb is None or wb > st.window):
+      raise ValueError(f"diffusion.block_prefix_window: {wb} keys exceed the {key} ring "
+                       f"({key}.window {st.window}); decoding keeps only that window")
+
+
+def commit_mask(logits_BxZxV, masked_BxZ, kind: str, alpha=0.7, gamma=1.5,
+                eb_rule: str = "sum_minus_max"):
+  """Masked positions to commit this step (at least one per row that has any). `kind` and
+  `eb_rule` are static; α and γ may be traced (one compilation for every value)."""
+  p = jax.nn.softmax(logits_BxZxV.astype(jnp.float32), axis=-1)
+  any_masked = jnp.any(masked_BxZ, axis=1, keepdims=True)
+  if kind == "one_step":
+    return masked_BxZ
+  if kind == "confidence":
+    c = jnp.where(masked_BxZ, jnp.max(p, axis=-1), -1.0)
+    best = jax.nn.one_hot(jnp.argmax(c, axis=1), c.shape[1], dtype=bool)
+    pick = masked_BxZ & (c > alpha)
+    return jnp.where(jnp.any(pick, axis=1, keepdims=True), pick, best & any_masked)
+  h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+  h = jnp.where(masked_BxZ, h, jnp.inf)
+  order = jnp.argsort(h, axis=1, stable=True)  # ascending entropy; unmasked last
+  hs = jnp.take_along_axis(h, order, axis=1)
+  ok_sorted = jnp.isfinite(hs)
+  csum = jnp.cumsum(jnp.where(ok_sorted, hs, 0.0), axis=1)
+  bound = csum - hs if eb_rule == "sum_minus_max" else csum  # sorted: max_U h = last
+  take = ok_sorted & (bound <= gamma)
+  take = take.at[:, 0].set(ok_sorted[:, 0])  # always at least one
+  take = jnp.cumprod(take.astype(jnp.int32), axis=1).astype(bool)  # a prefix
+  inv = jnp.argsort(order, axis=1)
+  return jnp.take_along_axis(take, inv, axis=1) & masked_BxZ
+
+
+def prefix_keys(ring: engine.Ring, start_B, z: int, window: int | None) -> CacheKeys:
+  """A ring as a block's prefix: keys with start - W <= pos < start, the same for all Z
+  positions (the window is measured from the block start, docs/choices.md)."""
+  rel = start_B[:, None] - ring.pos
+  ok = (ring.pos >= 0) & (rel >= 1)
+  if window is not None:
+    ok &= rel <= window
+  return CacheKeys(ring.k, ring.v, jnp.broadcast_to(ok[:, None], (ok.shape[0], z, ok.shape[1])))
+
+
+def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat_k, lat_v):
+  """Decoder logits of one block per row at positions start..start+Z-1 ([B, Z, 260]).
+
+  Block inputs are the byte table ("tok_embeddings") or the local encoder over the block
+  ("encoder_states": hash n-grams over the committed ids before it, the encoder ring as prefix);
+  every decoder layer cross-attends lat_k/v [Ld, B, C, Hx, Kx] and attends the clean decoder
+  ring within the block prefix window plus the whole block. Nothing is written.
+  """
+  b, z = ids_BxZ.shape
+  pos = start_B[:, None] + jnp.arange(z, dtype=jnp.int32)[None]
+  wb = cfg.diffusion.block_prefix_window
+  every = jnp.ones((b, z, z), bool)
+
+  def run(m, ids):
+    enc = m.local_encoder
+    if cfg.diffusion.block_input == "tok_embeddings":
+      x = enc.tok_embeddings(ids)
+    else:
+      g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
+      cpos = start_B[:, None] - g + jnp.arange(g, dtype=jnp.int32)[None]
+      all_pos = jnp.concatenate([cpos, pos], axis=1)
+      all_ids = jnp.concatenate([st.hist[:, st.hist.shape[1] - g:], ids], axis=1)
+      x = enc.embed(all_ids, jnp.maximum(all_pos, 0), all_pos >= 0)[:, g:]
+      x, _, _ = run_stack(enc.layers, x, pos, every, prefix_keys(st.enc, start_B, z, wb))
+    dm = m.local_decoder
+    x, _, _ = run_stack(dm.layers, x.astype(dtype_of(cfg.dtype)), pos, every,
+                        prefix_keys(st.dec, start_B, z, wb),
+                        cross=lambda i, x: dm.cross_attn_layers[i].one_latent(x, lat_k[i],
+                                                                              lat_v[i]))
+    return dm.head(x)
+
+  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, ids_BxZ, method=run)
+
+
+def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rule: tuple,
+            ctx: runloop.LoopArgs, active_B, sampled: bool = False):
+  """Block denoising from all-[MASK]: (ids [B, Z], decoder steps [B]). `rule` = (kind,
+  eb_rule); α and γ come from ctx. Values are greedy, or with `sampled` drawn per position from
+  the row key folded with the position and the row's own step count (batch-independent)."""
+  b, z = start_B.shape[0], cfg.diffusion.block_size
+  kind, eb_rule = rule
+
+  def values(logits_BxZxV, steps_B):
+    if not sampled:
+      return jnp.argmax(logits_BxZxV, axis=-1).astype(jnp.int32)
+    pos = start_B[:, None] + jnp.arange(z)[None]
+    keys = jax.vmap(lambda k, p, s: jax.vmap(lambda q: jax.random.fold_in(
+      jax.random.fold_in(k, q), s))(p))(ctx.keys, pos, steps_B)
+    rep = lambda x: jnp.repeat(x, z, axis=0)  # noqa: E731
+    drawn = runloop.sample(logits_BxZxV.reshape(b * z, -1), keys.reshape(b * z),
+                           rep(ctx.temperature), rep(ctx.top_k), rep(ctx.top_p))
+    return drawn.reshape(b, z)
+
+  def cond(c):
+    ids, steps = c
+    return jnp.any(active_B & jnp.any(ids == MASK_ID, axis=1)) & (jnp.max(steps) < z)
+
+  def body(c):
+    ids, steps = c
+    masked = (ids == MASK_ID) & active_B[:, None]
+    logits = block_logits(params, cfg, st, ids, start_B, lat_k, lat_v)
+    pick = commit_mask(logits, masked, kind, ctx.alpha, ctx.gamma, eb_rule)
+    ids = jnp.where(pick, values(logits, steps), ids)
+    return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32)
+
+  return jax.lax.while_loop(cond, body, (jnp.full((b, z), MASK_ID, jnp.int32),
+                                         jnp.zeros((b,), jnp.int32)))
+
+
+def force_boundary(params, cfg: BLTConfig, st: engine.State, active_B):
+  """Closes the open patch holding byte n-1 ("force_boundary", docs/choices.md): slot n starts
+  a patch. Its global keys (computed by the previous forward) are written as a real closed
+  patch and its latent is what the block reads, as in training. Byte n-1 now ends a patch, so by
+  the previous-patch rule its decoder position reads that latent too: the encoder and decoder
+  step at n-1 is re-run (ring keys and the logits at n-1 replaced). Returns (state, rows that
+  closed). The mode's own decision for slot n (`rule_start`) is kept for the threshold_add
+  guard, as a `max_patch_length` split keeps it."""
+  close = active_B & ~st.next_start & (st.patch_len > 0)
+  rows = jnp.arange(close.shape[0])
+  slot = jnp.where(close, st.n_closed, st.glob_k.shape[3])
+  gk, gv = engine.flush_global(st)
+  gk = gk.at[:, rows, :, slot].set(st.open_gk.transpose(1, 0, 2, 3), mode="drop")
+  gv = gv.at[:, rows, :, slot].set(st.open_gv.transpose(1, 0, 2, 3), mode="drop")
+  logits, enc, dec = engine.draft_step(params, cfg, st, st.n - 1, st.hist, st.open_k,
+                                       st.open_v, close)
+  sel = close[None, :, None, None, None]
+  return dataclasses.replace(
+    st, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
+    pend_idx=jnp.full_like(st.pend_idx, st.glob_k.shape[3]),
+    n_closed=st.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, st.open_k, st.lat_k),
+    lat_v=jnp.where(sel, st.open_v, st.lat_v), next_start=st.next_start | close,
+    logits=jnp.where(close[:, None], logits, st.logits)), close
+
+
+def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
+  rule, block_latent, sampled = opts
+  st = g.state
+  active = ~g.done
+  z = cfg.diffusion.block_size
+  enc_states = cfg.diffusion.block_input == "encoder_states"
+  closed = jnp.zeros_like(active)
+  if block_latent == "force_boundary":
+    st, closed = force_boundary(params, cfg, st, active)
+  ids, steps = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active, sampled)
+  # BLT-D keeps its own ids (no verification): one forward caches them and computes the next
+  # block's latent at its last position.
+  ext = engine.forward(params, cfg, st, ids, jnp.broadcast_to(active[:, None], ids.shape),
+                       open_latent=True)
+  si = ext.start.astype(jnp.int32)
+  closed_before = st.n_closed[:, None] + jnp.cumsum(si, axis=1) - si
+  g2, a, _ = runloop.take(g, ids, jnp.full_like(steps, z - 1), closed_before, ctx)
+  g2 = dataclasses.replace(g2, state=engine.commit(ext, a, active))
+  ci = closed.astype(jnp.int32)
+  extra = jnp.stack([steps + ci, jnp.zeros_like(steps), ci + steps * enc_states,
+                     jnp.zeros_like(steps)], axis=1)
+  return runloop.count(g2, active, dec=steps, enc_global=1, passes=ext.passes + extra)
+
+
+__all__ = ["BlockRule", "RULES", "EB_RULES", "BLOCK_LATENTS", "check_supported", "commit_mask",
+           "prefix_keys", "block_logits", "denoise", "force_boundary", "cycle"]

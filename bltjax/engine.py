@@ -1,0 +1,512 @@
+"""The decoding engine: one cached forward of the whole BLT over Q new positions per row.
+
+`forward(params, cfg, state, ids, valid)` runs Q new ids per row (a right-padded prefix of
+`valid` positions) through every stack against the caches: the entropy model, the local encoder,
+patch starts (the patcher's incremental rule), pooling and one multi-query causal step of the
+global model for every patch that closes among them (and, on request, for the open last patch),
+and the local decoder with the exact latent rule (arXiv 2412.09871 §2-§4; docs/decoding.md).
+It returns an `Extension`: the logits at every new position and what `commit` needs to keep any
+prefix of them. Every decoder in the package is made of it:
+
+  prefill       forward on an empty state over the prompt, commit the whole prompt
+  AR step       Q = 1, commit it
+  BLT-S verify  Q = k + 1 (x0 and the drafts), commit the verified prefix
+  BLT-D commit  Q = the block, with the open patch's latent for the next block
+  BLT-DV verify Q = Z + 1
+
+plus `draft_step` (the local encoder and decoder only, at given positions with a given latent:
+BLT-S drafts, BLT-DV's clean x0) and the caches that `bltd.block_logits` reads.
+
+State invariant after `commit`, per row with n committed ids:
+  * the entropy / encoder / decoder rings hold keys of positions < n (the last R of them; entries
+    at positions >= n are stale speculation and invisible: queries read ring keys < their first
+    new position only);
+  * `next_start`: slot n starts a patch; patches 0..n_closed-1 are closed, their global keys in
+    the global cache (the newest possibly still in `pend_k/pend_v`, see `flush_global`);
+  * the open patch (index n_closed) holds `patch_len` bytes (stale when next_start) with their
+    running max `patch_max` and pooling keys `patch_k/v`;
+  * `lat_k/v`: the decoder cross-attention keys of the latent byte n-1 reads (the newest closed
+    patch); `open_k/v`: those of the patch holding byte n-1 pooled over the bytes it has (the
+    BLT-D block latent, arXiv 2605.08044 §4.3; computed when asked, else = lat);
+  * `logits`: next-byte logits at position n-1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bltjax import model, patching
+from bltjax.config import BLTConfig
+from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stack
+
+PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, in this order
+
+
+class Ring(NamedTuple):
+  """Keys/values of one stack's recent positions: k, v [L, B, G, R, K] (head-major); pos [B, R]
+  the position each slot holds (-1: empty)."""
+
+  k: jax.Array
+  v: jax.Array
+  pos: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class State:
+  ent: Ring | None
+  enc: Ring
+  dec: Ring
+  glob_k: jax.Array  # [Lg, B, G, Pmax, K]
+  glob_v: jax.Array
+  pend_k: jax.Array  # [Lg, B, G, K] keys of the patch an AR step closed, written next call
+  pend_v: jax.Array
+  pend_idx: jax.Array  # [B] their global slot (Pmax = nothing pending)
+  n_closed: jax.Array  # [B]
+  patch_max: jax.Array  # [B, De]
+  patch_k: jax.Array  # [B, cap, Hx, Kx]
+  patch_v: jax.Array
+  patch_len: jax.Array  # [B]
+  lat_k: jax.Array  # [Ld, B, C, Hx, Kx]
+  lat_v: jax.Array
+  open_k: jax.Array  # [Ld, B, C, Hx, Kx]
+  open_v: jax.Array
+  open_gk: jax.Array  # [Lg, B, G, K] global keys of the open patch (force_boundary closes it)
+  open_gv: jax.Array
+  n: jax.Array  # [B]
+  hist: jax.Array  # [B, Nh] last ids, newest last (hash n-grams, space patching)
+  H_last: jax.Array  # [B] entropy at n-1
+  rule_start: jax.Array  # [B] slot n starts a patch by the mode's rule alone
+  next_start: jax.Array  # [B]
+  logits: jax.Array  # [B, V]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSpec:
+  """Static sizes of the decoding state."""
+
+  max_patches: int  # global cache slots (a multiple of CACHE_CHUNK when larger)
+  max_len: int  # positions a row may reach (prompt bucket + generation): rings of window-None
+  # stacks hold them all
+  patch_cap: int = 512  # bytes one patch may hold; max_patch_length if set
+  max_q: int = 1  # the most positions one forward (or speculation window) writes past n
+
+  def __post_init__(self):
+    if self.max_patches > CACHE_CHUNK and self.max_patches % CACHE_CHUNK:
+      raise ValueError(f"max_patches={self.max_patches} must be <= {CACHE_CHUNK} or a multiple "
+                       "of it")
+
+  def ring(self, window: int | None) -> int:
+    # Reading before writing, a call at n needs positions >= n + 1 - W after a previous call
+    # wrote max_q positions past the committed ones: W + max_q slots suffice.
+    return (window if window is not None else self.max_len) + self.max_q
+
+
+def decoding_config(cfg: BLTConfig) -> BLTConfig:
+  """Remat only matters for gradients."""
+  return cfg if cfg.remat == "none" else cfg.replace(remat="none")
+
+
+def check_supported(cfg: BLTConfig) -> None:
+  p = cfg.patcher
+  if p.mode == "entropy" and cfg.entropy is None:
+    raise ValueError("patcher.mode: entropy patching needs the entropy model, and the "
+                     "checkpoint has none")
+  if not p.incremental:
+    raise ValueError("patcher.threshold: top-k entropy patching (threshold=None) is not "
+                     "incremental, so it cannot be decoded byte by byte")
+  if p.mode == "static":
+    raise ValueError("patcher.mode: static patching has no BOS-alone first patch, so the first "
+                     "bytes read the latent of their own open patch; cached decoding supports "
+                     "entropy, space and byte patching")
+
+
+def uses_entropy(cfg: BLTConfig) -> bool:
+  return cfg.entropy is not None and cfg.patcher.mode == "entropy"
+
+
+def hist_len(cfg: BLTConfig) -> int:
+  return max((*cfg.hash.group_sizes, 2)) if cfg.hash.num_tables else 2
+
+
+def _blt(params, cfg: BLTConfig, fn, *args):
+  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, *args, method=fn)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rings.
+
+
+def ring_keys(ring: Ring, pos_BxQ, window: int | None) -> CacheKeys:
+  """A ring as keys for queries at pos (a row's positions start at pos[:, 0]): slots holding a
+  position before the first query and within each query's window."""
+  d = pos_BxQ[:, :, None] - ring.pos[:, None, :]
+  ok = (ring.pos >= 0)[:, None, :] & (ring.pos[:, None, :] < pos_BxQ[:, :1, None])
+  if window is not None:
+    ok &= d < window
+  return CacheKeys(ring.k, ring.v, ok)
+
+
+def ring_write(ring: Ring, k_LxBxQxGxK, v_LxBxQxGxK, pos_BxQ, write_BxQ) -> Ring:
+  """Scatters new keys at slot pos % R (in place under donation); masked positions are dropped.
+  Callers keep at most R positions per row in one write (slots must not collide)."""
+  r = ring.pos.shape[1]
+  b_BxQ = jnp.broadcast_to(jnp.arange(pos_BxQ.shape[0])[:, None], pos_BxQ.shape)
+  slot = jnp.where(write_BxQ, pos_BxQ % r, r)
+  # Advanced indices around a slice: the update is [B, Q, L, G, K].
+  upd = lambda buf, x: buf.at[:, b_BxQ, :, slot].set(  # noqa: E731
+    x.transpose(1, 2, 0, 3, 4).astype(buf.dtype), mode="drop")
+  return Ring(upd(ring.k, k_LxBxQxGxK), upd(ring.v, v_LxBxQxGxK),
+              ring.pos.at[b_BxQ, slot].set(pos_BxQ, mode="drop"))
+
+
+def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | None, cross=None,
+                write: bool = True):
+  """A stack over Q new positions (causal among them) against its ring; writes their keys
+  (the last R valid ones per row) unless `write` is False."""
+  zeros = jnp.zeros_like(pos_BxQ)
+  mask = local_mask(pos_BxQ, pos_BxQ, zeros, zeros, valid_BxQ, window)
+  x, k, v = run_stack(layers, x_BxQxD, pos_BxQ, mask, ring_keys(ring, pos_BxQ, window), cross)
+  if write:
+    last = jnp.max(jnp.where(valid_BxQ, pos_BxQ, -1), axis=1, keepdims=True)
+    ring = ring_write(ring, k, v, pos_BxQ, valid_BxQ & (pos_BxQ > last - ring.pos.shape[1]))
+  return x, ring
+
+
+def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
+  z = jnp.zeros((n_layers, b, g, r, kd), dtype)
+  return Ring(z, z, jnp.full((b, r), -1, jnp.int32))
+
+
+def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
+  """The state before BOS: every cache empty, slot 0 starts patch 0."""
+  dt = dtype_of(cfg.dtype)
+  e, d, g = cfg.encoder, cfg.decoder, cfg.global_
+  ring = lambda st: _empty_ring(st.n_layers, b, st.kv_heads, spec.ring(st.window),  # noqa
+                                st.head_dim, dt)
+  hx = cfg.cross_attn_nheads or e.n_heads
+  hd = cfg.cross_attn_nheads or d.n_heads
+  c = cfg.cross_attn_k
+  zb = lambda *s: jnp.zeros((b, *s), jnp.int32)  # noqa: E731
+  lat = jnp.zeros((d.n_layers, b, c, hd, d.dim // hd), dt)
+  gk = jnp.zeros((g.n_layers, b, g.kv_heads, spec.max_patches, g.head_dim), dt)
+  pend = jnp.zeros((g.n_layers, b, g.kv_heads, g.head_dim), dt)
+  return State(
+    ent=ring(cfg.entropy) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
+    glob_k=gk, glob_v=gk, pend_k=pend, pend_v=pend,
+    pend_idx=jnp.full((b,), spec.max_patches, jnp.int32), n_closed=zb(),
+    patch_max=jnp.zeros((b, e.dim), dt), patch_k=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx),
+                                                             dt),
+    patch_v=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx), dt), patch_len=zb(),
+    lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=pend, open_gv=pend, n=zb(),
+    hist=zb(hist_len(cfg)), H_last=jnp.zeros((b,), jnp.float32),
+    rule_start=jnp.ones((b,), bool), next_start=jnp.ones((b,), bool),
+    logits=jnp.zeros((b, cfg.vocab_size), jnp.float32))
+
+
+def flush_global(state: State) -> tuple[jax.Array, jax.Array]:
+  """The global cache with the pending keys written (in place under donation)."""
+  b_B = jnp.arange(state.pend_idx.shape[0])
+  w = lambda c, x: c.at[:, b_B, :, state.pend_idx].set(  # noqa: E731
+    x.transpose(1, 0, 2, 3), mode="drop")
+  return w(state.glob_k, state.pend_k), w(state.glob_v, state.pend_v)
+
+
+# ------------------------------------------------------------------------------------------------
+# The forward.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Extension:
+  """`forward`'s result: the state with every cache written for the Q positions (counters not
+  yet advanced) and, per new position j (at n + j), what `commit` needs to stop after it."""
+
+  state: State
+  ids: jax.Array  # [B, Q]
+  valid: jax.Array  # [B, Q]
+  logits: jax.Array  # [B, Q, V] next-byte logits at n + j
+  H: jax.Array  # [B, Q]
+  rule: jax.Array  # [B, Q] slot n+j+1 starts by the mode's rule
+  start: jax.Array  # [B, Q] slot n+j+1 starts a patch: the patch holding n+j closes at j
+  patch: jax.Array  # [B, Q] local patch of byte n+j (0 = the patch open before the call)
+  slot: jax.Array  # [B, Q] buffer slot of byte n+j in its patch
+  h: jax.Array  # [B, Q, De] encoder byte states
+  hk: jax.Array  # [B, Q, Hx, Kx] pooling keys/values of the new bytes
+  hv: jax.Array
+  lat_k: jax.Array  # [Ld, B, Q, C, Hx, Kx] latent read at n+j
+  lat_v: jax.Array
+  open_k: jax.Array  # [Ld, B, Q, C, Hx, Kx] latent of local patch p pooled over the window
+  open_v: jax.Array
+  open_gk: jax.Array  # [Lg, B, Q, G, K] its global keys
+  open_gv: jax.Array
+  passes: jax.Array  # [B, 4] passes each row took part in (PASSES order)
+
+
+def _patch_starts(cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, H_BxQ, fresh: bool):
+  """(start, rule) [B, Q]: does slot n+j+1 start a patch (and by the mode's rule alone)."""
+  p = cfg.patcher
+  if fresh:  # the whole row from BOS: the vectorised patcher
+    lengths = jnp.sum(valid_BxQ.astype(jnp.int32), axis=1)
+    h = H_BxQ if p.mode == "entropy" else None
+    start = patching.patch_starts(p, ids_BxS=ids_BxQ, lengths_B=lengths, H_BxS=h)[:, 1:]
+    rule = patching.rule_patch_starts(p, ids_BxS=ids_BxQ, lengths_B=lengths, H_BxS=h)[:, 1:]
+    return start & valid_BxQ, rule
+  b, q = ids_BxQ.shape
+  length = jnp.where(st.next_start, 0, st.patch_len)
+  s_j, h_prev, rule_prev, id_prev = st.next_start, st.H_last, st.rule_start, st.hist[:, -1]
+  starts, rules = [], []
+  for j in range(q):  # elementwise per position; Q is small whenever the state is not fresh
+    length = jnp.where(s_j, 0, length) + 1
+    start, rule = patching.next_slot_starts(
+      p, pos_B=st.n + j, open_len_B=length, H_B=H_BxQ[:, j], H_prev_B=h_prev,
+      rule_start_B=rule_prev, id_B=ids_BxQ[:, j], id_prev_B=id_prev)
+    start &= valid_BxQ[:, j]
+    starts.append(start)
+    rules.append(rule)
+    s_j, h_prev, rule_prev, id_prev = start, H_BxQ[:, j], rule, ids_BxQ[:, j]
+  return jnp.stack(starts, axis=1), jnp.stack(rules, axis=1)
+
+
+def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bool = False,
+             open_latent: bool = False) -> Extension:
+  b, q = ids_BxQ.shape
+  valid = valid_BxQ.astype(bool)
+  ids = jnp.where(valid, ids_BxQ, 0).astype(jnp.int32)
+  row_on = jnp.any(valid, axis=1)
+  jj = jnp.arange(q, dtype=jnp.int32)
+  pos = st.n[:, None] + jj[None]
+  nh = st.hist.shape[1]
+  all_ids = jnp.concatenate([st.hist, ids], axis=1)
+  hist_BxQxNh = all_ids[:, jj[:, None] + 1 + jnp.arange(nh)[None]]
+
+  # 1. Entropy model over the Q ids.
+  ent, H = st.ent, jnp.zeros((b, q), jnp.float32)
+  if uses_entropy(cfg):
+    def ent_fn(m, ids, pos, ring):
+      x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid, ring, m.cfg.window)
+      return m.head(x), ring
+
+    e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids,
+                                                   pos, st.ent, method=ent_fn)
+    H = patching.entropies_from_logits(e_logits)
+
+  # 2. Local encoder byte states (hash n-grams from each position's id history).
+  def enc_fn(m, hist, pos, ring):
+    h, ring = encoder_states(m, cfg, hist, pos, valid, ring)
+    return h, ring, m.local_encoder.pool_kv(h)
+
+  h, enc, (hk, hv) = _blt(params, cfg, enc_fn, hist_BxQxNh, pos, st.enc)
+
+  # 3. Patch starts; local patch p_j of each byte (0 = the patch open before the call).
+  start, rule = _patch_starts(cfg, st, ids, valid, H, fresh)
+  si = start.astype(jnp.int32)
+  patch = jnp.cumsum(si, axis=1) - si
+  old_len = jnp.where(st.next_start, 0, st.patch_len)
+  first = jax.lax.cummax(jnp.where((jj[None] == 0) | (jnp.pad(si, ((0, 0), (1, 0)))[:, :q] > 0),
+                                   jj[None], 0), axis=1)
+  slot = jj[None] - first + jnp.where(patch == 0, old_len[:, None], 0)
+  seg = jnp.where(valid, patch, q)  # invalid bytes go to a dropped segment
+  closes = jax.vmap(lambda s, i: jax.ops.segment_max(s, i, num_segments=q + 1))(
+    si, seg)[:, :q] > 0  # [B, Q]: local patch p closes in the window
+
+  # 4. Pool every local patch: its running max, C queries over its cached and new bytes.
+  hd = h.astype(st.patch_max.dtype)
+  pmax = jax.vmap(lambda x, i: jax.ops.segment_max(x, i, num_segments=q + 1))(hd, seg)[:, :q]
+  pmax = pmax.at[:, 0].set(jnp.where((old_len > 0)[:, None],
+                                     jnp.maximum(pmax[:, 0], st.patch_max), pmax[:, 0]))
+  pmax = jnp.where(jnp.isneginf(pmax), 0, pmax)  # empty patches: finite (their output is unused)
+  cap = st.patch_k.shape[1]
+  p_q = jj[:, None]  # [Q(patch), 1]
+  key_ok = jnp.concatenate([
+    (p_q == 0)[None] & (jnp.arange(cap)[None, None] < old_len[:, None, None]),
+    (patch[:, None, :] == p_q[None]) & valid[:, None, :]], axis=2)  # [B, Q(patch), cap + Q]
+  keys = jnp.concatenate([st.patch_k, hk.astype(st.patch_k.dtype)], axis=1)
+  vals = jnp.concatenate([st.patch_v, hv.astype(st.patch_v.dtype)], axis=1)
+  gk, gv = flush_global(st)
+  pslots = gk.shape[3]
+  gpos = jnp.minimum(st.n_closed[:, None] + jj[None], pslots - 1)  # RoPE position of patch p
+  # Keys among the new patches: the patches closing at or before p, and p itself.
+  new_ok = ((closes[:, None, :] & (jj[None, None] <= p_q[None])) | jnp.eye(q, dtype=bool)[None])
+  n_pos = jnp.sum(valid.astype(jnp.int32), axis=1)
+  last_patch = jnp.take_along_axis(patch, jnp.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
+
+  def glob_fn(m, pmax, gk, gv):
+    enc_m, g = m.local_encoder, m.global_transformer
+    x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
+    x, nk, nv = run_stack(g.layers, g.project_in(x_g), gpos, new_ok,
+                          CacheKeys(gk, gv, used=st.n_closed))
+    lk = m.local_decoder.latent_kv(x)
+    return nk, nv, jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
+
+  wanted = closes | (open_latent & (jj[None] == last_patch[:, None]))
+  if q == 1:  # the AR step: the global model runs only when some row closes a patch
+    run_g = jnp.any(wanted & row_on[:, None])
+    shapes = jax.eval_shape(lambda: _blt(params, cfg, glob_fn, pmax, gk, gv))
+    nk, nv, lk, lv = jax.lax.cond(
+      run_g, lambda: _blt(params, cfg, glob_fn, pmax, gk, gv),
+      lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    # Written by the next call (before its read), never after this `cond`: a cache updated
+    # after a `cond` that reads it gets copied whole.
+    hit = closes[:, 0] & valid[:, 0]
+    pend = dict(pend_k=nk[:, :, 0], pend_v=nv[:, :, 0],
+                pend_idx=jnp.where(hit, st.n_closed, pslots).astype(jnp.int32))
+  else:
+    run_g = jnp.ones((), bool)
+    nk, nv, lk, lv = _blt(params, cfg, glob_fn, pmax, gk, gv)
+    b_BxQ = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
+    wslot = jnp.where(closes & (st.n_closed[:, None] + jj[None] < pslots),
+                      st.n_closed[:, None] + jj[None], pslots)
+    w = lambda c, x: c.at[:, b_BxQ, :, wslot].set(  # noqa: E731
+      x.transpose(1, 2, 0, 3, 4).astype(c.dtype), mode="drop")
+    gk, gv = w(gk, nk), w(gv, nv)
+    pend = dict(pend_k=st.pend_k, pend_v=st.pend_v,
+                pend_idx=jnp.full((b,), pslots, jnp.int32))
+
+  # 5. The latent each position reads: its own patch's when it closes there, else the newest
+  #    patch closed before it, else the state's (arXiv 2412.09871 §4.4).
+  lat = patch + si - 1
+  old = (lat < 0) & (st.n_closed > 0)[:, None]
+  pick = lambda new, prev: jnp.where(  # noqa: E731
+    old[None, :, :, None, None, None], prev[:, :, None],
+    jnp.take_along_axis(new, jnp.maximum(lat, 0)[None, :, :, None, None, None], axis=2))
+  lat_k, lat_v = pick(lk, st.lat_k), pick(lv, st.lat_v)
+
+  # 6. Local decoder over the Q positions.
+  def dec_fn(m, h, ring):
+    dec = m.local_decoder
+    x, ring = run_on_ring(
+      dec.layers, h.astype(dtype_of(cfg.dtype)), pos, valid, ring, cfg.decoder.window,
+      cross=lambda i, x: dec.cross_attn_layers[i].gathered(x, lat_k[i], lat_v[i]))
+    return dec.head(x), ring
+
+  logits, dec = _blt(params, cfg, dec_fn, h, st.dec)
+  on = row_on.astype(jnp.int32)
+  g_pass = (jnp.any(wanted & valid, axis=1) if q == 1 else row_on) & run_g
+  passes = jnp.stack([on, g_pass.astype(jnp.int32), on, on * uses_entropy(cfg)], axis=1)
+  state = dataclasses.replace(st, ent=ent, enc=enc, dec=dec, glob_k=gk, glob_v=gv, **pend)
+  return Extension(state=state, ids=ids, valid=valid, logits=logits, H=H, rule=rule, start=start,
+                   patch=patch, slot=slot, h=hd, hk=hk, hv=hv, lat_k=lat_k, lat_v=lat_v,
+                   open_k=lk, open_v=lv, open_gk=nk, open_gv=nv, passes=passes)
+
+
+def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Ring,
+                   write: bool = True):
+  """Local-encoder byte states of Q new positions (hash n-grams from each one's id history)."""
+  enc = m.local_encoder
+  b, q, nh = hist_BxQxNh.shape
+  hpos = pos_BxQ[..., None] - (nh - 1) + jnp.arange(nh)[None, None]
+  e = enc.embed(hist_BxQxNh.reshape(b * q, nh), hpos.reshape(b * q, nh),
+                hpos.reshape(b * q, nh) >= 0)[:, -1].reshape(b, q, -1)
+  return run_on_ring(enc.layers, e, pos_BxQ, valid_BxQ, ring, cfg.encoder.window, write=write)
+
+
+@jax.jit
+def commit(ext: Extension, a_B, active_B) -> State:
+  """The state after positions n..n+a (ids ext.ids[:, :a+1]) for active rows; others unchanged.
+  Everything past a stays in the caches but is invisible and overwritten later."""
+  st = ext.state
+  b, q = ext.ids.shape
+  a = jnp.clip(a_B, 0, q - 1).astype(jnp.int32)
+  at = lambda x: jnp.take_along_axis(  # noqa: E731
+    x, a.reshape((b, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+  at_l = lambda x: jnp.take_along_axis(  # noqa: E731  (a latent array [L, B, Q, ...])
+    x, a.reshape((1, b, 1) + (1,) * (x.ndim - 3)), axis=2)[:, :, 0]
+  keep = lambda new, old, ax=0: jnp.where(  # noqa: E731
+    active_B.reshape((1,) * ax + (-1,) + (1,) * (new.ndim - 1 - ax)), new, old)
+  nh = st.hist.shape[1]
+  all_ids = jnp.concatenate([st.hist, ext.ids], axis=1)
+  hist = jax.vmap(lambda r, i: jax.lax.dynamic_slice(r, (i,), (nh,)))(all_ids, a + 1)
+  jj = jnp.arange(q)[None]
+  p_a = at(ext.patch)
+  mine = (ext.patch == p_a[:, None]) & (jj <= a[:, None]) & ext.valid  # byte a's patch, <= a
+  old_len = jnp.where(st.next_start, 0, st.patch_len)
+  # The open patch after n+a: its cached bytes (when it began before n) and its new bytes.
+  wr = mine & active_B[:, None]
+  cap = st.patch_k.shape[1]
+  slot = jnp.where(wr, ext.slot, cap)
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
+  pk = st.patch_k.at[rows, slot].set(ext.hk.astype(st.patch_k.dtype), mode="drop")
+  pv = st.patch_v.at[rows, slot].set(ext.hv.astype(st.patch_v.dtype), mode="drop")
+  pmax = jnp.max(jnp.where(mine[..., None], ext.h, -jnp.inf), axis=1)
+  pmax = jnp.where(((p_a == 0) & (old_len > 0))[:, None], jnp.maximum(pmax, st.patch_max), pmax)
+  n_new_closed = jnp.sum((ext.start & (jj <= a[:, None])).astype(jnp.int32), axis=1)
+  start_a = at(ext.start)
+  # The open latent: patch p_a pooled over the window (valid when a is the window's last
+  # position, the only place it is read), or the closed latent when the patch closed at a.
+  take_p = lambda x, ax=2: jnp.take_along_axis(  # noqa: E731
+    x, p_a.reshape((1, b, 1) + (1,) * (x.ndim - 3)), axis=ax)[:, :, 0]
+  lat_k, lat_v = at_l(ext.lat_k), at_l(ext.lat_v)
+  sel = start_a.reshape(1, b, 1, 1, 1)
+  open_k = jnp.where(sel, lat_k, take_p(ext.open_k))
+  open_v = jnp.where(sel, lat_v, take_p(ext.open_v))
+  return dataclasses.replace(
+    st, n_closed=keep(st.n_closed + n_new_closed, st.n_closed),
+    patch_max=keep(pmax.astype(st.patch_max.dtype), st.patch_max), patch_k=pk, patch_v=pv,
+    patch_len=keep(at(ext.slot) + 1, st.patch_len),
+    lat_k=keep(lat_k, st.lat_k, 1), lat_v=keep(lat_v, st.lat_v, 1),
+    open_k=keep(open_k, st.open_k, 1), open_v=keep(open_v, st.open_v, 1),
+    open_gk=keep(take_p(ext.open_gk), st.open_gk, 1),
+    open_gv=keep(take_p(ext.open_gv), st.open_gv, 1),
+    n=st.n + jnp.where(active_B, a + 1, 0), hist=keep(hist, st.hist),
+    H_last=keep(at(ext.H), st.H_last), rule_start=keep(at(ext.rule), st.rule_start),
+    next_start=keep(start_a, st.next_start), logits=keep(at(ext.logits), st.logits))
+
+
+forward = jax.jit(_forward, static_argnames=("cfg", "fresh", "open_latent"))
+
+
+def _step(params, cfg: BLTConfig, state: State, x_B, active_B):
+  """One AR step: commits byte x at position n for active rows, computes the next logits."""
+  ext = _forward(params, cfg, state, x_B[:, None], active_B[:, None])
+  return commit(ext, jnp.zeros_like(state.n), active_B)
+
+
+step = jax.jit(_step, static_argnames=("cfg",), donate_argnames=("state",))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec", "open_latent"))
+def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec,
+            open_latent: bool = False) -> State:
+  """The prompt (right-padded ids with BOS first, lengths >= 1) through every stack: `forward`
+  on an empty state, all of it committed."""
+  cfg = decoding_config(cfg)
+  check_supported(cfg)
+  b, s = ids_BxS.shape
+  valid = jnp.arange(s)[None] < lengths_B[:, None]
+  st = empty_state(params, cfg, b, spec)
+  ext = _forward(params, cfg, st, ids_BxS, valid, fresh=True, open_latent=open_latent)
+  return commit(ext, lengths_B - 1, jnp.ones((b,), bool))
+
+
+# ------------------------------------------------------------------------------------------------
+# Local stacks only: drafts, x0 of BLT-DV, the force_boundary re-run.
+
+
+def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, lat_v, active_B):
+  """The local encoder byte layer and the decoder for the byte at pos (the last of its id
+  history hist), reading the latent lat_k/v [Ld, B, C, Hx, Kx]: (logits [B, V], enc, dec rings with
+  pos written). No entropy model, no global model."""
+  pos = pos_B[:, None]
+  w = active_B[:, None]
+
+  def fn(m, hist, enc, dec):
+    h, enc = encoder_states(m, cfg, hist[:, None], pos, w, enc)
+    d = m.local_decoder
+    x, dec = run_on_ring(d.layers, h.astype(dtype_of(cfg.dtype)), pos, w, dec, cfg.decoder.window,
+                         cross=lambda i, x: d.cross_attn_layers[i].one_latent(x, lat_k[i],
+                                                                              lat_v[i]))
+    return d.head(x)[:, 0], enc, dec
+
+  return _blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
+
+
+__all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
+           "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
+           "encoder_states", "empty_state", "check_supported", "uses_entropy", "hist_len",
+           "decoding_config"]
