@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--truncate-left", action="store_true",
                   help="left-truncate prompts longer than the context instead of failing them")
   ap.add_argument("--mesh", default=None,
-                  help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1")
+                  help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1: weights "
+                  "and the decode state (rows over data x fsdp, heads over tensor)")
   ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
                   help="cast weights on load")
   a = ap.parse_args(argv)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.unlink()
   rows, errors = read_prompts(Path(a.input), done)
 
-  shardings = None
+  shardings = mesh = None
   if a.mesh:
     from bltjax import sharding  # noqa: PLC0415
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
       prompts = [r["prompt"] for r in batch]
       res = generation.generate(params, cfg, prompts, method=a.method,
                                 max_new=a.max_new_bytes, options=opt, stops=stops,
-                                seeds=[row_seed(a.seed, r["id"]) for r in batch])
+                                seeds=[row_seed(a.seed, r["id"]) for r in batch], mesh=mesh)
       dt = time.perf_counter() - t0
       for r, g in zip(batch, res, strict=True):
         rec = {"id": r["id"], "completion": g.data.decode("utf-8", errors="replace"),

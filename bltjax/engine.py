@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from bltjax import model, patching
+from bltjax import model, patching, sharding
 from bltjax.config import BLTConfig
 from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stack
 
@@ -485,6 +488,45 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec,
 
 
 # ------------------------------------------------------------------------------------------------
+# Sharding: rows over the batch axes, heads over tensor (sharding.ShardingRules).
+
+
+def state_logical_axes(state: State) -> State:
+  """The state's logical axes (a State of `PartitionSpec`s): every batch dimension is
+  `cache_batch`, the key heads of rings, global cache and pending keys `kv_heads`, the pooling and
+  latent heads `heads`; positions, slots and features stay whole."""
+  b = "cache_batch"
+  cache, keys = P(None, b, "kv_heads", None, None), P(None, b, "kv_heads", None)
+  lat, pool = P(None, b, None, "heads", None), P(b, None, "heads", None)
+  ring = lambda r: None if r is None else Ring(cache, cache, P(b, None))  # noqa: E731
+  row, row2 = P(b), P(b, None)
+  return State(
+    ent=ring(state.ent), enc=ring(state.enc), dec=ring(state.dec), glob_k=cache, glob_v=cache,
+    pend_k=keys, pend_v=keys, pend_idx=row, n_closed=row, patch_max=row2, patch_k=pool,
+    patch_v=pool, patch_len=row, lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=keys,
+    open_gv=keys, n=row, hist=row2, H_last=row, rule_start=row, next_start=row, logits=row2)
+
+
+def state_shardings(state: State, mesh, rules=None) -> State:
+  """NamedShardings of a state (arrays or shapes) on `mesh`: `state_logical_axes` through the
+  rules; a mesh axis that does not divide its dimension is dropped there (replicated), never moved
+  to another dimension (a cache split over positions would gather at every step)."""
+  rules = rules or sharding.ShardingRules()
+
+  def fit(spec, x):
+    dims = []
+    for d, axes in zip(x.shape, sharding.logical_to_physical(spec, rules), strict=True):
+      kept = ()
+      for a in (axes,) if isinstance(axes, str) else axes or ():
+        if d % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[a]) == 0:
+          kept += (a,)
+      dims.append(kept[0] if len(kept) == 1 else (kept or None))
+    return NamedSharding(mesh, P(*dims))
+
+  return jax.tree.map(fit, state_logical_axes(state), state, is_leaf=lambda x: isinstance(x, P))
+
+
+# ------------------------------------------------------------------------------------------------
 # Local stacks only: drafts, x0 of BLT-DV, the force_boundary re-run.
 
 
@@ -509,4 +551,4 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
            "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
            "encoder_states", "empty_state", "check_supported", "uses_entropy", "hist_len",
-           "decoding_config"]
+           "decoding_config", "state_logical_axes", "state_shardings"]

@@ -14,6 +14,7 @@ module dispatches on the method name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import ar, bltd, bltdv, blts, engine, runloop
+from bltjax import ar, bltd, bltdv, blts, engine, runloop, sharding
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
 
 
@@ -136,17 +137,21 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q: int = 1,
             budgets: list[int] | None = None, max_patches: int | None = None,
-            patch_cap: int = 512, batch_bucket: bool = True, open_latent: bool = False
+            patch_cap: int = 512, batch_bucket: bool = True, open_latent: bool = False,
+            mesh: jax.sharding.Mesh | None = None
             ) -> tuple[engine.State, np.ndarray, np.ndarray]:
   """Bucketed prefill of a prompt batch: (state, per-row budgets [B], prefill patches [B]).
 
   Rows are padded to a power-of-two batch (padding rows get budget 0) and prompts to a
   power-of-two length, so a CLI run compiles a handful of programs at most; `max_q` is the most
-  positions one cycle writes past the committed ones.
+  positions one cycle writes past the committed ones. With a `mesh`, the batch is padded to a
+  multiple of the data x fsdp size and the state is sharded (`engine.state_shardings`).
   """
   engine.check_supported(cfg)
   n_real = len(prompts)
   b = bucket(n_real, 1) if batch_bucket else n_real
+  if mesh is not None:  # every device holds whole rows
+    b = -(-b // sharding.data_axes_size(mesh)) * sharding.data_axes_size(mesh)
   ids = [ar.encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)
   s = bucket(max(len(x) for x in ids))
   arr = np.zeros((b, s), np.int32)
@@ -157,7 +162,14 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
     patch_cap = min(patch_cap, cfg.patcher.max_patch_length)
   spec = engine.CacheSpec(max_patches=max_patches or bucket(s + max_new + 2),
                           max_len=s + max_new + 1, patch_cap=patch_cap, max_q=max_q)
-  st = engine.prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec, open_latent)
+  if mesh is None:
+    st = engine.prefill(params, cfg, jnp.asarray(arr), jnp.asarray(lengths), spec, open_latent)
+  else:
+    with sharding.use_mesh(mesh):
+      arr, lengths = jax.device_put((arr, lengths), (sharding.batch_sharding(mesh, 2),
+                                                     sharding.batch_sharding(mesh, 1)))
+      st = engine.prefill(params, cfg, arr, lengths, spec, open_latent)
+      st = jax.device_put(st, engine.state_shardings(st, mesh))  # the loop keeps these
   if int(jnp.max(st.patch_len)) > patch_cap:
     raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
   budget = np.zeros((b,), np.int32)
@@ -192,16 +204,18 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
              options: Options = Options(), stops: tuple[bytes, ...] = (),
              seeds: list[int] | None = None, budgets: list[int] | None = None,
              max_patches: int | None = None, patch_cap: int = 512, batch_bucket: bool = True,
-             stop_at_eos: bool = True) -> list[Generation]:
+             stop_at_eos: bool = True, mesh: jax.sharding.Mesh | None = None
+             ) -> list[Generation]:
   """Generates for a batch of prompts with the named method: bucketed prefill, then one jitted
   loop for the whole batch; one `Generation` per prompt. `budgets`: per-row byte budgets
-  (<= max_new); `seeds`: per-row sampling seeds (a row's output never depends on its batch)."""
+  (<= max_new); `seeds`: per-row sampling seeds (a row's output never depends on its batch);
+  `mesh`: decode with the state sharded over it (params placed by `sharding.param_shardings`)."""
   check(method, cfg, options)
   opt = options
   max_q, static = _static(method, cfg, opt)
   st, budget, pre = prepare(params, cfg, prompts, max_new=max_new, max_q=max_q, budgets=budgets,
                             max_patches=max_patches, patch_cap=patch_cap,
-                            batch_bucket=batch_bucket, open_latent=method == "bltd")
+                            batch_bucket=batch_bucket, open_latent=method == "bltd", mesh=mesh)
   n_real, b = len(prompts), budget.shape[0]
   seeds = list(seeds) if seeds is not None else [0] * n_real
   stop_ids, stop_len = runloop.stop_arrays(stops)
@@ -213,8 +227,9 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     stop_ids=stop_ids, stop_len=stop_len,
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32))
-  g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
-                   max_q=max_q, opts=static)
+  with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
+                     max_q=max_q, opts=static)  # jit keeps the state's input shardings
   g = jax.device_get(dataclasses.replace(g, state=None))  # ids and counters: caches stay put
   res = []
   for i in range(n_real):
