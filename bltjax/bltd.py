@@ -141,9 +141,10 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
 
 def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rule: tuple,
             ctx: runloop.LoopArgs, active_B, sampled: bool = False):
-  """Block denoising from all-[MASK]: (ids [B, Z], decoder steps [B]). `rule` = (kind,
-  eb_rule); α and γ come from ctx. Values are greedy, or with `sampled` drawn per position from
-  the row key folded with the position and the row's own step count (batch-independent)."""
+  """Block denoising from all-[MASK]: (ids [B, Z], decoder steps [B], the logits each position
+  was committed from [B, Z, V]). `rule` = (kind, eb_rule); α and γ come from ctx. Values are
+  greedy, or with `sampled` drawn per position from the row key folded with the position and the
+  row's own step count (batch-independent)."""
   b, z = start_B.shape[0], cfg.diffusion.block_size
   kind, eb_rule = rule
 
@@ -159,19 +160,24 @@ def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rul
     return drawn.reshape(b, z)
 
   def cond(c):
-    ids, steps = c
+    ids, steps, _ = c
     return jnp.any(active_B & jnp.any(ids == MASK_ID, axis=1)) & (jnp.max(steps) < z)
 
   def body(c):
-    ids, steps = c
+    ids, steps, at_commit = c
     masked = (ids == MASK_ID) & active_B[:, None]
+    engine.tick("decoder", masked)
+    if cfg.diffusion.block_input == "encoder_states":
+      engine.tick("encoder", masked)
     logits = block_logits(params, cfg, st, ids, start_B, lat_k, lat_v)
     pick = commit_mask(logits, masked, kind, ctx.alpha, ctx.gamma, eb_rule)
     ids = jnp.where(pick, values(logits, steps), ids)
-    return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32)
+    at_commit = jnp.where(pick[..., None], logits, at_commit)
+    return ids, steps + jnp.any(masked, axis=1).astype(jnp.int32), at_commit
 
   return jax.lax.while_loop(cond, body, (jnp.full((b, z), MASK_ID, jnp.int32),
-                                         jnp.zeros((b,), jnp.int32)))
+                                         jnp.zeros((b,), jnp.int32),
+                                         jnp.zeros((b, z, cfg.vocab_size), jnp.float32)))
 
 
 def force_boundary(params, cfg: BLTConfig, st: engine.State, active_B):
@@ -208,7 +214,8 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   closed = jnp.zeros_like(active)
   if block_latent == "force_boundary":
     st, closed = force_boundary(params, cfg, st, active)
-  ids, steps = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active, sampled)
+  ids, steps, _ = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active,
+                          sampled)
   # BLT-D keeps its own ids (no verification): one forward caches them and computes the next
   # block's latent at its last position.
   ext = engine.forward(params, cfg, st, ids, jnp.broadcast_to(active[:, None], ids.shape),

@@ -6,7 +6,10 @@ as a clean position at n (`engine.draft_step`, reading L* = the last closed late
 so the block at n+1 sees it in its prefix; a block of Z ids at n+1 is denoised by the BLT-D rule
 (`bltd.denoise`) with L*; then `blts.verify` checks [x0, block] with one causal forward and
 commits the longest verified prefix plus the verifier's byte. The output is the greedy causal
-decoding of the same BLT-D weights. Counters: decoder NFE += steps + 1 and encoder+global
+decoding of the same BLT-D weights. With a temperature, drafts are sampled (one-step rule only:
+each position is drawn independently from its distribution q at the single denoising step, which
+is what speculative sampling needs) and verified by `blts.accept`, so the output follows the
+causal model's warped distribution exactly. Counters: decoder NFE += steps + 1 and encoder+global
 NFE += 1 per cycle as the paper counts them; the passes add x0's decoder pass.
 """
 
@@ -21,20 +24,26 @@ from bltjax.config import BLTConfig
 
 
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
-  (rule,) = opts
+  rule, sampled = opts
   st = g.state
   active = ~g.done
-  x0 = jnp.argmax(st.logits, axis=-1).astype(jnp.int32)
+  x0 = blts.first_byte(g, ctx, sampled)
   hist = jnp.concatenate([st.hist[:, 1:], x0[:, None]], axis=1)
   _, enc, dec = engine.draft_step(params, cfg, st, st.n, hist, st.lat_k, st.lat_v, active)
   st = dataclasses.replace(st, enc=enc, dec=dec)
-  drafts, steps = bltd.denoise(params, cfg, dataclasses.replace(st, hist=hist), st.n + 1,
-                               st.lat_k, st.lat_v, rule, ctx, active)
+  drafts, steps, logits = bltd.denoise(params, cfg, dataclasses.replace(st, hist=hist),
+                                       st.n + 1, st.lat_k, st.lat_v, rule, ctx, active, sampled)
   z = drafts.shape[1]
   enc_states = cfg.diffusion.block_input == "encoder_states"
   extra = jnp.stack([1 + steps, jnp.zeros_like(steps), 1 + steps * enc_states,
                      jnp.zeros_like(steps)], axis=1)
-  g2 = blts.verify(params, cfg, g, st, x0, drafts, jnp.full_like(steps, z), ctx, extra)
+  q = None
+  if sampled:
+    b, _, v = logits.shape
+    rep = lambda x: jnp.repeat(x, z)  # noqa: E731
+    q = runloop.probs(logits.reshape(b * z, v), rep(ctx.temperature), rep(ctx.top_k),
+                      rep(ctx.top_p)).reshape(b, z, v)
+  g2 = blts.verify(params, cfg, g, st, x0, drafts, jnp.full_like(steps, z), ctx, extra, q)
   # The paper counts steps + 1 decoder NFEs (drafts and the verification), as BLT-S does.
   return runloop.count(g2, active, dec=steps - z)
 

@@ -2,7 +2,7 @@
 
 Input lines: {"id": ..., "prompt": "text"} or {"id": ..., "prompt_b64": "..."} (arbitrary bytes).
 Output lines (written and flushed as each batch finishes): id, completion (UTF-8, invalid bytes
-replaced), completion_b64, new_bytes, stop_reason, nfe {decoder, encoder_global},
+replaced), completion_b64, new_bytes, stop_reason, nfe {decoder, encoder_global, passes},
 est_bandwidth_gb, seconds (the batch's wall time, shared by its rows); `--method blts` and
 `bltdv` add `speculation` {window, cycles, bytes_per_cycle, acceptance (accepted / drafted draft
 bytes), agreement (position-wise draft = verifier)}, `bltd` adds `blocks` {block_size, blocks,
@@ -23,8 +23,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-# blts: self-speculative greedy (fast_blt §5), the bytes of greedy ar; bltd: block diffusion
-# (§4, BLT-D weights); bltdv: diffusion drafts verified causally (§6), the bytes of greedy ar.
+# blts: self-speculation (arXiv 2605.08044), greedy: the bytes of greedy ar, sampled: ar's
+# distribution; bltd: block diffusion (BLT-D weights); bltdv: diffusion drafts verified causally.
 METHODS = ("ar", "blts", "bltd", "bltdv")  # = generation.METHODS (kept import-free for --help)
 
 
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--draft-k", type=int, default=8,
                   help="blts: bytes the local decoder drafts per verification (4, 8, 16 in the "
                   "paper)")
+  ap.add_argument("--draft-tau", type=float, default=0.0,
+                  help="blts: stop drafting after a byte whose probability is below this "
+                  "(0 = always draft --draft-k bytes)")
   ap.add_argument("--rule", default=None, choices=("confidence", "entropy", "one_step"),
                   help="bltd/bltdv: positions committed per denoising step (default: confidence "
                   "for bltd, entropy for bltdv)")
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--eb-rule", default="sum_minus_max", choices=("sum_minus_max", "cumulative"))
   ap.add_argument("--block-latent", default="partial_last_patch",
                   choices=("partial_last_patch", "force_boundary"),
-                  help="bltd: the block's latent when it starts mid-patch (fast_blt §4.3)")
+                  help="bltd: the block's latent when it starts mid-patch (docs/choices.md)")
   ap.add_argument("--input", required=True, help="prompts JSONL")
   ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
   ap.add_argument("--max-new-bytes", type=int, default=256)
@@ -69,9 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       ap.error(f"--{key.replace('_', '-')} must be positive")
   if a.max_new_bytes >= a.max_context:
     ap.error("--max-new-bytes must be smaller than --max-context")
-  if a.method in ("blts", "bltdv") and a.temperature != 0:
-    ap.error(f"--method {a.method} verifies by exact greedy match (fast_blt §10 #12): use "
-             "--temperature 0")
   if a.method == "blts" and a.draft_k < 1:
     ap.error("--draft-k must be positive")
   if a.block_latent != "partial_last_patch" and a.method != "bltd":
@@ -128,6 +128,11 @@ def row_seed(seed: int, rid: Any) -> int:
   return zlib.crc32(json.dumps([seed, rid]).encode()) & 0x7FFFFFFF
 
 
+def _fail(msg: str) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return 2
+
+
 def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
@@ -135,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
   from bltjax import generation, nfe, weights  # noqa: PLC0415
 
   out_path = Path(a.output)
+  # Unusable inputs stop here with one line (exit 2), before the output is touched.
+  try:
+    with open(a.input, "rb"):
+      pass
+  except OSError as e:
+    return _fail(f"--input {a.input}: {e.strerror or e}")
+  try:
+    weights.load_config(a.checkpoint)
+  except (weights.CheckpointError, OSError) as e:
+    return _fail(f"--checkpoint: {e}")
   done = done_ids_of(out_path) if a.resume else set()
   if not a.resume and out_path.exists():
     out_path.unlink()
@@ -148,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     mesh = sharding.make_mesh(shape, key="--mesh")
     cfg0 = weights.load_config(a.checkpoint)
     shardings = sharding.param_shardings(cfg0, mesh)
-  cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
-  opt = generation.Options(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma,
-                           eb_rule=a.eb_rule, block_latent=a.block_latent,
-                           temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+  try:
+    cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
+  except (weights.CheckpointError, OSError) as e:
+    return _fail(f"--checkpoint: {e}")
+  opt = generation.Options(draft_k=a.draft_k, draft_tau=a.draft_tau, rule=a.rule,
+                           alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
+                           block_latent=a.block_latent, temperature=a.temperature,
+                           top_k=a.top_k, top_p=a.top_p)
   try:  # refuse a checkpoint the method cannot decode before any output is written
     generation.check(a.method, cfg, opt)
   except ValueError as e:

@@ -33,6 +33,8 @@ State invariant after `commit`, per row with n committed ids:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -139,6 +141,35 @@ def hist_len(cfg: BLTConfig) -> int:
 
 def _blt(params, cfg: BLTConfig, fn, *args):
   return model.blt_module(cfg).apply({"params": model.blt_params(params)}, *args, method=fn)
+
+
+class _Instrument:
+  """Host-side count of the passes each stack really executes (tests compare it with the
+  per-row `passes` counters). Off unless `instrument()` is active when a program is traced."""
+
+  enabled = False
+  counts: collections.Counter = collections.Counter()
+
+
+@contextlib.contextmanager
+def instrument():
+  """Counts executed passes per stack while active: `with instrument() as counts: ...`.
+  Clears the compilation caches on entry and exit so programs are traced with (and then
+  without) the counting callbacks."""
+  jax.clear_caches()
+  _Instrument.enabled, _Instrument.counts = True, collections.Counter()
+  try:
+    yield _Instrument.counts
+  finally:
+    _Instrument.enabled = False
+    jax.effects_barrier()
+    jax.clear_caches()
+
+
+def tick(name: str, on) -> None:
+  """Counts one executed pass of stack `name` when `on` (traced) is true and counting is on."""
+  if _Instrument.enabled:
+    jax.debug.callback(lambda x: _Instrument.counts.update({name: int(x)}), jnp.any(on))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +321,10 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
 
   # 1. Entropy model over the Q ids.
   ent, H = st.ent, jnp.zeros((b, q), jnp.float32)
+  tick("encoder", row_on)
+  tick("decoder", row_on)
   if uses_entropy(cfg):
+    tick("entropy", row_on)
     def ent_fn(m, ids, pos, ring):
       x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid, ring, m.cfg.window)
       return m.head(x), ring
@@ -340,6 +374,7 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   last_patch = jnp.take_along_axis(patch, jnp.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
 
   def glob_fn(m, pmax, gk, gv):
+    tick("global", row_on if q > 1 else jnp.any(wanted & valid))
     enc_m, g = m.local_encoder, m.global_transformer
     x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
     x, nk, nv = run_stack(g.layers, g.project_in(x_g), gpos, new_ok,
@@ -545,6 +580,8 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
                                                                               lat_v[i]))
     return d.head(x)[:, 0], enc, dec
 
+  tick("encoder", active_B)
+  tick("decoder", active_B)
   return _blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
 
 

@@ -31,7 +31,8 @@ from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
 class Options:
   """Method options (the defaults are the paper's, arXiv 2605.08044 §4.2 and §5)."""
 
-  draft_k: int = 8  # blts: bytes drafted per verification
+  draft_k: int = 8  # blts: bytes drafted per verification (at most)
+  draft_tau: float = 0.0  # blts: stop drafting after a byte whose max probability is below it
   rule: str | None = None  # bltd/bltdv: confidence | entropy | one_step (None: per method)
   alpha: float = 0.7  # confidence threshold
   gamma: float = 1.5  # entropy bound (nats)
@@ -94,12 +95,12 @@ class Method:
 
 METHODS: dict[str, Method] = {
   "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle, True, None),
-  "blts": Method("blts", "BLT-S self-speculation (= ar greedy)", engine.check_supported,
-                 blts.cycle, False, "speculation"),
+  "blts": Method("blts", "BLT-S self-speculation (= ar: greedy bytes, sampled distribution)",
+                 engine.check_supported, blts.cycle, True, "speculation"),
   "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle, True,
                  "blocks"),
   "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", bltd.check_supported,
-                  bltdv.cycle, False, "speculation"),
+                  bltdv.cycle, True, "speculation"),
 }
 
 
@@ -113,7 +114,13 @@ def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
   """Refuses (ValueError) a method/checkpoint/option combination before any work is done."""
   m = method(name)
   if opt.temperature > 0 and not m.sampling:
-    raise ValueError(f"temperature: --method {name} verifies by exact greedy match; use 0")
+    raise ValueError(f"temperature: --method {name} has no sampling mode; use 0")
+  if opt.temperature > 0 and name == "bltdv" and (opt.rule or RULE_DEFAULTS[name]) != "one_step":
+    raise ValueError("temperature: sampled BLT-DV needs --rule one_step (speculative sampling "
+                     "needs each draft's distribution given the drafts before it; the confidence "
+                     "and entropy rules unmask out of order)")
+  if not 0 <= opt.draft_tau <= 1:
+    raise ValueError(f"draft_tau: must be in [0, 1], got {opt.draft_tau}")
   if opt.block_latent != "partial_last_patch" and name != "bltd":
     raise ValueError("block_latent: force_boundary applies to bltd only")
   if name == "blts" and opt.draft_k < 1:
@@ -195,9 +202,9 @@ def _static(method: str, cfg: BLTConfig, opt: Options) -> tuple[int, Any]:
   z = cfg.diffusion.block_size
   rule = (opt.rule or RULE_DEFAULTS.get(method, "confidence"), opt.eb_rule)
   return {"ar": lambda: (1, None),
-          "blts": lambda: (opt.draft_k + 1, (opt.draft_k,)),
+          "blts": lambda: (opt.draft_k + 1, (opt.draft_k, opt.temperature > 0)),
           "bltd": lambda: (z, (rule, opt.block_latent, opt.temperature > 0)),
-          "bltdv": lambda: (z + 1, (rule,))}[method]()
+          "bltdv": lambda: (z + 1, (rule, opt.temperature > 0))}[method]()
 
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_new: int,
@@ -226,7 +233,8 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     top_k=jnp.full((b,), opt.top_k, jnp.int32), top_p=jnp.full((b,), opt.top_p, jnp.float32),
     stop_ids=stop_ids, stop_len=stop_len,
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
-    alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32))
+    alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
+    tau=jnp.asarray(opt.draft_tau, jnp.float32))
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
                      max_q=max_q, opts=static)  # jit keeps the state's input shardings

@@ -42,6 +42,8 @@ class GenState:
   drafted: jax.Array  # [B] draft bytes proposed
   accepted: jax.Array  # [B] draft bytes accepted (d_j == y_j prefix)
   agree: jax.Array  # [B] draft positions equal to the verifier's byte, anywhere in the window
+  carry_tok: jax.Array  # [B] a byte already drawn for position n (speculative sampling's
+  carry: jax.Array  # [B] bool   correction byte), committed by the next cycle when `carry`
   step: jax.Array  # scalar
 
 
@@ -58,6 +60,7 @@ class LoopArgs(NamedTuple):
   eos: jax.Array  # scalar: the EOS id, or -1 (EOS is an ordinary byte)
   alpha: jax.Array  # scalar: BLT-D confidence threshold
   gamma: jax.Array  # scalar: entropy bound
+  tau: jax.Array  # scalar: BLT-S stops drafting after a byte whose max probability is below it
 
 
 def stop_arrays(stops: tuple[bytes, ...]) -> tuple[jax.Array, jax.Array]:
@@ -139,12 +142,10 @@ def count(g: GenState, active_B, *, dec=0, enc_global=0, passes=None, drafted=0,
     agree=g.agree + ai * agree)
 
 
-def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
-  """Per-row greedy or sampling; parameters are arrays, so one compilation serves all settings.
-
-  A row's draw depends only on its own key, parameters and logits (never on the batch).
-  """
-  greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+def warp(logits_BxV, temp_B, top_k_B, top_p_B):
+  """Logits of the sampling distribution: temperature, then top-k, then top-p (the smallest
+  prefix whose mass reaches top_p, always the top id); excluded ids get -inf. Rows with
+  temperature 0 are left as they are (greedy rows take the argmax)."""
   v = logits_BxV.shape[-1]
   lg = logits_BxV.astype(jnp.float32) / jnp.maximum(temp_B, 1e-6)[:, None]
   srt = jnp.sort(lg, axis=-1)[:, ::-1]
@@ -152,13 +153,27 @@ def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
   kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)
   srt = jnp.where(srt < kth, -jnp.inf, srt)
   probs = jax.nn.softmax(srt, axis=-1)
-  # Nucleus: keep the smallest prefix whose mass reaches top_p (always the top id).
   before = jnp.cumsum(probs, axis=-1) - probs
   n_keep = jnp.maximum(jnp.sum(before < top_p_B[:, None], axis=-1), 1)
   cut = jnp.take_along_axis(srt, (n_keep - 1)[:, None], axis=-1)
-  lg = jnp.where((lg < cut) | (lg < kth), -jnp.inf, lg)
-  drawn = jax.vmap(jax.random.categorical)(keys_B, lg).astype(jnp.int32)
-  return jnp.where(temp_B > 0, drawn, greedy)
+  return jnp.where((lg < cut) | (lg < kth), -jnp.inf, lg)
+
+
+def probs(logits_BxV, temp_B, top_k_B, top_p_B):
+  """The distribution `sample` draws from: warped softmax, or one-hot argmax at temperature 0."""
+  greedy = jax.nn.one_hot(jnp.argmax(logits_BxV, axis=-1), logits_BxV.shape[-1])
+  return jnp.where((temp_B > 0)[:, None],
+                   jax.nn.softmax(warp(logits_BxV, temp_B, top_k_B, top_p_B), axis=-1), greedy)
+
+
+def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
+  """Per-row greedy or sampling; parameters are arrays, so one compilation serves all settings.
+
+  A row's draw depends only on its own key, parameters and logits (never on the batch).
+  """
+  greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  drawn = jax.vmap(jax.random.categorical)(keys_B, warp(logits_BxV, temp_B, top_k_B, top_p_B))
+  return jnp.where(temp_B > 0, drawn.astype(jnp.int32), greedy)
 
 
 def init(state: engine.State, budget_B, max_new: int, max_q: int) -> GenState:
@@ -169,7 +184,8 @@ def init(state: engine.State, budget_B, max_new: int, max_q: int) -> GenState:
                   reason=jnp.where(budget_B <= 0, STOP_LENGTH, STOP_NONE).astype(jnp.int32),
                   nfe_dec=z(), nfe_enc_global=z(), passes=jnp.zeros((b, len(engine.PASSES)),
                                                                      jnp.int32),
-                  cycles=z(), drafted=z(), accepted=z(), agree=z(), step=jnp.zeros((), jnp.int32))
+                  cycles=z(), drafted=z(), accepted=z(), agree=z(), carry_tok=z(),
+                  carry=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cycle", "max_new", "max_q", "opts"),
@@ -185,4 +201,4 @@ def loop(params, cfg: BLTConfig, state: engine.State, ctx: LoopArgs, *, cycle, m
 
 
 __all__ = ["GenState", "LoopArgs", "STOP_NAMES", "stop_arrays", "stop_hit", "take", "count",
-           "sample", "init", "loop", "write_out", "ends_generation"]
+           "warp", "probs", "sample", "init", "loop", "write_out", "ends_generation"]

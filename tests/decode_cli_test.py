@@ -79,12 +79,12 @@ def test_cli_blts_writes_the_greedy_ar_bytes(ckpt, tmp_path):
   for r in sp:
     b = r["speculation"]
     assert b["window"] == 4
-    assert r["nfe"] == {"decoder": 5 * b["cycles"], "encoder_global": b["cycles"],
-                        "entropy": b["cycles"], "encoder_byte": 4 * b["cycles"]}
+    nfe = r["nfe"]
+    drafted = nfe["decoder"] - b["cycles"]  # decoder NFE = drafts + 1 per verification
+    assert 0 < drafted <= 4 * b["cycles"] and nfe["encoder_global"] == b["cycles"]
+    assert nfe["passes"] == {"decoder": nfe["decoder"], "encoder": nfe["decoder"],
+                             "global": b["cycles"], "entropy": b["cycles"]}
     assert 1 <= b["bytes_per_cycle"] <= 5 and 0 <= b["acceptance"] <= b["agreement"] <= 1
-  with pytest.raises(SystemExit):
-    cli.parse_args(["--checkpoint", "x", "--input", "i", "--output", "o", "--method", "blts",
-                    "--temperature", "0.7"])
 
 
 def test_cli_block_methods(ckpt, tmp_path, capsys):
@@ -103,6 +103,11 @@ def test_cli_block_methods(ckpt, tmp_path, capsys):
   blk = d[0]["blocks"]
   assert d[0]["nfe"]["decoder"] == d[0]["nfe"]["encoder_global"] == blk["blocks"]
   assert blk["decoder_steps_per_block"] == 1 and d[0]["new_bytes"] > 0
+  # Sampled BLT-DV needs the one-step rule (refused before anything is written).
+  rc = cli.main(["--checkpoint", str(bltd), "--input", str(tmp_path / "in.jsonl"), "--output",
+                 str(tmp_path / "dv.jsonl"), "--method", "bltdv", "--temperature", "0.7"])
+  assert rc == 2 and "one_step" in capsys.readouterr().err
+  assert not (tmp_path / "dv.jsonl").exists()
   # A plain BLT checkpoint is refused for block decoding before anything is written.
   rc = cli.main(["--checkpoint", str(ckpt), "--input", str(tmp_path / "in.jsonl"), "--output",
                  str(tmp_path / "refused.jsonl"), "--method", "bltd"])
