@@ -7,7 +7,7 @@ backward pass (from abstract shapes, nothing is allocated, so 1B at 8k bytes run
   layer_gib   residuals of one decoder layer without remat: what rematerialising that layer
               materialises at once during the backward pass (the transient on top of resid)
   peak_gib    resid + layer: activation peak per row, excluding parameter-sized buffers
-  formula_gib `diffusion.activation_bytes` for the same setting
+  formula_gib `activation_bytes` (below) for the same setting
 
 XLA:CPU's `memory_analysis()` is not used: its scheduler ignores rematerialisation (a toy remat
 MLP reports the same temp with and without it), so it says nothing about GPU/TPU.
@@ -33,7 +33,7 @@ try:  # public in newer JAX; private in 0.10
 except ImportError:  # pragma: no cover
   from jax._src.ad_checkpoint import saved_residuals
 
-from bltjax import diffusion, model  # noqa: E402
+from bltjax import diffusion, kernels, model  # noqa: E402
 from bltjax.config import (  # noqa: E402
   BLTConfig,
   DiffusionConfig,
@@ -54,6 +54,51 @@ def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> 
                    hash=HashConfig() if hashed else HashConfig(group_sizes=(), nb_functions=0),
                    patcher=PatcherConfig(mode="static", patch_size=4),
                    diffusion=DiffusionConfig(block_size=block_size), dtype=dtype, remat=remat)
+
+
+def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches: int,
+                     act_bytes: int = 2, plan: kernels.AttnPlan | None = None) -> dict[str, float]:
+  """`bltjax/diffusion.py`'s per-row activation-memory model (its docstring), in bytes, per term.
+
+  Calibrated against JAX's saved residuals (`residuals` here): per layer and position a
+  stack keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 internals of
+  RMSNorm and cross-attention); the dense global attention keeps 3 fp32 score arrays, the bf16
+  probabilities and the bool mask per layer. With remat only each layer's inputs stay, plus one
+  layer's terms while it is recomputed in the backward pass. Within ~15% of the measured
+  residuals (README "BLT-D").
+  """
+  e, g, d = cfg.encoder, cfg.global_, cfg.decoder
+  z, b = cfg.diffusion.block_size, act_bytes
+  s, m, p = seq_len, num_blocks, num_patches
+  n = s + m * z
+  per = lambda st: 6 * st.hidden_dim * b + (5 * b + 40) * st.dim
+  glob_attn = g.n_heads * p * p * (12 + b + 1)
+  local_layer = n * per(d)
+  if cfg.remat == "none":
+    local = d.n_layers * local_layer + e.n_layers * s * per(e)
+    glob = g.n_layers * (p * per(g) + glob_attn)
+  else:
+    local = (d.n_layers * n + e.n_layers * s) * d.dim * b + local_layer
+    glob = g.n_layers * p * g.dim * b + p * per(g) + glob_attn
+  plan = plan or kernels.make_plan(cfg, s, m)
+  w = s if d.window is None else d.window
+  if plan.clean_segment is None:
+    clean_attn = 12 * d.n_heads * s * s
+  else:
+    q = plan.clean_segment
+    nseg = -(-s // q) if plan.clean_chunk is None else min(plan.clean_chunk, -(-s // q))
+    clean_attn = 12 * d.n_heads * nseg * q * (-(-(w - 1) // q) + 1) * q
+  mc = m if plan.block_chunk is None else plan.block_chunk
+  if plan.block_prefix == "dense":
+    block_attn = 12 * d.n_heads * mc * z * (s + mc * z) + 2 * b * (s + mc * z) * d.dim
+  else:
+    bw = cfg.diffusion.block_prefix_window
+    w = min(s if bw is None else bw, s)
+    block_attn = 12 * d.n_heads * mc * z * (w + z) + 2 * b * mc * w * d.dim
+  out = dict(local=float(local), global_=float(glob), logits=8.0 * n * cfg.vocab_size,
+             attention=float(max(clean_attn, block_attn)))
+  out["total"] = sum(out.values())
+  return out
 
 
 def _bytes(res) -> float:
@@ -89,7 +134,7 @@ def layer_residuals(cfg: BLTConfig, seq_len: int, num_blocks: int) -> float:
   sds = jax.ShapeDtypeStruct
   s, m = seq_len, num_blocks
   params = model.abstract_params(cfg)
-  plan = diffusion.make_plan(cfg, s, m)
+  plan = kernels.make_plan(cfg, s, m)
   fn = diffusion._layer(cfg, "local_decoder", 0, plan)
   c = dict(pos_BxS=sds((1, s), jnp.int32), doc_BxS=sds((1, s), jnp.int32),
            valid_BxS=sds((1, s), bool), lat_BxS=sds((1, s), jnp.int32))
@@ -120,12 +165,12 @@ def main() -> None:
                  patches=p, remat=a.remat, dtype=a.dtype)
       row["resid_gib"] = residuals(cfg, a.seq_len, p, obj)
       if obj == "bltd":
-        plan = diffusion.make_plan(cfg, a.seq_len, p - 1)
+        plan = kernels.make_plan(cfg, a.seq_len, p - 1)
         row["plan"] = str(plan)
         row["layer_gib"] = layer_residuals(cfg, a.seq_len, p - 1)
         row["peak_gib"] = row["resid_gib"] + row["layer_gib"]
-        est = diffusion.activation_bytes(cfg, a.seq_len, p - 1, p,
-                                         jnp.dtype(a.dtype).itemsize, plan)
+        est = activation_bytes(cfg, a.seq_len, p - 1, p,
+                               jnp.dtype(a.dtype).itemsize, plan)
         row["formula_gib"] = est["total"] / GIB
       print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
             flush=True)

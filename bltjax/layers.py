@@ -26,6 +26,12 @@ def dtype_of(name: str) -> Dtype:
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
+def remat_policy(remat: str):
+  """The checkpoint policy of `remat` "full" (None: save nothing) or "dots" (save the weight
+  matmuls' outputs); stacks and BLT-D's layers are rematerialised with it."""
+  return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims if remat == "dots" else None
+
+
 def trunc_normal(std: float):
   """Truncated normal cut at ±3σ (the official `init_weights`)."""
 
@@ -101,6 +107,14 @@ class CacheKeys(NamedTuple):
 CACHE_CHUNK = 128
 
 
+class AttnKernel:
+  """A visibility pattern that attends q, k, v itself (`kernels.LocalPattern`): stands in for a
+  dense mask wherever one goes, without building it. Subclasses define `attend(q, k, v)`."""
+
+  def attend(self, q_BxQxHxK, k_BxTxGxK, v_BxTxGxK) -> jnp.ndarray:
+    raise NotImplementedError
+
+
 def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None = None
            ) -> jnp.ndarray:
   """Softmax attention with GQA (fp32 scores and softmax) for every layout in the package.
@@ -164,6 +178,7 @@ def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = No
               cross=None):
   """The one layer loop of every stack, in training and decoding: (x, k [L,B,Q,G,K], v).
 
+  `mask_BxQxT`: a dense mask, or an `AttnKernel` (long training rows; no cache then).
   `cache` holds per-layer keys the queries also read (a decoding ring or global cache);
   `cross(i, x)` runs before layer i (the decoder's cross-attention to its latent).
   """
@@ -247,8 +262,14 @@ class Block(nn.Module):
     self.feed_forward = FeedForward(self.cfg, **kw)
 
   def __call__(self, x_BxSxD, pos_BxS, mask_BxSxT, cache: CacheKeys | None = None):
-    """(output, (k, v) of the new positions); `cache`: keys read besides them (`attend`)."""
+    """(output, (k, v) of the new positions); `cache`: keys read besides them (`attend`).
+
+    `mask_BxSxT` is a dense mask or an `AttnKernel`, which attends without one."""
     q, k, v = self.attn_in(x_BxSxD, pos_BxS)
+    if isinstance(mask_BxSxT, AttnKernel):
+      if cache is not None:
+        raise ValueError("Block: an AttnKernel reads no cache")
+      return self.attn_out(x_BxSxD, mask_BxSxT.attend(q, k, v)), (k, v)
     return self.attn_out(x_BxSxD, attend(q, k, v, mask_BxSxT, cache)), (k, v)
 
   def attn_in(self, x_BxSxD, pos_BxS):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bltjax import hashing, patching
+from bltjax import hashing, kernels, patching
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
 from bltjax.layers import (
   Block,
@@ -28,6 +28,7 @@ from bltjax.layers import (
   attend,
   dtype_of,
   local_mask,
+  remat_policy,
   run_stack,
   trunc_normal,
 )
@@ -37,12 +38,7 @@ BLT_KEYS = ("local_encoder", "global_transformer", "local_decoder")
 
 
 def _remat(cls, policy: str):
-  if policy == "none":
-    return cls
-  pol = None
-  if policy == "dots":
-    pol = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-  return nn.remat(cls, policy=pol)
+  return cls if policy == "none" else nn.remat(cls, policy=remat_policy(policy))
 
 
 class HashEmbeddings(nn.Module):
@@ -105,7 +101,7 @@ class LocalEncoder(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = self.embed(ids_BxS, pos_BxS, valid_BxS)
-    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.encoder.window)
+    mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS)
     x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
 
@@ -121,9 +117,14 @@ class LocalEncoder(nn.Module):
     q_BxPxE = self.patch_embedding_projection(pooled)
     k = c.cross_attn_k
     q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
-    qpatch = jnp.arange(num_patches * k) // k
-    mask = (patch_ids_BxS[:, None, :] == qpatch[None, :, None]) & valid_BxS[:, None, :]
-    out = self.cross_attn_layers[0](q_BxQxD, h_BxSxD, mask)
+    xa = self.cross_attn_layers[0]
+    if not kernels.pool_is_segmented(xa.n_heads, num_patches * k, s):
+      out = xa(q_BxQxD, h_BxSxD, kernels.patch_mask(patch_ids_BxS, valid_BxS, num_patches, k))
+      return out.reshape(b, num_patches, k * d)
+    k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
+    q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, num_patches, k, *k_BxSxHxK.shape[2:])
+    o = kernels.patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS)
+    out = xa.output(q_BxQxD, o.reshape(b, num_patches * k, *o.shape[3:]))
     return out.reshape(b, num_patches, k * d)
 
   def pool_kv(self, h_BxTxD):
@@ -211,7 +212,7 @@ class LocalDecoder(nn.Module):
 
   def __call__(self, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg, lat_idx_BxS):
     kvs = self.latent_kv(o_BxPxDg)
-    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.decoder.window)
+    mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS)
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
     h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
                         cross=lambda i, x: self.cross(i, x, kvs[i], lat_idx_BxS))
@@ -263,7 +264,7 @@ class EntropyModel(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
     x = self.embed(jnp.where(valid_BxS, ids_BxS, 0))
-    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, self.cfg.window)
+    mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS)
     return self.head(run_stack(self.layers, x, pos_BxS, mask)[0])
 
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import ar, bltd, diffusion, engine, generation, patching
-from bltjax import model as M
+from bltjax import ar, bltd, engine, generation, model, patching
 from bltjax.config import EOS_ID, MASK_ID, DiffusionConfig
+from tests import bltd_reference
 from tests.model_fixtures import BLOCK_SIZE, PROMPTS, bltd_setup
 
 Z = BLOCK_SIZE
@@ -27,17 +27,17 @@ def _reference_prefix(params, cfg, ids_1xS, n, forced_1xS1):
   Patch starts: the mode's rule, plus the forced starts (force_boundary block starts), then
   max_patch_length over both.
   """
-  ids, lengths, pos, valid, doc = M.defaults(ids_1xS, n[None])
-  h_ent = M.entropies(params, cfg, ids, lengths)
+  ids, lengths, pos, valid, doc = model.defaults(ids_1xS, n[None])
+  h_ent = model.entropies(params, cfg, ids, lengths)
   start = patching.rule_patch_starts(cfg.patcher, ids_BxS=ids, lengths_B=lengths, H_BxS=h_ent)
   start |= forced_1xS1 & (jnp.arange(ids.shape[1] + 1)[None] <= n)
   if cfg.patcher.max_patch_length is not None:
     start = patching.apply_max_patch_length(start, lengths, cfg.patcher.max_patch_length)
   p = ids.shape[1] + 1
-  a = M.byte_arrays(start, ids, valid, p)
-  h, xg = M.encode(params, cfg, ids, pos, doc, valid, a["patch_ids"], p)
-  o = M.global_latents(params, cfg, xg, a["patch_pos"], a["patch_doc"], a["patch_valid"])
-  _, kv = diffusion.clean_decoder_kv(params, cfg, h, pos, doc, valid, o, a["dec_ids"])
+  a = model.byte_arrays(start, ids, valid, p)
+  h, xg = model.encode(params, cfg, ids, pos, doc, valid, a["patch_ids"], p)
+  o = model.global_latents(params, cfg, xg, a["patch_pos"], a["patch_doc"], a["patch_valid"])
+  _, kv = bltd_reference.clean_decoder_kv(params, cfg, h, pos, doc, valid, o, a["dec_ids"])
   lat = o[:, a["patch_ids"][0, n - 1]][:, None]  # [1, 1, Dg]
   return kv, pos, valid, lat
 
@@ -64,7 +64,7 @@ def _reference_block_h(params, cfg, ids_1xS, n, block_1xZ):
       x = layer(x, j[None], mask)[0]
     return jax.lax.dynamic_slice_in_dim(x, n, Z, axis=1)
 
-  return M.blt_module(cfg).apply({"params": M.blt_params(params)}, vids, method=run)
+  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, vids, method=run)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -73,8 +73,9 @@ def _reference_block(params, cfg, block_1xZ, n, kv, pos, valid, lat, ids_1xS):
   h = None
   if cfg.diffusion.block_input == "encoder_states":
     h = _reference_block_h(params, cfg, ids_1xS, n, block_1xZ)[:, None]
-  return diffusion.decode_blocks(params, cfg, block_1xZ[:, None], bpos, jnp.ones((1, 1, Z), bool),
-                                 n[None, None], lat, kv, pos, valid, block_h_BxMxZxD=h)[:, 0]
+  return bltd_reference.decode_blocks(params, cfg, block_1xZ[:, None], bpos,
+                                      jnp.ones((1, 1, Z), bool), n[None, None], lat, kv, pos,
+                                      valid, block_h_BxMxZxD=h)[:, 0]
 
 
 def _mask(logits, masked, rule: bltd.BlockRule):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import diffusion, model
+from bltjax import diffusion, kernels, losses, model
 from bltjax.config import (
   BOS_ID,
   EOS_ID,
@@ -20,6 +20,7 @@ from bltjax.config import (
   TransformerConfig,
 )
 from bltjax.layers import attend, run_stack
+from tests import bltd_reference
 
 S, Z, W = 16, 4, 5
 WB = 4  # the blocks' prefix window (diffusion.block_prefix_window), unlike the stacks' W
@@ -146,7 +147,7 @@ def test_attention_pattern_hand_case():
   b = hand_batch()
   bl = blocks(b)
   pos = np.broadcast_to(np.arange(S), (2, S))
-  dense = np.asarray(diffusion.dense_reference_mask(
+  dense = np.asarray(bltd_reference.dense_reference_mask(
     pos, b["doc_ids"], b["valid"], bl["start_BxM"], bl["doc_BxM"], bl["valid_BxMxZ"], 3))
   row_of = lambda r, m: dense[r, S + m * Z: S + (m + 1) * Z]
   # Row 0, block at s=4 (m=2), W=3: clean keys 1, 2, 3 and its own 4 slots, nothing else.
@@ -189,14 +190,14 @@ def test_block_kernel_equals_dense_attention(kind, chunk):
   pos = jnp.broadcast_to(jnp.arange(S)[None, :], (2, S))
   valid, doc = jnp.asarray(b["valid"]), jnp.asarray(b["doc_ids"])
 
-  kern = dict(gather=diffusion.block_prefix_attend, dense=diffusion.block_dense_prefix_attend)
+  kern = dict(gather=kernels.block_prefix_attend, dense=kernels.block_dense_prefix_attend)
 
   def kernel(qb, kb, vb, kc, vc):
     return kern[kind](qb, kb, vb, bl["valid_BxMxZ"], bl["start_BxM"], bl["doc_BxM"], kc, vc,
                       valid, doc, 3, chunk)
 
   def dense(qb, kb, vb, kc, vc):
-    mask = diffusion.dense_reference_mask(pos, doc, valid, bl["start_BxM"], bl["doc_BxM"],
+    mask = bltd_reference.dense_reference_mask(pos, doc, valid, bl["start_BxM"], bl["doc_BxM"],
                                           bl["valid_BxMxZ"], 3)
     cat = lambda c, x: jnp.concatenate([c, x.reshape(2, nm * Z, *x.shape[3:])], axis=1)
     o = attend(cat(qc, qb), cat(kc, kb), cat(vc, vb), mask)
@@ -228,7 +229,7 @@ def test_segment_local_attention_equals_dense():
   q, k, v = _rand(ks[0], 2, s, h, kd), _rand(ks[1], 2, s, g, kd), _rand(ks[2], 2, s, g, kd)
   pos = jnp.broadcast_to(jnp.arange(s)[None, :], (2, s))
   args = (pos, jnp.asarray(b["doc_ids"]), jnp.asarray(b["valid"]), W)
-  la = jit(diffusion.local_attend, static_argnums=(6, 7, 8))
+  la = jit(kernels.local_attend, static_argnums=(6, 7, 8))
   dense = la(q, k, v, *args, None, None)
   for seg, chunk in ((3, None), (4, 2), (5, 1)):
     out = la(q, k, v, *args, seg, chunk)
@@ -404,13 +405,13 @@ def test_decode_blocks_reuses_training_blocks():
   valid, doc = jnp.asarray(b["valid"]), jnp.asarray(b["doc_ids"])
   pos = jnp.broadcast_to(jnp.arange(S)[None, :], (2, S))
   h, o, a = stages()
-  clean, kv = jit(lambda pp: diffusion.clean_decoder_kv(pp, cfg, h, pos, doc, valid, o,
+  clean, kv = jit(lambda pp: bltd_reference.clean_decoder_kv(pp, cfg, h, pos, doc, valid, o,
                                                             a["dec_ids"]))(params)
   np.testing.assert_allclose(clean, out["clean_logits_BxSxV"], atol=1e-6)
   bl = out["blocks"]
   nm = bl["start_BxM"].shape[1]
   row = 0  # a one-document row: the cache's validity is the row's
-  dec = jit(diffusion.decode_blocks, static_argnums=1)
+  dec = jit(bltd_reference.decode_blocks, static_argnums=1)
   got = dec(params, cfg, out["noisy_BxMxZ"][row:1], bl["pos_BxMxZ"][row:1],
             bl["valid_BxMxZ"][row:1], bl["start_BxM"][row:1], o[row:1, :nm],
             [(k[row:1], v[row:1]) for k, v in kv], pos[row:1], valid[row:1])
@@ -421,8 +422,9 @@ def test_decode_blocks_reuses_training_blocks():
 
 def test_patch_budget_cut():
   b = hand_batch()
-  start, valid = jit(diffusion.truncate_to_patches, static_argnums=2)(
-    jnp.asarray(b["start"]), jnp.asarray(b["valid"]), 6)
+  start, n = jit(losses.truncate_to_patches, static_argnums=2)(
+    jnp.asarray(b["start"]), jnp.asarray(b["valid"]).sum(1), 6)
+  valid = jnp.asarray(b["valid"]) & (jnp.arange(S)[None] < n[:, None])
   # Row 0 has 7 starts before its end: the 7th (14) becomes the next-token slot, as in BLT.
   np.testing.assert_array_equal(np.asarray(valid).sum(1), [14, 10])
   np.testing.assert_array_equal(np.flatnonzero(start[0]), [0, 1, 3, 4, 8, 13, 14])

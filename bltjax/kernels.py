@@ -1,0 +1,335 @@
+"""The attention kernels of training, one set for BLT, BLT-D, the entropy model and scoring.
+
+Every kernel is exact: it gives the dense masked `layers.attend` result (up to float summation
+order), with masked keys at probability 0 and rows without a visible key at 0, but never builds an
+O(S²) array for long rows.
+
+  local_attend        local causal attention (window W incl. self, same document): dense [S, S]
+                      under `layers.local_mask`, or *segments* of Q queries against the keys of
+                      their own and the ceil((W-1)/Q) previous segments, [S/Q, Q, (n_W + 1)·Q]
+                      scores per head, `seg_chunk` segments per rematerialised `lax.map` step
+  LocalPattern        that attention as a stand-in for a dense mask: `layers.run_stack` and
+                      `layers.Block` take either (the decoding engine keeps passing masks)
+  patch_attend        the encoder's pooling cross-attention (C queries per patch read the bytes
+                      of their patch) as a per-patch segment softmax: O(S·C) scores, not the
+                      dense [P·C, S]
+  block_attend, block_prefix_attend, block_dense_prefix_attend
+                      BLT-D's block stream against its clean prefix (arXiv 2605.08044; docs/bltd.md)
+  local_plan, pool_is_segmented, AttnPlan / make_plan
+                      dense or segmented, chunk sizes: from static shapes only, so one config
+                      gives one program; every choice gives the same values
+
+Chunking keeps one layer's transient attention buffers (scores, probabilities, gathered K/V) under
+`CHUNK_BUDGET_BYTES` per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from bltjax.config import BLTConfig, TransformerConfig
+from bltjax.layers import AttnKernel, attend, local_mask
+
+# Transient attention buffers (scores, probabilities, gathered K/V) per row per chunk: chunking
+# starts when one layer's attention would need more than this.
+CHUNK_BUDGET_BYTES = 256 * 2**20
+
+
+# ------------------------------------------------------------------------------------------------
+# Local self-attention and the segment layout.
+
+
+def map_chunks(fn: Callable[..., Any], chunk: int | None, *xs: jnp.ndarray):
+  """fn over axis 1 of every x ([B, N, ...]), `chunk` items at a time, rematerialised.
+
+  The chunk axis is the sequential one, so every iteration still holds all B rows (data
+  parallelism is untouched). Checkpointing the body keeps only its inputs for the backward pass.
+  """
+  n = xs[0].shape[1]
+  if chunk is None or chunk >= n:
+    return fn(*xs)
+  nc = -(-n // chunk)
+
+  def split(x):
+    x = jnp.pad(x, [(0, 0), (0, nc * chunk - n)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(x.shape[0], nc, chunk, *x.shape[2:]), 1, 0)
+
+  out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)), tuple(split(x) for x in xs))
+  merge = lambda y: jnp.moveaxis(y, 0, 1).reshape(y.shape[1], nc * chunk, *y.shape[3:])[:, :n]
+  return jax.tree_util.tree_map(merge, out)
+
+
+def fold(x):
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _segment_keys(x_BxSx: jnp.ndarray, q: int, n_prev: int, fill) -> jnp.ndarray:
+  """[B, S, ...] -> [B, S/Q, (n_prev + 1)·Q, ...]: each segment's keys incl. n_prev before it."""
+  b, s = x_BxSx.shape[:2]
+  nseg = s // q
+  pad = [(0, 0), (n_prev * q, 0)] + [(0, 0)] * (x_BxSx.ndim - 2)
+  xr = jnp.pad(x_BxSx, pad, constant_values=fill).reshape(b, nseg + n_prev, q, *x_BxSx.shape[2:])
+  parts = [xr[:, j:j + nseg] for j in range(n_prev + 1)]
+  return jnp.concatenate(parts, axis=2)
+
+
+def local_attend(q_BxSxHxK: jnp.ndarray, k_BxSxGxK: jnp.ndarray, v_BxSxGxK: jnp.ndarray,
+                 pos_BxS: jnp.ndarray, doc_BxS: jnp.ndarray, valid_BxS: jnp.ndarray,
+                 window: int | None, segment: int | None = None,
+                 seg_chunk: int | None = None) -> jnp.ndarray:
+  """Local causal attention (window W incl. self, same document): dense or segmented.
+
+  `segment` = Q: queries [cQ, (c+1)Q) see keys [(c - n_W)Q, (c+1)Q) with n_W = ceil((W-1)/Q),
+  which holds every key the window allows, so the result equals the dense form up to float
+  summation order. `seg_chunk` segments run per `lax.map` step (rematerialised).
+  """
+  if segment is None or window is None:
+    mask = local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, window)
+    return attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, mask)
+  b, s = pos_BxS.shape
+  qn = segment
+  n_prev = -(-(window - 1) // qn)
+  sp = -(-s // qn) * qn
+  padr = lambda x, fill=0: jnp.pad(x, [(0, 0), (0, sp - s)] + [(0, 0)] * (x.ndim - 2),
+                                   constant_values=fill)
+  q, k, v = padr(q_BxSxHxK), padr(k_BxSxGxK), padr(v_BxSxGxK)
+  pos, doc, valid = padr(pos_BxS), padr(doc_BxS), padr(valid_BxS, False)
+  nseg = sp // qn
+  seg = lambda x: x.reshape(b, nseg, qn, *x.shape[2:])
+  ks, vs = _segment_keys(k, qn, n_prev, 0), _segment_keys(v, qn, n_prev, 0)
+  kpos = _segment_keys(pos, qn, n_prev, 0)
+  kdoc = _segment_keys(doc, qn, n_prev, 0)
+  kvalid = _segment_keys(valid, qn, n_prev, False)
+
+  def body(q_, k_, v_, qpos, qdoc, kpos_, kdoc_, kval):
+    bb, c = q_.shape[:2]
+    m = local_mask(fold(qpos), fold(kpos_), fold(qdoc), fold(kdoc_), fold(kval), window)
+    o = attend(fold(q_), fold(k_), fold(v_), m)
+    return o.reshape(bb, c, *o.shape[1:])
+
+  o = map_chunks(body, seg_chunk, seg(q), ks, vs, seg(pos), seg(doc), kpos, kdoc, kvalid)
+  return o.reshape(b, sp, *o.shape[3:])[:, :s]
+
+
+@flax.struct.dataclass
+class LocalPattern(AttnKernel):
+  """`local_attend` over one row layout, passed where a dense mask would go (`layers.Block`).
+
+  A pytree (positions, documents, validity are leaves; window and layout static), so it crosses
+  `nn.remat` like a mask does.
+  """
+
+  pos_BxS: jax.Array
+  doc_BxS: jax.Array
+  valid_BxS: jax.Array
+  window: int | None = flax.struct.field(pytree_node=False, default=None)
+  segment: int | None = flax.struct.field(pytree_node=False, default=None)
+  seg_chunk: int | None = flax.struct.field(pytree_node=False, default=None)
+
+  def attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    return local_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
+                        self.valid_BxS, self.window, self.segment, self.seg_chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalPlan:
+  segment: int | None = None  # Q of the segment form; None = dense [S, S]
+  chunk: int | None = None  # segments per lax.map step
+
+
+def local_plan(st: TransformerConfig, seq_len: int, segment: int | str | None = "auto",
+               budget: int = CHUNK_BUDGET_BYTES) -> LocalPlan:
+  """Segments once dense [S, S] attention would waste > 2x (S > 2W); Q = min(W, 256)."""
+  w = st.window
+  if segment == "auto":
+    segment = None if w is None or seq_len <= 2 * w else min(w, 256)
+  if segment is None or w is None:
+    return LocalPlan()
+  n_prev = -(-(w - 1) // segment)
+  per_seg = 12 * st.n_heads * segment * (n_prev + 1) * segment + 8 * (n_prev + 1) * segment * st.dim
+  return LocalPlan(segment, max(1, budget // per_seg))
+
+
+def self_attention(st: TransformerConfig, pos_BxS, doc_BxS, valid_BxS,
+                   segment: int | str | None = "auto"):
+  """What a local stack's `run_stack` attends under: the dense mask or the segment pattern."""
+  plan = local_plan(st, pos_BxS.shape[1], segment)
+  if plan.segment is None:
+    return local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, st.window)
+  return LocalPattern(pos_BxS, doc_BxS, valid_BxS, st.window, plan.segment, plan.chunk)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling: C queries per patch read the bytes of their patch.
+
+
+def pool_is_segmented(n_heads: int, num_queries: int, seq_len: int,
+                      budget: int = CHUNK_BUDGET_BYTES) -> bool:
+  """Segment softmax once the dense [H, P·C, S] fp32 scores of one row exceed `budget`."""
+  return 4 * n_heads * num_queries * seq_len > budget
+
+
+def patch_mask(patch_ids_BxS, valid_BxS, num_patches: int, k: int):
+  """Dense pooling mask [B, P·C, S]: query c of patch p sees the valid bytes of patch p."""
+  qpatch = jnp.arange(num_patches * k) // k
+  return (patch_ids_BxS[:, None, :] == qpatch[None, :, None]) & valid_BxS[:, None, :]
+
+
+def patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS) -> jnp.ndarray:
+  """Pooling cross-attention as a per-patch segment softmax: [B, P, C, H, K].
+
+  Equals `attend` under `patch_mask` (patches without a byte give 0) in O(S·C·H) memory: each
+  byte scores only its own patch's C queries; max, sum and the weighted values reduce by patch.
+  """
+  p = q_BxPxCxHxK.shape[1]
+  seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, p)  # pads go to a dropped segment
+  by_patch = lambda x, op: jax.vmap(lambda xx, i: op(xx, i, num_segments=p + 1))(x, seg_BxS)
+  at_byte = lambda x_BxPx: jnp.take_along_axis(x_BxPx, seg_BxS[:, :, None, None], axis=1)
+  q_BxSxCxHxK = jnp.take_along_axis(
+    q_BxPxCxHxK, jnp.minimum(seg_BxS, p - 1)[:, :, None, None, None], axis=1)
+  sc = jnp.einsum("bschk,bshk->bsch", q_BxSxCxHxK, k_BxSxHxK,
+                  preferred_element_type=jnp.float32) / math.sqrt(k_BxSxHxK.shape[-1])
+  vmask = valid_BxS[:, :, None, None]
+  # The softmax shift carries no gradient (softmax is invariant to it).
+  mx = jax.lax.stop_gradient(at_byte(by_patch(jnp.where(vmask, sc, -jnp.inf), jax.ops.segment_max)))
+  e = jnp.where(vmask, jnp.exp(sc - jnp.where(vmask, mx, 0.0)), 0.0)
+  den = at_byte(by_patch(e, jax.ops.segment_sum))
+  prob = (e / jnp.where(den > 0, den, 1.0)).astype(v_BxSxHxK.dtype)  # rounded like `attend`
+  pv = prob[..., None].astype(jnp.float32) * v_BxSxHxK[:, :, None].astype(jnp.float32)
+  return by_patch(pv, jax.ops.segment_sum)[:, :p].astype(v_BxSxHxK.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# BLT-D blocks (arXiv 2605.08044; docs/bltd.md).
+
+
+def block_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray, v_BxMxZxGxK: jnp.ndarray,
+                 valid_BxMxZ: jnp.ndarray, kp_BxMxTxGxK: jnp.ndarray, vp_BxMxTxGxK: jnp.ndarray,
+                 pmask_BxMxT: jnp.ndarray) -> jnp.ndarray:
+  """The block pattern: each block sees its T prefix keys (pmask) and its own valid slots.
+
+  Scores are [B·M, H, Z, T + Z]; keys of other blocks are simply not in the tensor.
+  """
+  b, m, z = valid_BxMxZ.shape
+  t = pmask_BxMxT.shape[2]
+  keys = jnp.concatenate([kp_BxMxTxGxK, k_BxMxZxGxK], axis=2)
+  vals = jnp.concatenate([vp_BxMxTxGxK, v_BxMxZxGxK], axis=2)
+  mask_BxMxZxTZ = jnp.concatenate([
+    jnp.broadcast_to(pmask_BxMxT[:, :, None, :], (b, m, z, t)),
+    jnp.broadcast_to(valid_BxMxZ[:, :, None, :], (b, m, z, z))], axis=3)
+  o = attend(fold(q_BxMxZxHxK), fold(keys), fold(vals), fold(mask_BxMxZxTZ))
+  return o.reshape(b, m, *o.shape[1:])
+
+
+def block_prefix_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray,
+                        v_BxMxZxGxK: jnp.ndarray, valid_BxMxZ: jnp.ndarray,
+                        start_BxM: jnp.ndarray, doc_BxM: jnp.ndarray, kc_BxSxGxK: jnp.ndarray,
+                        vc_BxSxGxK: jnp.ndarray, cvalid_BxS: jnp.ndarray, cdoc_BxS: jnp.ndarray,
+                        window: int | None, chunk: int | None = None) -> jnp.ndarray:
+  """Blocks against the clean stream of the same rows (training layout, §3.7 step 2).
+
+  Block m gathers clean rows j in [s_m - W, s_m) (W = S when `window` is None), visible when
+  j >= 0, valid and in the block's document; clean positions are the indices 0..S-1.
+  """
+  b, s = cvalid_BxS.shape
+  w = s if window is None else min(window, s)  # no key before position 0 exists
+  rows = jnp.arange(b, dtype=jnp.int32)[:, None, None]
+
+  def body(q, k, v, val, start, doc):
+    j_BxCxW = start[:, :, None] - w + jnp.arange(w, dtype=jnp.int32)[None, None, :]
+    jc = jnp.clip(j_BxCxW, 0, s - 1)
+    pmask = (j_BxCxW >= 0) & cvalid_BxS[rows, jc] & (cdoc_BxS[rows, jc] == doc[:, :, None])
+    return block_attend(q, k, v, val, kc_BxSxGxK[rows, jc], vc_BxSxGxK[rows, jc], pmask)
+
+  return map_chunks(body, chunk, q_BxMxZxHxK, k_BxMxZxGxK, v_BxMxZxGxK, valid_BxMxZ,
+                     start_BxM, doc_BxM)
+
+
+def block_dense_prefix_attend(q_BxMxZxHxK: jnp.ndarray, k_BxMxZxGxK: jnp.ndarray,
+                              v_BxMxZxGxK: jnp.ndarray, valid_BxMxZ: jnp.ndarray,
+                              start_BxM: jnp.ndarray, doc_BxM: jnp.ndarray,
+                              kc_BxSxGxK: jnp.ndarray, vc_BxSxGxK: jnp.ndarray,
+                              cvalid_BxS: jnp.ndarray, cdoc_BxS: jnp.ndarray, window: int | None,
+                              chunk: int | None = None) -> jnp.ndarray:
+  """Same result as `block_prefix_attend` without gathering: for rows of up to ~2W bytes.
+
+  A chunk of C blocks attends [all S clean keys ; the chunk's C·Z block keys] under the §3.5
+  mask (window from the block start, block-diagonal among blocks): [C·Z, S + C·Z] scores per
+  head. No per-block copy of W clean K/V rows, which costs W/Z times the block stream itself.
+  """
+  b, s = cvalid_BxS.shape
+  j_1x1xS = jnp.arange(s, dtype=jnp.int32)[None, None, :]
+
+  def body(q, k, v, val, start, doc):
+    c, z = val.shape[1:]
+    pm = ((j_1x1xS < start[:, :, None]) & cvalid_BxS[:, None, :]
+          & (cdoc_BxS[:, None, :] == doc[:, :, None]))
+    if window is not None:
+      pm &= j_1x1xS >= start[:, :, None] - window
+    pm_BxCZxS = jnp.broadcast_to(pm[:, :, None, :], (b, c, z, s)).reshape(b, c * z, s)
+    own = jnp.eye(c, dtype=bool)[None, :, None, :, None] & val[:, None, None, :, :]
+    own_BxCZxCZ = jnp.broadcast_to(own, (b, c, z, c, z)).reshape(b, c * z, c * z)
+    flat = lambda x: x.reshape(b, c * z, *x.shape[3:])
+    o = attend(flat(q), jnp.concatenate([kc_BxSxGxK, flat(k)], axis=1),
+               jnp.concatenate([vc_BxSxGxK, flat(v)], axis=1),
+               jnp.concatenate([pm_BxCZxS, own_BxCZxCZ], axis=2))
+    return o.reshape(b, c, z, *o.shape[2:])
+
+  return map_chunks(body, chunk, q_BxMxZxHxK, k_BxMxZxGxK, v_BxMxZxGxK, valid_BxMxZ,
+                     start_BxM, doc_BxM)
+
+
+# ------------------------------------------------------------------------------------------------
+# The BLT-D plan.
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnPlan:
+  """Exact attention layouts; `None` = dense / unchunked. Derived from static shapes."""
+
+  clean_segment: int | None = None  # Q for the clean stream's segment form
+  clean_chunk: int | None = None  # segments per lax.map step
+  block_chunk: int | None = None  # blocks per lax.map step
+  block_prefix: str = "gather"  # "gather" (W rows per block) | "dense" (all S keys, masked)
+
+
+def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int | str | None =
+              "auto", block_chunk: int | str | None = "auto", block_prefix: str = "auto",
+              budget: int = CHUNK_BUDGET_BYTES) -> AttnPlan:
+  """Picks the layouts from static shapes; every choice gives the same values.
+
+  clean: `local_plan` of the decoder (both local stacks use it on the clean stream).
+  blocks: "dense" prefix keys while S <= 2W_b (W_b = diffusion.block_prefix_window; scores M·Z·S,
+  no gather), else "gather" (scores M·Z·(W_b+Z) plus W_b gathered rows per block). Chunk sizes
+  keep one layer's transient attention buffers under `budget` bytes per row.
+  """
+  d = cfg.decoder
+  bwin = cfg.diffusion.block_prefix_window
+  s = seq_len
+  clean = local_plan(d, s, clean_segment, budget)
+  mode = block_prefix
+  if mode == "auto":
+    mode = "dense" if bwin is None or s <= 2 * bwin else "gather"
+  z = cfg.diffusion.block_size
+  chunk = block_chunk
+  if chunk == "auto":
+    if mode == "dense":  # C·Z <= S keeps the block-diagonal part no larger than the prefix
+      chunk = min(max(1, s // max(z, 1)), max(1, budget // (12 * d.n_heads * z * 2 * s)))
+    else:
+      w = min(s if bwin is None else bwin, s)
+      chunk = max(1, budget // (12 * d.n_heads * z * (w + z) + 8 * w * d.kv_heads * d.head_dim))
+    chunk = None if chunk >= num_blocks else chunk
+  return AttnPlan(clean.segment, clean.chunk, chunk, mode)
+
+
+__all__ = ["CHUNK_BUDGET_BYTES", "map_chunks", "local_attend", "LocalPattern", "LocalPlan",
+           "local_plan", "self_attention", "pool_is_segmented", "patch_mask", "patch_attend",
+           "block_attend", "block_prefix_attend", "block_dense_prefix_attend", "AttnPlan",
+           "make_plan"]
