@@ -58,9 +58,9 @@ def _batch(c) -> dict[str, np.ndarray]:
 def bench(c, batch, steps: int, warmup: int) -> dict:
   import jax
 
-  from bltjax import train as T
+  from bltjax import train
 
-  tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltd_"), devices=jax.devices()[:1])
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltd_"), devices=jax.devices()[:1])
   _, _, m, compile_s, times = time_steps(tr.make_train_step(), tr.init_state(), tr.frozen,
                                          tr.to_global(batch), steps, warmup)
   m = {k: float(v) for k, v in jax.device_get(m).items()}

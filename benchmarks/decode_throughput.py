@@ -26,8 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bltjax import ar, generation  # noqa: E402
-from bltjax import model as M  # noqa: E402
+from bltjax import ar, generation, model  # noqa: E402
 from bltjax.config import BLTConfig  # noqa: E402
 
 
@@ -56,10 +55,10 @@ def main():
   ap.add_argument("--batches", default="1,16")
   a = ap.parse_args()
   cfg = load_config()
-  params = M.init_params(cfg, jax.random.key(0))
+  params = model.init_params(cfg, jax.random.key(0))
   sample = prompts(4, 256)
   ids = jnp.asarray([ar.encode_prompt(s) for s in sample])
-  h = M.entropies(params, cfg, ids)
+  h = model.entropies(params, cfg, ids)
   cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=float(jnp.median(h))))
 
   import torch

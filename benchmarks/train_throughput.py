@@ -139,10 +139,9 @@ def _xla_flops(compiled) -> float | None:
 def bench_bltjax(c, batch, steps: int, warmup: int):
   import jax
 
-  from bltjax import model, sharding
-  from bltjax import train as T
+  from bltjax import model, sharding, train
 
-  tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltjax_"), devices=jax.devices()[:1])
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltjax_"), devices=jax.devices()[:1])
   # Host copy: the step donates its state, and HF gets these same weights afterwards.
   full = jax.device_get(jax.jit(lambda k: model.init_params(tr.cfg, k))(jax.random.key(0)))
   params = {k: full[k] for k in model.BLT_KEYS}

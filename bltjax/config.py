@@ -8,7 +8,6 @@ naming the dotted key, at construction, before anything compiles.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -322,7 +321,3 @@ def num_params(cfg: BLTConfig) -> dict[str, int]:
 
 def ceil_div(a: int, b: int) -> int:
   return -(-a // b)
-
-
-def round_up_pow2(n: int) -> int:
-  return 1 << max(0, math.ceil(math.log2(max(1, n))))

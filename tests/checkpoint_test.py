@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import checkpoint, model, weights
-from bltjax import train as T
+from bltjax import checkpoint, model, train, weights
 from bltjax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,8 +25,8 @@ import tiny_train_config  # noqa: E402
 CONFIG = str(ROOT / "tests" / "tiny_train_config.py") + ":blt"
 
 
-def _state_for(tr: T.Trainer, seed: int = 0):
-  params = tiny_train_config.random_params(tr.cfg, T.TRAINABLE[tr.r.train.task], seed)
+def _state_for(tr: train.Trainer, seed: int = 0):
+  params = tiny_train_config.random_params(tr.cfg, train.TRAINABLE[tr.r.train.task], seed)
   params = jax.device_put(params, tr.state_shardings["params"])
   opt = jax.jit(tr.tx.init, out_shardings=tr.state_shardings["opt_state"])(params)
   return {"params": params, "opt_state": opt, "step": jnp.int32(5)}
@@ -56,14 +55,14 @@ def test_data_iterator_resume_is_deterministic(tmp_path):
 def test_restore_onto_a_different_mesh_and_device_count(tmp_path):
   c = tiny_train_config.get_config("blt")
   c.mesh.shape = (1, 8, 1)
-  src = T.Trainer.create(c, tmp_path)
+  src = train.Trainer.create(c, tmp_path)
   state = _state_for(src)
   with checkpoint.TrainCheckpointer(tmp_path / "ck") as ck:
     ck.save(5, state, wait=True)
   host = jax.device_get(state)
   for shape, devices in (((2, 2, 2), jax.devices()), ((1, 2, 1), jax.devices()[:2])):
     c.mesh.shape = shape
-    dst = T.Trainer.create(c, tmp_path, devices=devices)
+    dst = train.Trainer.create(c, tmp_path, devices=devices)
     with checkpoint.TrainCheckpointer(tmp_path / "ck") as ck:
       got = ck.restore(ck.latest_step(), dst.abstract_state)
     assert int(got["step"]) == 5
@@ -177,6 +176,6 @@ def test_nonfinite_loss_stops_the_run(tmp_path):
   c.train.update(steps=3, lr=1e30, warmup_steps=0, clip_norm=1e30, eval_windows=0,
                  ckpt_every=0, export=False)
   with pytest.raises(FloatingPointError, match="non-finite loss"):
-    T.train_and_evaluate(c, tmp_path, log=lambda *a: None)
+    train.train_and_evaluate(c, tmp_path, log=lambda *a: None)
   recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert recs[-1]["event"] == "nan"

@@ -12,8 +12,7 @@ import json
 import pytest
 
 from bltjax import decode as cli
-from bltjax import train as T
-from bltjax import weights
+from bltjax import train, weights
 from tests import tiny_train_config
 
 
@@ -23,7 +22,7 @@ def _train(tmp_path, block_size: int):
   c.model.diffusion.update(block_size=block_size)
   c.data.source = "synthetic"
   c.train.update(steps=20, eval_windows=0, ckpt_every=0, async_checkpoint=False)
-  out = T.train_and_evaluate(c, tmp_path, log=lambda *a: None)
+  out = train.train_and_evaluate(c, tmp_path, log=lambda *a: None)
   return out["export"]
 
 

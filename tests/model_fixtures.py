@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import model as M
+from bltjax import model
 from bltjax.config import BLTConfig, HashConfig, PatcherConfig, TransformerConfig
 
 
@@ -31,7 +31,7 @@ def tiny_config(k: int = 2, window: int = 512, max_patch_length=None, mode="entr
 def tiny_params(cfg: BLTConfig, seed: int = 0, sharpen: float = 12.0, logit_scale: float = 4.0):
   """Random params; the entropy head is sharpened so entropies straddle the threshold and the
   decoder head is scaled so greedy decoding is not a constant byte."""
-  p = M.init_params(cfg, jax.random.key(seed))
+  p = model.init_params(cfg, jax.random.key(seed))
   p["entropy_model"]["output"]["kernel"] = p["entropy_model"]["output"]["kernel"] * sharpen
   p["local_decoder"]["output"]["kernel"] = p["local_decoder"]["output"]["kernel"] * logit_scale
   return p
@@ -40,7 +40,7 @@ def tiny_params(cfg: BLTConfig, seed: int = 0, sharpen: float = 12.0, logit_scal
 def median_threshold(params, cfg: BLTConfig, n: int = 200, seed: int = 1) -> float:
   rng = np.random.default_rng(seed)
   ids = jnp.asarray(np.concatenate([[1], rng.integers(4, 260, n - 1)])[None], jnp.int32)
-  return float(jnp.median(M.entropies(params, cfg, ids)[0, 1:]))
+  return float(jnp.median(model.entropies(params, cfg, ids)[0, 1:]))
 
 
 # Prompts shared by the decoding tests: short, one byte, repetitive text crossing the window,

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import losses, model, optim, sharding
-from bltjax import train as T
+from bltjax import losses, model, optim, sharding, train
 from bltjax.config import BOS_ID, EOS_ID, ConfigError
 from bltjax.train_config import base_config, resolve
 
@@ -126,7 +125,7 @@ def test_base_config_has_every_override_key():
 
 
 def _packed_batch(b: int = 8, s: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-  rows = T._SyntheticRows(seed, s)
+  rows = train._SyntheticRows(seed, s)
   rs = [rows.row(0, i) for i in range(b)]
   return {k: np.stack([r[k] for r in rs]) for k in rs[0]}
 
@@ -261,7 +260,7 @@ def test_lr_schedule_and_decay_mask():
 def test_window_document_scores_every_target_once():
   ids = np.arange(50, dtype=np.int32)
   seen = np.zeros(50, int)
-  for k, (w, score) in enumerate(window_list := list(T.window_document(ids, 16, 8))):
+  for k, (w, score) in enumerate(window_list := list(train.window_document(ids, 16, 8))):
     assert len(w) <= 16
     seen[w[score]] += 1
     if k:

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bltjax import model, weights
-from bltjax import train as T
+from bltjax import model, train, weights
 from bltjax.config import MASK_ID, ConfigError
 from bltjax.train_config import resolve
 
@@ -32,7 +31,7 @@ def _save(tmp: pathlib.Path, name: str, c, seed: int) -> tuple[str, dict]:
 
 
 def _params(c, tmp: pathlib.Path) -> dict:
-  tr = T.Trainer.create(c, tmp)
+  tr = train.Trainer.create(c, tmp)
   return jax.tree.map(np.asarray, jax.device_get(tr.init_state()["params"])), tr
 
 
@@ -74,11 +73,11 @@ def test_architecture_mismatch_names_the_key(tmp_path):
   other = _config(0)
   other.model.decoder.n_layers = 2
   src, _ = _save(tmp_path, "deeper", other, seed=0)
-  tr = T.Trainer.create(_config(4, src), tmp_path / "warm")
+  tr = train.Trainer.create(_config(4, src), tmp_path / "warm")
   with pytest.raises(ConfigError, match=r"^train.init_from_blt: model.decoder of .* is "):
     tr.init_state()
   with pytest.raises(ConfigError, match=r"^train.init_from_blt: .* is not a directory"):
-    T.Trainer.create(_config(4, str(tmp_path / "nowhere")), tmp_path / "w2").init_state()
+    train.Trainer.create(_config(4, str(tmp_path / "nowhere")), tmp_path / "w2").init_state()
   c = tiny_train_config.get_config("entropy")
   c.train.init_from_blt = src
   with pytest.raises(ConfigError, match=r"^train.init_from_blt: only for train.task 'blt'"):
