@@ -58,22 +58,60 @@ def load_config(path: str):
   return mod.get_config()
 
 
+def local_attention_bytes(st, seq_len: int, act_bytes: int, fp_bytes: int) -> tuple[float, float]:
+  """(saved, transient) bytes of one local self-attention layer for one row, as
+  `bltjax.kernels.local_plan` lays it out.
+
+  Dense [S, S]: 3 fp32 score-sized arrays, the probabilities and the bool mask, all kept
+  ((12 + b + 1) bytes per score and head). Segments of Q queries over (n_W + 1)·Q keys, run Mc
+  at a time under a rematerialised `lax.map`: only the segment-major copies of K, V (and their
+  positions) stay; one chunk's scores ((12 + b + 1)·H·Mc·Q·(n_W + 1)·Q) are transient.
+  """
+  from bltjax import kernels
+
+  s, b = seq_len, act_bytes
+  plan = kernels.local_plan(st, s)
+  if plan.segment is None:
+    return float(st.n_heads * s * s * (12 + b + 1)), float(st.n_heads * s * s * 12)
+  q = plan.segment
+  keys = (-(-(st.window - 1) // q) + 1) * q
+  nseg = -(-s // q)
+  saved = nseg * keys * (2 * st.kv_heads * st.head_dim * fp_bytes + 9)
+  return float(saved), float(st.n_heads * min(plan.chunk, nseg) * q * keys * (12 + b + 1))
+
+
+def pooling_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int) -> float:
+  """Bytes the encoder's pooling cross-attention keeps for one row (outside any remat block).
+
+  Dense [P·C, S] (`kernels.pool_is_segmented` false): masked scores, exp, probabilities (fp32),
+  their b-byte copy and two masks, (14 + b) bytes per score and head. Segment softmax: per byte
+  C·H scores, exp, probabilities, shift (fp32) and the fp32 product with V (C·D per byte) plus
+  the gathered queries.
+  """
+  from bltjax import kernels
+
+  e, s, p, b, c = cfg.encoder, seq_len, num_patches, act_bytes, cfg.cross_attn_k
+  xh = cfg.cross_attn_nheads or e.n_heads
+  per = 6 * e.hidden_dim * b + (5 * b + 40) * e.dim
+  rest = s * e.dim * b + p * c * per
+  if not kernels.pool_is_segmented(xh, p * c, s):
+    return float(xh * p * c * s * (14 + b) + rest)
+  return float(s * c * (16 * xh + 4 * e.dim + b * e.dim) + rest)
+
+
 def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) -> dict[str, float]:
   """Activation memory of one row of plain BLT training, in bytes, per term.
 
-  The BLT analogue of `bltjax.diffusion.activation_bytes`, with the same per-position constants:
-  a block keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 RMSNorm and
-  softmax internals) per position, and a dense attention layer works on 3 fp32 score-sized arrays,
-  the b-byte probabilities and the bool mask, i.e. (12 + b + 1) bytes per score and head. In this
-  model local self-attention is dense [S, S] under a window mask, the encoder's pooling
-  cross-attention dense [P·C, S] under a patch mask, the global model's [P, P].
+  Same per-position constants as BLT-D's model (benchmarks/bltd_memory.py): a block keeps about
+  6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 RMSNorm and softmax internals)
+  per position. Attention as `bltjax.kernels` plans it (`local_attention_bytes`,
+  `pooling_bytes`): at 8k bytes and window 512 the local stacks run segments and pooling a
+  per-patch segment softmax; the global model's [P, P] attention is dense.
 
   Saved until the backward pass ("saved_*"):
     blocks   remat "none": every block's terms. "full": each block's input (S·D·b or P·D·b).
              "dots": that plus every weight-matmul output ((4·D + 3·F)·b per position).
-    pooling  outside any remat block, so all its score-sized arrays stay: masked scores, exp,
-             probabilities (fp32), their b-byte copy and two masks, (14 + b) bytes per score,
-             plus the byte states and the patch queries.
+    pooling  outside any remat block (`pooling_bytes`).
     cross    the decoder's per-layer cross-attention (C gathered keys/values, norms), no remat.
     logits   fp32 logits and their log-softmax.
   Transient, one at a time ("transient_*"):
@@ -85,31 +123,30 @@ def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) ->
   """
   e, g, d = cfg.encoder, cfg.global_, cfg.decoder
   s, p, b, c = seq_len, num_patches, act_bytes, cfg.cross_attn_k
-  per_score = 12 + b + 1
   per = lambda st: 6 * st.hidden_dim * b + (5 * b + 40) * st.dim  # noqa: E731
   dots = lambda st: (4 * st.dim + 3 * st.hidden_dim) * b  # noqa: E731
-  attn = lambda st, q, k: st.n_heads * q * k * per_score  # noqa: E731
-  enc_layer = s * per(e) + attn(e, s, s)
-  glob_layer = p * per(g) + attn(g, p, p)
-  dec_layer = s * per(d) + attn(d, s, s)
+  enc_attn, dec_attn = local_attention_bytes(e, s, b, b), local_attention_bytes(d, s, b, b)
+  glob_attn = (g.n_heads * p * p * (12 + b + 1), g.n_heads * p * p * 12)
+  enc_layer = s * per(e) + enc_attn[0]
+  glob_layer = p * per(g) + glob_attn[0]
+  dec_layer = s * per(d) + dec_attn[0]
   if cfg.remat == "none":
     blocks = e.n_layers * enc_layer + g.n_layers * glob_layer + d.n_layers * dec_layer
-    layer = max(st.n_heads * q * q * 12 for st, q in ((e, s), (g, p), (d, s)))
+    layer = max(enc_attn[1], glob_attn[1], dec_attn[1])
   else:
     blocks = (e.n_layers * s * e.dim + g.n_layers * p * g.dim + d.n_layers * s * d.dim) * b
     if cfg.remat == "dots":
       blocks += e.n_layers * s * dots(e) + g.n_layers * p * dots(g) + d.n_layers * s * dots(d)
-    layer = max(enc_layer, glob_layer, dec_layer)
-  xh = cfg.cross_attn_nheads or e.n_heads
-  pooling = xh * p * c * s * (14 + b) + s * e.dim * b + p * c * per(e)
+    layer = max(enc_layer + enc_attn[1], glob_layer, dec_layer + dec_attn[1])
   cross = d.n_layers * s * (2 * c * d.dim * b + (5 * b + 40) * d.dim)
-  out = dict(saved_blocks=float(blocks), saved_pooling=float(pooling), saved_cross=float(cross),
-             saved_logits=8.0 * s * cfg.vocab_size, transient_layer=float(layer),
-             transient_entropy=0.0)
+  out = dict(saved_blocks=float(blocks), saved_pooling=pooling_bytes(cfg, s, p, b),
+             saved_cross=float(cross), saved_logits=8.0 * s * cfg.vocab_size,
+             transient_layer=float(layer), transient_entropy=0.0)
   if cfg.entropy is not None and cfg.patcher.mode == "entropy":
     en = cfg.entropy
-    out["transient_entropy"] = float(s * (6 * en.hidden_dim + 45 * en.dim)
-                                     + en.n_heads * s * s * (12 + 4 + 1))
+    saved_attn, chunk_attn = local_attention_bytes(en, s, 4, 4)
+    out["transient_entropy"] = float(s * (6 * en.hidden_dim + 45 * en.dim) + saved_attn
+                                     + chunk_attn)
   saved = sum(v for k, v in out.items() if k.startswith("saved"))
   out["saved"] = saved
   out["total"] = max(out["transient_entropy"], saved + out["transient_layer"])
@@ -170,8 +207,7 @@ def compile_step(c, devices: int, log=print):
   import jax
   import jax.numpy as jnp
 
-  from bltjax import model, sharding
-  from bltjax import train as T
+  from bltjax import model, sharding, train
 
   def abstract_entropy(cfg, path, mesh, rules):
     del path, rules
@@ -181,8 +217,8 @@ def compile_step(c, devices: int, log=print):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), ent)}
     return frozen, jax.tree.map(lambda x: x.sharding, frozen)
 
-  T._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
-  tr = T.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"),
+  train._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"),
                         devices=jax.devices()[:devices])
   b, s = tr.r.train.batch_size, tr.r.train.seq_len
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,  # noqa: E731

@@ -1,0 +1,98 @@
+"""Long rows on CPU: N real training steps of the tiny BLT (configs/blt_tiny.py) at 8,192 bytes.
+
+The Trainer's own step (entropy patching online, forward, backward, AdamW) on synthetic packed
+documents. At this length every local stack (encoder, decoder, entropy model; window 512) runs the
+segmented attention of `bltjax/kernels.py` and pooling the per-patch segment softmax; the dense
+masks would need [4 heads, 8192, 8192] fp32 arrays (1 GiB each) per layer and row. The entropy
+model is randomly initialised (no export needed; its patches are as real as any).
+
+Prints one JSON line: compile seconds, median seconds per step, bytes per second, first and last
+loss, and the process's peak resident memory (ru_maxrss).
+
+  python benchmarks/train_long_rows.py                       # 20 steps, 8192 bytes, 2 rows
+  python benchmarks/train_long_rows.py --steps=5 --batch=1 --seq_len=16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", default="configs/blt_tiny.py")
+  ap.add_argument("--seq_len", type=int, default=8192)
+  ap.add_argument("--batch", type=int, default=2)
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
+  ap.add_argument("--json", default=None)
+  a = ap.parse_args(argv)
+  sys.path.insert(0, str(REPO))
+  import jax
+  import numpy as np
+  from absl import logging
+
+  from benchmarks.train_memory import load_config
+  from bltjax import model, sharding, train
+
+  logging.set_verbosity(logging.WARNING)
+  c = load_config(a.config)
+  c.train.seq_len, c.train.batch_size, c.train.grad_accum = a.seq_len, a.batch, 1
+  if a.remat:
+    c.model.remat = a.remat
+  if c.model.patcher.mode == "entropy":
+    c.train.entropy_checkpoint = "(random)"
+
+  def random_entropy(cfg, path, mesh, rules):
+    del path, rules
+    ent = model.init_params(cfg, jax.random.key(1))["entropy_model"]
+    frozen = {"entropy_model": jax.device_put(ent, sharding.replicated(mesh))}
+    return frozen, jax.tree.map(lambda x: x.sharding, frozen)
+
+  train._load_entropy_model = random_entropy  # no export: a random patcher patches just as well
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_long_rows_"),
+                            devices=jax.devices()[:1])
+  state = tr.init_state()
+  rows = train.synthetic_iterator(0, a.seq_len, a.batch)
+  step = tr.make_train_step()
+  losses, times, compile_s = [], [], 0.0
+  with sharding.use_mesh(tr.mesh):
+    for i in range(a.steps + 1):
+      batch = tr.to_global(next(rows))
+      t = time.perf_counter()
+      state, m = step(state, tr.frozen, batch)
+      jax.block_until_ready(m)
+      dt = time.perf_counter() - t
+      if i == 0:
+        compile_s = dt
+      else:
+        times.append(dt)
+      losses.append(float(m["loss"]))
+  cfg = tr.cfg
+  res = dict(config=a.config, seq_len=a.seq_len, batch=a.batch, steps=a.steps, remat=cfg.remat,
+             max_patches=tr.r.max_patches, compile_s=round(compile_s, 1),
+             step_s_median=round(statistics.median(times), 3),
+             bytes_per_s=round(a.batch * a.seq_len / statistics.median(times)),
+             loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4),
+             finite=bool(np.all(np.isfinite(losses))),
+             peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+  print(json.dumps(res), flush=True)
+  if a.json:
+    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
