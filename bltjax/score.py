@@ -52,15 +52,16 @@ def windows(n: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
     done = end
 
 
-def _score_fn(params: Any, ids_BxS: jnp.ndarray, *, cfg: BLTConfig):
-  """Per-position NLL of the next id and the patch starts (from the checkpoint's patcher)."""
-  from bltjax import model as M
+def next_byte_nll(params: Any, cfg: BLTConfig, ids_BxS: jnp.ndarray,
+                  lengths_B: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """NLL (nats) of ids[:, j + 1] given ids[:, :j + 1] under the checkpoint's own patcher, [B,
+  S-1], and its patch starts; positions past a row's length are junk. Shared by the scorers."""
+  from bltjax import model  # noqa: PLC0415 - model imports flax; keep --help fast
 
-  start_BxS1 = M.patch(params, cfg, ids_BxS)
-  logits_BxSxV = M.forward(params, cfg, ids_BxS, start_BxS1)
+  start_BxS1 = model.patch(params, cfg, ids_BxS, lengths_B)
+  logits_BxSxV = model.forward(params, cfg, ids_BxS, start_BxS1, lengths_B)
   logp = jax.nn.log_softmax(logits_BxSxV[:, :-1].astype(jnp.float32), axis=-1)
-  nll_BxS = -jnp.take_along_axis(logp, ids_BxS[:, 1:, None], axis=-1)[..., 0]
-  return nll_BxS, start_BxS1
+  return -jnp.take_along_axis(logp, ids_BxS[:, 1:, None], axis=-1)[..., 0], start_BxS1
 
 
 def score_bytes(params: Any, cfg: BLTConfig, data: bytes, *, window: int = 4096,
@@ -83,7 +84,7 @@ def score_bytes(params: Any, cfg: BLTConfig, data: bytes, *, window: int = 4096,
   if n == 0:
     return {"bytes": 0, "nll_nats": 0.0, "bpb": None, "patches": 0}
   ids = np.concatenate([[BOS_ID], np.frombuffer(data, np.uint8).astype(np.int32) + OFFSET])
-  fn = jax.jit(lambda p, x: _score_fn(p, x, cfg=cfg))
+  fn = jax.jit(lambda p, x: next_byte_nll(p, cfg, x))
   spans = list(windows(n, window, stride))
   nll, patches = 0.0, 0
   for i in range(0, len(spans), batch):

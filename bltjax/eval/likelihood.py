@@ -25,12 +25,7 @@ from bltjax.config import BOS_ID, OFFSET, BLTConfig
 @functools.partial(jax.jit, static_argnames=("cfg",))  # one cache across Scorers and runs
 def _nll(params: Any, ids_BxS: jnp.ndarray, lengths_B: jnp.ndarray, *, cfg: BLTConfig):
   """NLL (nats) of ids[:, j + 1] given ids[:, :j + 1]; positions past a row's length are junk."""
-  from bltjax import model as M  # noqa: PLC0415 - model imports flax; keep --help fast
-
-  start = M.patch(params, cfg, ids_BxS, lengths_B)
-  logits = M.forward(params, cfg, ids_BxS, start, lengths_B)
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, ids_BxS[:, 1:, None], axis=-1)[..., 0]
+  return score.next_byte_nll(params, cfg, ids_BxS, lengths_B)[0]
 
 
 def byte_ids(data: bytes) -> np.ndarray:
