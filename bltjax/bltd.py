@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from bltjax import engine, model, runloop
+from bltjax import engine, model, patching, runloop
 from bltjax.config import MASK_ID, BLTConfig
 from bltjax.layers import CacheKeys, dtype_of, run_stack
 
@@ -81,8 +81,7 @@ def commit_mask(logits_BxZxV, masked_BxZ, kind: str, alpha=0.7, gamma=1.5,
     best = jax.nn.one_hot(jnp.argmax(c, axis=1), c.shape[1], dtype=bool)
     pick = masked_BxZ & (c > alpha)
     return jnp.where(jnp.any(pick, axis=1, keepdims=True), pick, best & any_masked)
-  h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-  h = jnp.where(masked_BxZ, h, jnp.inf)
+  h = jnp.where(masked_BxZ, patching.entropies_from_logits(logits_BxZxV), jnp.inf)
   order = jnp.argsort(h, axis=1, stable=True)  # ascending entropy; unmasked last
   hs = jnp.take_along_axis(h, order, axis=1)
   ok_sorted = jnp.isfinite(hs)

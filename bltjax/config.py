@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 # Byte-id constants of the released tokenizer (blt.md §1).
 BOE_ID = 0
 BOS_ID = 1
@@ -18,7 +20,13 @@ EOS_ID = 2
 BPE_ID = 3
 OFFSET = 4
 VOCAB_SIZE = 260
-MASK_ID = 260  # BLT-D input-only id (fast_blt.md §2)
+MASK_ID = 260  # BLT-D input-only id (docs/bltd.md)
+
+
+def ids_to_bytes(ids) -> bytes:
+  """Byte ids (>= OFFSET) back to bytes; BOS/EOS/padding/other specials are dropped."""
+  a = np.asarray(ids, np.int64)
+  return (a[a >= OFFSET] - OFFSET).astype(np.uint8).tobytes()
 
 RELEASE_THRESHOLD = 1.335442066192627
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bltjax import ar, bltd, bltdv, blts, engine, runloop, sharding
-from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
+from bltjax.config import BOS_ID, EOS_ID, BLTConfig, ids_to_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +131,6 @@ def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
       raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
                        f"({' | '.join(bltd.BLOCK_LATENTS)})")
   m.check(cfg)
-
-
-def ids_to_bytes(ids) -> bytes:
-  return bytes(int(i) - OFFSET for i in ids if int(i) >= OFFSET)
 
 
 def bucket(n: int, minimum: int = 16) -> int:

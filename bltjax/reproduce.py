@@ -24,6 +24,9 @@ with --resume skips what it already wrote):
 accelerators: `--dry-run` prints their plan (configs, steps, bytes, parameters, memory) without
 running anything. `--blt-weights DIR` (e.g. `python -m bltjax.convert --from hf facebook/blt-1b
 DIR`) skips the entropy and BLT pretraining and starts the BLT-D runs from those weights.
+
+Longer than 600 lines: one stage table and the plan of every scale; the stages share one state
+and resume logic that splitting would scatter.
 """
 
 from __future__ import annotations

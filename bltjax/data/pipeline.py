@@ -52,7 +52,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from bltjax.config import BOS_ID, EOS_ID, OFFSET, ConfigError
+from bltjax.config import BOS_ID, EOS_ID, OFFSET, ConfigError, ids_to_bytes
 
 PAD_ID = 0  # Only ever in padding, where `valid` is False.
 
@@ -102,10 +102,6 @@ def doc_to_ids(text: bytes | str, *, add_bos: bool = True, add_eos: bool = True)
   return np.concatenate(parts)
 
 
-def ids_to_bytes(ids: np.ndarray | Sequence[int]) -> bytes:
-  """Inverse of `doc_to_ids`: keeps byte ids (>= 4), drops BOS/EOS/padding."""
-  ids = np.asarray(ids)
-  return (ids[ids >= OFFSET] - OFFSET).astype(np.uint8).tobytes()
 
 
 # ----------------------------------------------------------------------------------------------
