@@ -100,6 +100,11 @@ def score_bytes(params: Any, cfg: BLTConfig, data: bytes, *, window: int = 4096,
   return {"bytes": n, "nll_nats": nll, "bpb": nll / (math.log(2) * n), "patches": patches}
 
 
+def _fail(msg: str) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return 2
+
+
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m bltjax.score", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.error("need --window >= 1 and 1 <= --stride <= --window")
   from bltjax import weights
 
-  cfg, params = weights.load_checkpoint(a.checkpoint)
-  data = Path(a.file).read_bytes()
+  try:  # the file first: it is cheaper to check than the checkpoint
+    data = Path(a.file).read_bytes()
+  except OSError as e:
+    return _fail(f"--file {a.file}: {e.strerror or e}")
+  try:
+    cfg, params = weights.load_checkpoint(a.checkpoint)
+  except (weights.CheckpointError, OSError) as e:
+    return _fail(f"--checkpoint: {e}")
   out = score_bytes(params, cfg, data, window=a.window, stride=a.stride, batch=max(1, a.batch))
   print(json.dumps(out))
   return 0
