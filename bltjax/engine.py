@@ -372,7 +372,7 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   n_pos = jnp.sum(valid.astype(jnp.int32), axis=1)
   last_patch = jnp.take_along_axis(patch, jnp.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
 
-  def glob_fn(m, pmax, gk, gv):
+  def glob_fn(m, pmax, key_ok, gpos, new_ok, gk, gv):
     tick("global", row_on if q > 1 else jnp.any(wanted & valid))
     enc_m, g = m.local_encoder, m.global_transformer
     x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
@@ -381,13 +381,29 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
     lk = m.local_decoder.latent_kv(x)
     return nk, nv, jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
 
+  def glob_all():
+    return _blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
+
+  def glob_some(g: int):
+    """The global step over each row's first g wanted local patches only (a verification
+    closes about Q/4 of its Q slots), scattered back to the Q slots (the rest stay 0 and are
+    never read)."""
+    sel = jnp.argsort(~wanted, axis=1, stable=True)[:, :g]  # ascending local patch index
+    take = lambda x: jnp.take_along_axis(  # noqa: E731
+      x, sel.reshape(sel.shape + (1,) * (x.ndim - 2)), axis=1)
+    outs = _blt(params, cfg, glob_fn, take(pmax), take(key_ok), take(gpos),
+                jnp.take_along_axis(take(new_ok), sel[:, None, :], axis=2), gk, gv)
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], sel.shape)
+    put = lambda x: jnp.zeros(x.shape[:2] + (q,) + x.shape[3:], x.dtype).at[  # noqa: E731
+      :, rows, sel].set(x)
+    return tuple(put(x) for x in outs)
+
   wanted = closes | (open_latent & (jj[None] == last_patch[:, None]))
   if q == 1:  # the AR step: the global model runs only when some row closes a patch
     run_g = jnp.any(wanted & row_on[:, None])
-    shapes = jax.eval_shape(lambda: _blt(params, cfg, glob_fn, pmax, gk, gv))
+    shapes = jax.eval_shape(glob_all)
     nk, nv, lk, lv = jax.lax.cond(
-      run_g, lambda: _blt(params, cfg, glob_fn, pmax, gk, gv),
-      lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+      run_g, glob_all, lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     # Written by the next call (before its read), never after this `cond`: a cache updated
     # after a `cond` that reads it gets copied whole.
     hit = closes[:, 0] & valid[:, 0]
@@ -395,7 +411,14 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
                 pend_idx=jnp.where(hit, st.n_closed, pslots).astype(jnp.int32))
   else:
     run_g = jnp.ones((), bool)
-    nk, nv, lk, lv = _blt(params, cfg, glob_fn, pmax, gk, gv)
+    if fresh or q > 64:
+      nk, nv, lk, lv = glob_all()
+    else:  # as few rows through the global model as the widest row needs (3 compiled sizes)
+      sizes = sorted({-(-q // 4), -(-q // 2), q})
+      most = jnp.max(jnp.sum(wanted.astype(jnp.int32), axis=1))
+      branch = jnp.sum((jnp.asarray(sizes[:-1]) < most).astype(jnp.int32))
+      nk, nv, lk, lv = jax.lax.switch(
+        branch, [functools.partial(glob_some, g) if g < q else glob_all for g in sizes])
     b_BxQ = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
     wslot = jnp.where(closes & (st.n_closed[:, None] + jj[None] < pslots),
                       st.n_closed[:, None] + jj[None], pslots)
