@@ -10,3 +10,15 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops each test module's compiled programs when it ends: XLA:CPU maps memory for every
+  executable, and one process running the whole suite otherwise approaches the kernel's
+  vm.max_map_count (65,530 by default), where compilation crashes."""
+  yield
+  jax.clear_caches()
