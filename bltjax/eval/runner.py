@@ -137,13 +137,19 @@ def _mean(xs: list[float]) -> float | None:
   return sum(xs) / len(xs) if xs else None
 
 
+def _mean_tree(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+  """Per-key means of equally shaped dicts of numbers (nested: the NFE `passes`)."""
+  return {k: _mean_tree([d[k] for d in dicts]) if isinstance(v, dict)
+          else _mean([d[k] for d in dicts]) for k, v in dicts[0].items()}
+
+
 def efficiency(records: list[dict[str, Any]]) -> dict[str, Any]:
   """The paper's per-example means (arXiv 2605.08044 §7-§8) plus measured speed."""
   gen = [r for r in records if "nfe" in r]
   if not gen:
     return {}
   out: dict[str, Any] = {
-    "nfe": {k: _mean([r["nfe"][k] for r in gen]) for k in gen[0]["nfe"]},
+    "nfe": _mean_tree([r["nfe"] for r in gen]),
     "est_bandwidth_gb": _mean([r["est_bandwidth_gb"] for r in gen]),
     "new_bytes": sum(r["new_bytes"] for r in gen),
     "wall_seconds": sum(r["seconds"] for r in gen),
