@@ -29,6 +29,9 @@ State invariant after `commit`, per row with n committed ids:
     patch); `open_k/v`: those of the patch holding byte n-1 pooled over the bytes it has (the
     BLT-D block latent, arXiv 2605.08044 §4.3; computed when asked, else = lat);
   * `logits`: next-byte logits at position n-1.
+
+Longer than 600 lines: the state, its caches, the one forward and its commit are one contract
+(docs/decoding.md); the state's sharding and the pass counting belong with them.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def test_space_patched_export_decodes_with_every_method(tmp_path, block_size, me
   assert cfg.diffusion.block_size == block_size
   for m in methods:
     rec = _decode(ckpt, tmp_path, m)
-    assert rec["new_bytes"] > 0 and rec["nfe"]["entropy"] == 0
+    assert rec["new_bytes"] > 0 and rec["nfe"]["passes"]["entropy"] == 0
 
 
 def test_old_export_naming_an_unused_entropy_stack_loads_without_it(tmp_path):
