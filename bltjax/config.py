@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-# Byte-id constants of the released tokenizer (blt.md §1).
+# Byte-id constants of the released tokenizer (docs/architecture.md).
 BOE_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -100,7 +100,7 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HashConfig:
-  """Hash n-gram embeddings of the local encoder (blt.md §2)."""
+  """Hash n-gram embeddings of the local encoder (docs/architecture.md)."""
 
   group_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
   vocab: int = 500002
@@ -133,7 +133,7 @@ PATCHING_MODES = ("entropy", "space", "static", "byte")
 
 @dataclasses.dataclass(frozen=True)
 class PatcherConfig:
-  """How patch starts are chosen (blt.md §3)."""
+  """How patch starts are chosen (docs/architecture.md)."""
 
   mode: str = "entropy"
   threshold: float | None = RELEASE_THRESHOLD  # None: top-k mode (not incremental)
@@ -160,7 +160,7 @@ class PatcherConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
-  """BLT-D block diffusion training (fast_blt.md §2-3); block_size 0 = plain BLT."""
+  """BLT-D block diffusion training (fast_docs/architecture.md-3); block_size 0 = plain BLT."""
 
   block_size: int = 0
   block_input: str = "tok_embeddings"  # | "encoder_states"
@@ -300,7 +300,7 @@ def _build(cls, value: Mapping[str, Any], prefix: str):
 
 def entropy_model_config(dim=768, n_layers=14, n_heads=12, ffn_dim=None, window=512,
                          rope_theta=10000.0) -> TransformerConfig:
-  """The released entropy model geometry (blt.md §3.3) by default."""
+  """The released entropy model geometry (docs/architecture.md) by default."""
   return TransformerConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, ffn_dim=ffn_dim,
                            window=window, rope_theta=rope_theta, name="entropy")
 

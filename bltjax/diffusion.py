@@ -1,4 +1,4 @@
-"""BLT-D: block-diffusion training of the BLT local decoder (fast_blt.md §2–3).
+"""BLT-D: block-diffusion training of the BLT local decoder (fast_docs/architecture.md–3).
 
 One decoder pass serves two streams that share every weight:
 
@@ -414,7 +414,7 @@ def bltd_loss(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], rng
               *, max_patches: int | None = None, t: float | jnp.ndarray | None = None,
               clean_segment: int | str | None = "auto", block_chunk: int | str | None = "auto",
               block_prefix: str = "auto") -> tuple[jnp.ndarray, Metrics]:
-  """BLT-D training loss (fast_blt.md §3.8) and metrics, under the `losses.py` contract.
+  """BLT-D training loss (fast_docs/architecture.md) and metrics, under the `losses.py` contract.
 
   batch: ids int32 [B,S] (BOS 1, bytes + 4, EOS 2, pad 0), valid bool [B,S], doc_ids int32
   [B,S], start bool [B,S+1] patch starts, optional score bool [B,S] (only targets at scored

@@ -70,7 +70,7 @@ class RMSNorm(nn.Module):
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
                                                              (self.axis_name,)),
                        (x.shape[-1],), self.param_dtype)
-    # Variance in fp32 whatever the compute dtype (blt.md §4.1).
+    # Variance in fp32 whatever the compute dtype (docs/architecture.md).
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     scale = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))

@@ -1,6 +1,6 @@
 """BLT forward pass: entropy model, local encoder, global transformer, local decoder.
 
-Parameter tree (plain nested dicts; `blt.md` §7.2 names):
+Parameter tree (plain nested dicts; docs/architecture.md names):
   local_encoder/…, global_transformer/…, local_decoder/…, entropy_model/…
 
 Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
@@ -273,7 +273,7 @@ class EntropyModel(nn.Module):
 
 
 def doc_ids_from_ids(ids_BxS: jnp.ndarray) -> jnp.ndarray:
-  """Document index per byte: an EOS belongs to the document it ends (blt.md §4.1)."""
+  """Document index per byte: an EOS belongs to the document it ends (docs/architecture.md)."""
   eos = (ids_BxS == EOS_ID).astype(jnp.int32)
   return jnp.cumsum(eos, axis=-1) - eos
 

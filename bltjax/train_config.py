@@ -146,14 +146,14 @@ def global_stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collect
 
 
 def entropy_stack(dim: int, n_layers: int, n_heads: int, **kw: Any) -> ml_collections.ConfigDict:
-  """The entropy model's stack: RoPE θ 10000, window 512 (blt.md §3.3)."""
+  """The entropy model's stack: RoPE θ 10000, window 512 (docs/architecture.md)."""
   kw = {"rope_theta": 10000.0, "window": 512, **kw}
   return stack(dim, n_layers, n_heads, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """The `train` section. Paper defaults (blt.md §9) unless stated."""
+  """The `train` section. Paper defaults (docs/choices.md) unless stated."""
 
   task: str = "blt"  # "entropy": next-byte LM on the entropy model | "blt"
   steps: int = 1000
@@ -268,7 +268,7 @@ def _plain(x: Any) -> Any:
 
 
 def resolve_max_patches(model: BLTConfig, train: TrainConfig) -> int:
-  """The static patch budget P per row (blt.md §9: packing by bytes, P static).
+  """The static patch budget P per row (docs/choices.md: packing by bytes, P static).
 
   Static patching makes ceil(S / patch_size) + 1 patches (the next slot can open one more) plus
   one per forced start after an EOS, so auto adds 1/8 slack; byte patching needs S + 1.

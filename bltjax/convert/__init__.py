@@ -2,7 +2,7 @@
 
 CLI: `python -m bltjax.convert --from hf SRC DST`, `--from meta SRC DST [--entropy DIR]`,
 `--to hf SRC DST`. The library entry points return or take `(BLTConfig, params)`; params are plain
-nested dicts of arrays with the names of `blt.md` §7.2 (see `hf.layout`). Every converter is
+nested dicts of arrays with the names of docs/architecture.md (see `hf.layout`). Every converter is
 strict (each source tensor used once, each leaf filled, shapes checked from the headers first) and
 writes its destination under a temporary name, renaming it into place only when complete.
 """

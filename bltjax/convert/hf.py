@@ -1,8 +1,8 @@
 """Hugging Face `BltForCausalLM` directories <-> bltjax parameter trees and configs.
 
 Also holds the machinery that the Meta converter shares: the parameter layout (every bltjax leaf
-with its HF and official tensor names, `blt.md` §7.2), the strict tensor-by-tensor filler, and a
-zero-copy safetensors reader / streaming writer.
+with its HF and official tensor names, docs/architecture.md), the strict tensor-by-tensor filler,
+and a zero-copy safetensors reader / streaming writer.
 zero-copy safetensors reader / streaming writer.
 
 Longer than 600 lines: the HF config translation in both directions and the name table of every

@@ -1,7 +1,8 @@
 """Meta's official BLT checkpoints (`facebookresearch/blt`) -> bltjax.
 
-Two layouts (blt.md §7.1), both with the official tensor names (`local_encoder.layers.0.attention.wq
-.weight`, `encoder_hash_tok_embedding.{i}.weight`, `local_decoder.output.weight`, ...):
+Two layouts (docs/architecture.md), both with the official tensor names
+(`local_encoder.layers.0.attention.wq.weight`, `encoder_hash_tok_embedding.{i}.weight`,
+`local_decoder.output.weight`, ...):
 
 * hub-mixin (`facebook/blt-1b`): `config.json` = {"args": ByteLatentTransformerArgs},
   `model.safetensors`, optional `train_args.json` (TrainArgs; `data.patcher_args`).
@@ -149,7 +150,7 @@ class TorchSource(TensorSource):
 
 
 def _refuse(args: Mapping[str, Any], where: str) -> None:
-  """Raises on official features bltjax does not implement (blt.md §7.1)."""
+  """Raises on official features bltjax does not implement (docs/architecture.md)."""
   bad = []
 
   def get(k):
