@@ -89,18 +89,17 @@ class Method:
   summary: str
   check: Callable[[BLTConfig], None]  # raises ValueError naming the config key
   cycle: Callable[..., Any]  # one `runloop` cycle
-  sampling: bool  # accepts temperature > 0
   stats: str | None  # "speculation" | "blocks" | None: the per-record statistics it reports
 
 
 METHODS: dict[str, Method] = {
-  "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle, True, None),
+  "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle, None),
   "blts": Method("blts", "BLT-S self-speculation (= ar: greedy bytes, sampled distribution)",
-                 engine.check_supported, blts.cycle, True, "speculation"),
-  "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle, True,
+                 engine.check_supported, blts.cycle, "speculation"),
+  "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle,
                  "blocks"),
   "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", bltd.check_supported,
-                  bltdv.cycle, True, "speculation"),
+                  bltdv.cycle, "speculation"),
 }
 
 
@@ -113,8 +112,6 @@ def method(name: str) -> Method:
 def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
   """Refuses (ValueError) a method/checkpoint/option combination before any work is done."""
   m = method(name)
-  if opt.temperature > 0 and not m.sampling:
-    raise ValueError(f"temperature: --method {name} has no sampling mode; use 0")
   if opt.temperature > 0 and name == "bltdv" and (opt.rule or RULE_DEFAULTS[name]) != "one_step":
     raise ValueError("temperature: sampled BLT-DV needs --rule one_step (speculative sampling "
                      "needs each draft's distribution given the drafts before it; the confidence "
