@@ -37,12 +37,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   enc_states = cfg.diffusion.block_input == "encoder_states"
   extra = jnp.stack([1 + steps, jnp.zeros_like(steps), 1 + steps * enc_states,
                      jnp.zeros_like(steps)], axis=1)
-  q = None
-  if sampled:
-    b, _, v = logits.shape
-    rep = lambda x: jnp.repeat(x, z)  # noqa: E731
-    q = runloop.probs(logits.reshape(b * z, v), rep(ctx.temperature), rep(ctx.top_k),
-                      rep(ctx.top_p)).reshape(b, z, v)
+  q = runloop.window_probs(logits, ctx) if sampled else None
   g2 = blts.verify(params, cfg, g, st, x0, drafts, jnp.full_like(steps, z), ctx, extra, q)
   # The paper counts steps + 1 decoder NFEs (drafts and the verification), as BLT-S does.
   return runloop.count(g2, active, dec=steps - z)

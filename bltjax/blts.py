@@ -111,11 +111,7 @@ def accept(ext: engine.Extension, drafts_BxK, q_BxKxV, length_B, ctx: runloop.Lo
     y = jnp.argmax(ext.logits[:, :k], axis=-1).astype(jnp.int32)  # y[:, j] predicts draft j
     ok = (drafts_BxK == y) & in_draft
     return jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1), ok, None
-  b, _, v = q_BxKxV.shape
-  flat = lambda x: x.reshape(b * k, *x.shape[2:])  # noqa: E731
-  rep = lambda x: jnp.repeat(x, k)  # noqa: E731
-  p = runloop.probs(flat(ext.logits[:, :k]), rep(ctx.temperature), rep(ctx.top_k),
-                    rep(ctx.top_p)).reshape(b, k, v)
+  p = runloop.window_probs(ext.logits[:, :k], ctx)
   take = lambda x: jnp.take_along_axis(x, drafts_BxK[..., None], axis=-1)[..., 0]  # noqa
   n = ext.state.n
   coin = jnp.stack([jax.vmap(jax.random.uniform)(_key(ctx, n + 1 + j, COIN)) for j in range(k)],

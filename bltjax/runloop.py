@@ -166,6 +166,14 @@ def probs(logits_BxV, temp_B, top_k_B, top_p_B):
                    jax.nn.softmax(warp(logits_BxV, temp_B, top_k_B, top_p_B), axis=-1), greedy)
 
 
+def window_probs(logits_BxQxV, ctx: LoopArgs):
+  """`probs` at every position of a window, each row with its own sampling parameters."""
+  b, q, v = logits_BxQxV.shape
+  rep = lambda x: jnp.repeat(x, q)  # noqa: E731
+  return probs(logits_BxQxV.reshape(b * q, v), rep(ctx.temperature), rep(ctx.top_k),
+               rep(ctx.top_p)).reshape(b, q, v)
+
+
 def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
   """Per-row greedy or sampling; parameters are arrays, so one compilation serves all settings.
 
@@ -201,4 +209,5 @@ def loop(params, cfg: BLTConfig, state: engine.State, ctx: LoopArgs, *, cycle, m
 
 
 __all__ = ["GenState", "LoopArgs", "STOP_NAMES", "stop_arrays", "stop_hit", "take", "count",
-           "warp", "probs", "sample", "init", "loop", "write_out", "ends_generation"]
+           "warp", "probs", "window_probs", "sample", "init", "loop", "write_out",
+           "ends_generation"]
