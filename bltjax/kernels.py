@@ -8,7 +8,10 @@ O(S²) array for long rows.
                       under `layers.local_mask`, or *segments* of Q queries against the keys of
                       their own and the ceil((W-1)/Q) previous segments, [S/Q, Q, (n_W + 1)·Q]
                       scores per head, `seg_chunk` segments per rematerialised `lax.map` step
-  LocalPattern        that attention as a stand-in for a dense mask: `layers.run_stack` and
+  causal_attend       plain causal attention (no window: the global model over patches) as an
+                      online softmax over key blocks (FlashAttention, arXiv 2205.14135 §3.1):
+                      [T, T] scores per head and step, never [P, P]
+  LocalPattern        either as a stand-in for a dense mask: `layers.run_stack` and
                       `layers.Block` take either (the decoding engine keeps passing masks)
   patch_attend        the encoder's pooling cross-attention (C queries per patch read the bytes
                       of their patch) as a per-patch segment softmax: O(S·C) scores, not the
@@ -16,8 +19,8 @@ O(S²) array for long rows.
   block_attend, block_prefix_attend, block_dense_prefix_attend
                       BLT-D's block stream against its clean prefix (arXiv 2605.08044; docs/bltd.md)
   local_plan, pool_is_segmented, AttnPlan / make_plan
-                      dense or segmented, chunk sizes: from static shapes only, so one config
-                      gives one program; every choice gives the same values
+                      dense, segmented or blocked, chunk sizes: from static shapes only, so one
+                      config gives one program; every choice gives the same values
 
 Chunking keeps one layer's transient attention buffers (scores, probabilities, gathered K/V) under
 `CHUNK_BUDGET_BYTES` per row.
@@ -118,9 +121,70 @@ def local_attend(q_BxSxHxK: jnp.ndarray, k_BxSxGxK: jnp.ndarray, v_BxSxGxK: jnp.
   return o.reshape(b, sp, *o.shape[3:])[:, :s]
 
 
+def causal_attend(q_BxSxHxK: jnp.ndarray, k_BxSxGxK: jnp.ndarray, v_BxSxGxK: jnp.ndarray,
+                  pos_BxS: jnp.ndarray, doc_BxS: jnp.ndarray, valid_BxS: jnp.ndarray,
+                  block: int) -> jnp.ndarray:
+  """Causal same-document attention over blocks of T = `block` queries and keys.
+
+  Equals `attend` under `local_mask(..., window=None)` (up to float summation order) when
+  positions increase along each row, as patch and byte indices do: key blocks after a query block
+  hold no visible key and are skipped (`lax.cond` on the block indices). Query blocks run under a
+  rematerialised `lax.map`; each scans the key blocks carrying the running max, sum and weighted
+  values (FlashAttention's online softmax, arXiv 2205.14135 §3.1) with a checkpointed step, so
+  the backward pass keeps per key block only that running state, never [T, S] probabilities.
+  """
+  b, s, h, kd = q_BxSxHxK.shape
+  g = k_BxSxGxK.shape[2]
+  n = -(-s // block)
+  padr = lambda x, fill=0: jnp.pad(x, [(0, 0), (0, n * block - s)] + [(0, 0)] * (x.ndim - 2),
+                                   constant_values=fill)
+  blocks = lambda x: jnp.moveaxis(x.reshape(b, n, block, *x.shape[2:]), 1, 0)  # [N, B, T, ...]
+  q_NxBxTxGxRxK = blocks(padr(q_BxSxHxK).reshape(b, n * block, g, h // g, kd))
+  k_NxBxTxGxK, v_NxBxTxGxK = blocks(padr(k_BxSxGxK)), blocks(padr(v_BxSxGxK))
+  pos_NxBxT, doc_NxBxT = blocks(padr(pos_BxS)), blocks(padr(doc_BxS))
+  valid_NxBxT = blocks(padr(valid_BxS, False))
+  idx_N = jnp.arange(n, dtype=jnp.int32)
+  keys = (idx_N, k_NxBxTxGxK, v_NxBxTxGxK, pos_NxBxT, doc_NxBxT, valid_NxBxT)
+
+  def query_block(args):
+    i, q, qpos, qdoc = args
+
+    def visit(carry, kb):
+      _, k, v, kpos, kdoc, kvalid = kb
+      m_BxGxRxT, l_BxGxRxT, acc_BxGxRxTxK = carry
+      mask = local_mask(qpos, kpos, qdoc, kdoc, kvalid, None)[:, None, None]
+      sc = jnp.einsum("bqgrk,btgk->bgrqt", q, k,
+                      preferred_element_type=jnp.float32) / math.sqrt(kd)
+      sc = jnp.where(mask, sc, -jnp.inf)
+      # The running max only shifts the softmax: no gradient through it.
+      mx = jax.lax.stop_gradient(jnp.maximum(m_BxGxRxT, jnp.max(sc, axis=-1)))
+      shift = jnp.where(jnp.isfinite(mx), mx, 0.0)
+      rescale = jnp.exp(m_BxGxRxT - shift)  # 0 while nothing was visible (m = -inf)
+      e = jnp.exp(sc - shift[..., None])
+      pv = jnp.einsum("bgrqt,btgk->bgrqk", e.astype(v.dtype), v,
+                      preferred_element_type=jnp.float32)
+      return (mx, l_BxGxRxT * rescale + jnp.sum(e, axis=-1),
+              acc_BxGxRxTxK * rescale[..., None] + pv)
+
+    def step(carry, kb):
+      return jax.lax.cond(kb[0] <= i, visit, lambda c, _: c, carry, kb), None
+
+    init = (jnp.full((b, g, h // g, block), -jnp.inf, jnp.float32),
+            jnp.zeros((b, g, h // g, block), jnp.float32),
+            jnp.zeros((b, g, h // g, block, kd), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(jax.checkpoint(step), init, keys)
+    o = jnp.where((l > 0)[..., None], acc / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
+    return o.transpose(0, 3, 1, 2, 4).reshape(b, block, h, kd).astype(v_BxSxGxK.dtype)
+
+  o_NxBxTxHxK = jax.lax.map(jax.checkpoint(query_block),
+                            (idx_N, q_NxBxTxGxRxK, pos_NxBxT, doc_NxBxT))
+  return jnp.moveaxis(o_NxBxTxHxK, 0, 1).reshape(b, n * block, h, kd)[:, :s]
+
+
 @flax.struct.dataclass
 class LocalPattern(AttnKernel):
-  """`local_attend` over one row layout, passed where a dense mask would go (`layers.Block`).
+  """`local_attend` (or, with `block`, `causal_attend`) over one row layout, passed where a
+  dense mask would go (`layers.Block`).
 
   A pytree (positions, documents, validity are leaves; window and layout static), so it crosses
   `nn.remat` like a mask does.
@@ -132,8 +196,12 @@ class LocalPattern(AttnKernel):
   window: int | None = flax.struct.field(pytree_node=False, default=None)
   segment: int | None = flax.struct.field(pytree_node=False, default=None)
   seg_chunk: int | None = flax.struct.field(pytree_node=False, default=None)
+  block: int | None = flax.struct.field(pytree_node=False, default=None)
 
   def attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    if self.block is not None:
+      return causal_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
+                           self.valid_BxS, self.block)
     return local_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
                         self.valid_BxS, self.window, self.segment, self.seg_chunk)
 
@@ -142,15 +210,37 @@ class LocalPattern(AttnKernel):
 class LocalPlan:
   segment: int | None = None  # Q of the segment form; None = dense [S, S]
   chunk: int | None = None  # segments per lax.map step
+  block: int | None = None  # T of the blocked causal form (no window); None = dense [S, S]
+
+
+# Queries and keys per block of `causal_attend`: [H, T, T] fp32 scores per step (16 MiB at
+# H = 16); larger blocks only shorten the loops.
+CAUSAL_BLOCK = 512
+
+
+def causal_block(seq_len: int, target: int = CAUSAL_BLOCK) -> int:
+  """T for S positions: ceil(S / target) blocks of equal size (a multiple of 8), so padding
+  stays under 8·blocks slots (4098 patches: 9 blocks of 456, not 512)."""
+  n = -(-seq_len // target)
+  t = -(-seq_len // n)
+  return -(-t // 8) * 8
 
 
 def local_plan(st: TransformerConfig, seq_len: int, segment: int | str | None = "auto",
                budget: int = CHUNK_BUDGET_BYTES) -> LocalPlan:
-  """Segments once dense [S, S] attention would waste > 2x (S > 2W); Q = min(W, 256)."""
+  """The layout of one self-attention stack over rows of `seq_len`.
+
+  Windowed: segments once dense [S, S] attention would waste > 2x (S > 2W); Q = min(W, 256).
+  Plain causal (the global model): blocks once one layer's dense scores, probabilities and
+  gradient (12 bytes per score and head) exceed `budget`. `segment=None` forces dense.
+  """
   w = st.window
+  if w is None:
+    dense = segment is None or 12 * st.n_heads * seq_len * seq_len <= budget
+    return LocalPlan() if dense else LocalPlan(block=causal_block(seq_len))
   if segment == "auto":
-    segment = None if w is None or seq_len <= 2 * w else min(w, 256)
-  if segment is None or w is None:
+    segment = None if seq_len <= 2 * w else min(w, 256)
+  if segment is None:
     return LocalPlan()
   n_prev = -(-(w - 1) // segment)
   per_seg = 12 * st.n_heads * segment * (n_prev + 1) * segment + 8 * (n_prev + 1) * segment * st.dim
@@ -159,11 +249,12 @@ def local_plan(st: TransformerConfig, seq_len: int, segment: int | str | None = 
 
 def self_attention(st: TransformerConfig, pos_BxS, doc_BxS, valid_BxS,
                    segment: int | str | None = "auto"):
-  """What a local stack's `run_stack` attends under: the dense mask or the segment pattern."""
+  """What a stack's `run_stack` attends under: the dense mask, the segment or the block pattern."""
   plan = local_plan(st, pos_BxS.shape[1], segment)
-  if plan.segment is None:
+  if plan.segment is None and plan.block is None:
     return local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, st.window)
-  return LocalPattern(pos_BxS, doc_BxS, valid_BxS, st.window, plan.segment, plan.chunk)
+  return LocalPattern(pos_BxS, doc_BxS, valid_BxS, st.window, plan.segment, plan.chunk,
+                      plan.block)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,7 +420,7 @@ def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int 
   return AttnPlan(clean.segment, clean.chunk, chunk, mode)
 
 
-__all__ = ["CHUNK_BUDGET_BYTES", "map_chunks", "local_attend", "LocalPattern", "LocalPlan",
-           "local_plan", "self_attention", "pool_is_segmented", "patch_mask", "patch_attend",
-           "block_attend", "block_prefix_attend", "block_dense_prefix_attend", "AttnPlan",
-           "make_plan"]
+__all__ = ["CHUNK_BUDGET_BYTES", "CAUSAL_BLOCK", "map_chunks", "local_attend", "causal_attend",
+           "LocalPattern", "LocalPlan", "causal_block", "local_plan", "self_attention",
+           "pool_is_segmented", "patch_mask", "patch_attend", "block_attend", "block_prefix_attend",
+           "block_dense_prefix_attend", "AttnPlan", "make_plan"]

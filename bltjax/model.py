@@ -27,7 +27,6 @@ from bltjax.layers import (
   RMSNorm,
   attend,
   dtype_of,
-  local_mask,
   remat_policy,
   run_stack,
   trunc_normal,
@@ -164,7 +163,7 @@ class GlobalTransformer(nn.Module):
 
   def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
     x = self.project_in(x_BxPxE)
-    mask = local_mask(pos_BxP, pos_BxP, doc_BxP, doc_BxP, valid_BxP, None)
+    mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP)  # [P, P] or blocks
     return run_stack(self.layers, x, pos_BxP, mask)[0]  # no final norm in the release
 
 

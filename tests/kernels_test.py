@@ -61,6 +61,41 @@ def test_segmented_local_attention_equals_dense(s, window, segment, chunk):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("s,block", [(16, 4), (37, 8), (64, 16), (50, 24), (33, 40)])
+def test_blocked_causal_attention_equals_dense(s, block):
+  """The global model's form: plain causal within documents, padded slots, GQA."""
+  pos, doc, valid, _ = packed_rows(s)
+  h, g, kd = 4, 2, 8
+  ks = jax.random.split(jax.random.key(s + block), 4)
+  q, k, v = _rand(ks[0], 2, s, h, kd), _rand(ks[1], 2, s, g, kd), _rand(ks[2], 2, s, g, kd)
+  r = _rand(ks[3], 2, s, h, kd)
+
+  def dense(q, k, v):
+    return attend(q, k, v, local_mask(pos, pos, doc, doc, valid, None))
+
+  def blocked(q, k, v):
+    return kernels.causal_attend(q, k, v, pos, doc, valid, block)
+
+  np.testing.assert_allclose(jit(blocked)(q, k, v), jit(dense)(q, k, v), atol=1e-6)
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * r)
+  g_blocked = jit(jax.grad(loss(blocked), argnums=(0, 1, 2)))(q, k, v)
+  g_dense = jit(jax.grad(loss(dense), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(g_blocked, g_dense):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_blocked_causal_attention_gives_zero_without_a_visible_key():
+  s = 12
+  pos, doc, valid, _ = packed_rows(s)
+  valid = valid.at[0, :5].set(False)  # row 0's first document has no valid key at all
+  ks = jax.random.split(jax.random.key(5), 3)
+  q, k, v = _rand(ks[0], 2, s, 2, 4), _rand(ks[1], 2, s, 2, 4), _rand(ks[2], 2, s, 2, 4)
+  out = kernels.causal_attend(q, k, v, pos, doc, valid, 4)
+  np.testing.assert_array_equal(np.asarray(out)[0, :3], 0.0)
+  np.testing.assert_allclose(out, attend(q, k, v, local_mask(pos, pos, doc, doc, valid, None)),
+                             atol=1e-6)
+
+
 def test_other_documents_and_padded_keys_are_not_read():
   s, w = 24, 6
   pos, doc, valid, _ = packed_rows(s)
@@ -114,13 +149,17 @@ def test_plan_picks_dense_for_short_rows_and_segments_long_ones():
   assert kernels.local_plan(st, 1024) == kernels.LocalPlan()
   long = kernels.local_plan(st, 8192)
   assert long.segment == 256 and long.chunk >= 1
-  assert kernels.local_plan(dataclasses.replace(st, window=None), 8192) == kernels.LocalPlan()
+  plain = dataclasses.replace(st, window=None)  # the global model: blocks once over budget
+  assert kernels.local_plan(plain, 1024) == kernels.LocalPlan()
+  assert kernels.local_plan(plain, 4098) == kernels.LocalPlan(block=456)  # 9 blocks, 4104 slots
+  assert kernels.local_plan(plain, 4098, segment=None) == kernels.LocalPlan()
   assert not kernels.pool_is_segmented(4, 2 * 257, 256)
   assert kernels.pool_is_segmented(16, 2 * 4097, 8192)
   pos = jnp.zeros((1, 1024), jnp.int32)
   assert isinstance(kernels.self_attention(st, pos, pos, pos == 0), jax.Array)
   pos = jnp.zeros((1, 8192), jnp.int32)
   assert isinstance(kernels.self_attention(st, pos, pos, pos == 0), kernels.LocalPattern)
+  assert kernels.self_attention(plain, pos, pos, pos == 0).block == kernels.causal_block(8192)
 
 
 def _packed_ids(s: int):
@@ -131,8 +170,9 @@ def _packed_ids(s: int):
 
 
 def test_model_forward_and_entropies_equal_in_every_layout(monkeypatch):
-  """BLT logits, gradients and entropy-model entropies: segmented stacks and segment pooling
-  (forced) equal the dense masks on packed rows longer than twice the window."""
+  """BLT logits, gradients and entropy-model entropies: segmented stacks, segment pooling and
+  the global model's blocks (forced, 4 patches per block) equal the dense masks on packed rows
+  longer than twice the window."""
   s, w = 48, 8
   cfg = tiny_config(window=w, max_patch_length=6)
   params = tiny_params(cfg)
@@ -152,8 +192,18 @@ def test_model_forward_and_entropies_equal_in_every_layout(monkeypatch):
       model.forward(pp, cfg, ids, start, lengths)), 0.0)[..., 5]))(p)
 
   monkeypatch.setattr(kernels, "pool_is_segmented", lambda *a, **k: True)
+  plan, blocked = kernels.local_plan, []
+
+  def plan_with_blocks(st, seq_len, *a, **k):
+    if st.window is not None:
+      return plan(st, seq_len, *a, **k)
+    blocked.append(seq_len)
+    return kernels.LocalPlan(block=4)
+
+  monkeypatch.setattr(kernels, "local_plan", plan_with_blocks)
   seg = jit(lambda p: run(p))(params)
   g_seg = jit(lambda p: grads(p))(params)
+  assert blocked and min(blocked) > 8  # the global model ran at least 3 blocks
   monkeypatch.setattr(kernels, "pool_is_segmented", lambda *a, **k: False)
   monkeypatch.setattr(kernels, "local_plan", lambda *a, **k: kernels.LocalPlan())
   dense = jit(lambda p: run(p))(params)
