@@ -50,8 +50,10 @@ class HashEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, hash_ids_BxSxT, weight_BxSxT):
     table = self.param(
+      # Rows over (fsdp, tensor); the width has no axis of its own, so the fsdp share of rows
+      # that 8 does not divide (500002) moves there (`sharding.logical_to_physical`).
       "embedding", nn.with_logical_partitioning(trunc_normal(self.dim**-0.5),
-                                                ("hash_tables", "hash_vocab", "embed_local")),
+                                                ("hash_tables", "hash_vocab", None)),
       (self.num_tables, self.vocab, self.dim), self.param_dtype)
     t_idx = jnp.arange(self.num_tables)[None, None, :]
     e_BxSxTxD = table[t_idx, hash_ids_BxSxT].astype(self.dtype)

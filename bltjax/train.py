@@ -448,12 +448,14 @@ def _load_entropy_model(cfg: BLTConfig, path: str, mesh, rules) -> tuple[Any, An
   if not _same_stack(ecfg.entropy, cfg.entropy):
     raise ConfigError(f"model.entropy: {cfg.entropy} differs from the entropy model in "
                       f"train.entropy_checkpoint {path}: {ecfg.entropy}")
-  # Small (100M at release size): replicated, so every device patches its own rows.
   _, params = weights.load_checkpoint(path, shardings=sharding.replicated(mesh))
   if "entropy_model" not in params:
     raise ConfigError(f"train.entropy_checkpoint: {path} holds no entropy_model parameters")
-  frozen = {"entropy_model": params["entropy_model"]}
-  return frozen, jax.tree.map(lambda x: x.sharding, frozen)
+  # Sharded by the rules like the trainable local models (0.37 GiB replicated at 1B); the
+  # replicated copy lives only until this returns.
+  shards = sharding.param_shardings(cfg, mesh, rules, ("entropy_model",))
+  frozen = jax.device_put({"entropy_model": params["entropy_model"]}, shards)
+  return frozen, shards
 
 
 def _fmt(m: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import pathlib
@@ -60,8 +61,10 @@ def test_logical_to_physical_rules_and_collision():
   assert sharding.logical_to_physical(P("batch", None), r) == P(("data", "fsdp"), None)
   assert sharding.logical_to_physical(P("embed", "heads", "head_dim"), r) == \
     P("fsdp", "tensor", None)
-  assert sharding.logical_to_physical(P("hash_tables", "hash_vocab", "embed_local"), r) == \
+  assert sharding.logical_to_physical(P("hash_tables", "hash_vocab", None), r) == \
     P(None, ("fsdp", "tensor"), None)
+  assert sharding.logical_to_physical(P("embed_local", "heads", "head_dim"), r) == \
+    P("fsdp", "tensor", None)
   with pytest.raises(ValueError, match="more than once"):
     sharding.logical_to_physical(P("embed", "hash_vocab"), r)  # fsdp twice
   bad = sharding.ShardingRules.from_dict({"embed": "tensor"})
@@ -78,11 +81,11 @@ def test_uneven_dimension_moves_axis_to_a_dimension_it_divides():
   r = sharding.ShardingRules()
   # 500002 rows do not split 8 ways: fsdp moves to the 1280-wide embedding dimension (the
   # size-1 tensor axis stays where the rule put it).
-  spec = sharding.logical_to_physical(P("hash_tables", "hash_vocab", "embed_local"), r,
+  spec = sharding.logical_to_physical(P("hash_tables", "hash_vocab", None), r,
                                       (6, 500002, 1280), mesh)
   assert spec == P(None, "tensor", "fsdp")
   mesh2 = sharding.make_mesh((1, 4, 2))
-  spec = sharding.logical_to_physical(P("hash_tables", "hash_vocab", "embed_local"), r,
+  spec = sharding.logical_to_physical(P("hash_tables", "hash_vocab", None), r,
                                       (6, 500002, 1280), mesh2)
   assert spec == P(None, "tensor", "fsdp")  # 500002 = 2 x 250001: tensor fits, fsdp moves
   # Nothing divisible: replicated rather than an error at jit time.
@@ -116,6 +119,38 @@ def test_7b_geometry_shards_abstractly(mesh_shape):
   assert max(per_device.values()) <= big_bytes / split + small_bytes
 
 
+def _logical_names(spec_tree) -> set[str]:
+  specs = jax.tree.leaves(spec_tree, is_leaf=lambda x: isinstance(x, P))
+  return {name for spec in specs for name in spec if name is not None}
+
+
+def test_every_rule_is_carried_by_some_array():
+  """No dead rules: every logical name is on a parameter of blt_1b or blt_tiny, on the
+  decoding state, or is `batch` (training rows, `sharding.batch_sharding`)."""
+  from bltjax import engine
+
+  names = {"batch"}
+  for name in ("blt_1b", "blt_tiny"):
+    names |= _logical_names(model.logical_axes(model_cfg(name)))
+  cfg = model_cfg("blt_tiny")
+  state = jax.eval_shape(lambda p: engine.empty_state(p, cfg, 2, engine.CacheSpec(16, 32)),
+                         model.abstract_params(cfg))
+  names |= _logical_names(engine.state_logical_axes(state))
+  rules = {f.name for f in dataclasses.fields(sharding.ShardingRules)}
+  assert names == rules, (sorted(rules - names), sorted(names - rules))
+
+
+def test_1b_params_are_all_split_over_fsdp():
+  """Local models, entropy model and hash tables included: nothing replicated on (1, 8, 1), so
+  params, Adam moments and grads cost 1/8 per device (README, training memory)."""
+  mesh = sharding.make_mesh((1, 8, 1))
+  abstract = sharding.abstract_sharded_params(model_cfg("blt_1b"), mesh)
+  replicated = {jax.tree_util.keystr(k): math.prod(x.shape) * x.dtype.itemsize
+                for k, x in jax.tree_util.tree_leaves_with_path(abstract)
+                if math.prod(x.sharding.shard_shape(x.shape)) * 8 != math.prod(x.shape)}
+  assert replicated == {}
+
+
 def test_release_param_counts():
   n1 = num_params(model_cfg("blt_1b"))
   assert abs(n1["encoder"] + n1["global"] + n1["decoder"] - 1.46e9) < 0.01e9
@@ -140,7 +175,7 @@ def test_init_sharded_from_birth_matches_plain_init():
     assert a.sharding == s, path
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
   wq = sharded["entropy_model"]["layers_0"]["attention"]["wq"]["kernel"]
-  assert wq.sharding.spec == P(None, "tensor", None)  # [D, H, K]: heads over tensor
+  assert wq.sharding.spec == P("fsdp", "tensor", None)  # [D, H, K]: like the global model
   full = sharding.param_shardings(cfg, mesh)
   g_wq = full["global_transformer"]["layers_0"]["attention"]["wq"]["kernel"]
   assert g_wq.spec == P("fsdp", "tensor", None)
