@@ -211,14 +211,14 @@ def test_hf_encoder_hidden_size_global_ignored_as_hf_does(tmp_path, caplog):
   # hidden_size_global; such a checkpoint runs in HF and converts, with a warning.
   from transformers import BltForCausalLM
 
-  from bltjax import model as M
+  from bltjax import model
 
   c = fx.tiny_hf_config()
   c.encoder_config.hidden_size_global = 48
   torch.manual_seed(0)
-  model = BltForCausalLM(c).eval()
-  fx.sharpen_patcher(model)
-  model.save_pretrained(tmp_path / "hf")
+  hf_model = BltForCausalLM(c).eval()
+  fx.sharpen_patcher(hf_model)
+  hf_model.save_pretrained(tmp_path / "hf")
   d = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert d["encoder_config"]["hidden_size_global"] == 48 != d["global_config"]["hidden_size"]
   with caplog.at_level(logging.WARNING, logger="bltjax.convert"):
@@ -228,11 +228,11 @@ def test_hf_encoder_hidden_size_global_ignored_as_hf_does(tmp_path, caplog):
   ids = fx.sample_ids(128, seed=7)
   x = torch.tensor(ids[None])
   with torch.no_grad():
-    h = model.model.patcher(x, patch_size=c.patch_size, threshold=c.patching_threshold)[0]
-    ref = model(x, use_cache=False).logits[0].numpy()
+    h = hf_model.model.patcher(x, patch_size=c.patch_size, threshold=c.patching_threshold)[0]
+    ref = hf_model(x, use_cache=False).logits[0].numpy()
   assert np.abs(h[0, 1:].numpy() - c.patching_threshold).min() > 1e-4  # exact starts
   ids_j = ids[None].astype(np.int32)
-  got = np.asarray(M.forward(params, cfg, ids_j, M.patch(params, cfg, ids_j)))[0]
+  got = np.asarray(model.forward(params, cfg, ids_j, model.patch(params, cfg, ids_j)))[0]
   np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)  # the oracle tolerance
 
 

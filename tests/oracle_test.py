@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import BltForCausalLM
 
-from bltjax import model as M
+from bltjax import model
 from bltjax.convert import hf
 
 pytestmark = pytest.mark.oracle
@@ -36,10 +36,10 @@ def _both_paths(params, cfg, ids, lengths, starts, explicit):
 
   One compiled function per config serves every check (CPU compiles dominate the test time).
   """
-  own = M.patch(params, cfg, ids, lengths)
+  own = model.patch(params, cfg, ids, lengths)
   start = jnp.where(explicit[:, None], starts, own)
-  return (M.entropies(params, cfg, ids, lengths), own,
-          M.forward(params, cfg, ids, start, lengths))
+  return (model.entropies(params, cfg, ids, lengths), own,
+          model.forward(params, cfg, ids, start, lengths))
 
 
 _both_paths_jit = jax.jit(_both_paths, static_argnums=1)
@@ -51,13 +51,13 @@ def models(tmp_path_factory):
   root = tmp_path_factory.mktemp("oracle")
   out = {}
   for name, k, heads in (("k2", 2, "default"), ("k4-mixed-heads", 4, "mixed")):
-    src, model = fx.save_tiny(root / name, k=k, heads=heads)
+    src, hf_model = fx.save_tiny(root / name, k=k, heads=heads)
     cfg, params = hf.load_hf(src)
-    out[name] = (model, cfg, params)
+    out[name] = (hf_model, cfg, params)
   return out
 
 
-def _hf_reference(model):
+def _hf_reference(hf_model):
   """HF logits per row: explicit-patch rows, then patcher rows (batch 1, docs/testing.md)."""
   rows = []
   for i, (pattern, n) in enumerate(ROWS):
@@ -72,17 +72,18 @@ def _hf_reference(model):
     p = max(len(r["lens"]) for r in group)
     lens = torch.tensor([r["lens"] + [0] * (p - len(r["lens"])) for r in group])
     with torch.no_grad():
-      ref = model(torch.tensor(np.stack([r["ids"] for r in group])), patch_lengths=lens,
-                  use_cache=False).logits.numpy()
+      ref = hf_model(torch.tensor(np.stack([r["ids"] for r in group])), patch_lengths=lens,
+                     use_cache=False).logits.numpy()
     for r, logits in zip(group, ref):
       r["logits"] = logits
-  theta = model.config.patching_threshold
+  theta = hf_model.config.patching_threshold
   for i, n in enumerate(ENTROPY_LENGTHS):
     ids = fx.sample_ids(n, seed=10 + i)
     x = torch.tensor(ids[None])
     with torch.no_grad():
-      h, lens, _ = model.model.patcher(x, patch_size=model.config.patch_size, threshold=theta)
-      ref = model(x, use_cache=False).logits[0].numpy()
+      h, lens, _ = hf_model.model.patcher(x, patch_size=hf_model.config.patch_size,
+                                          threshold=theta)
+      ref = hf_model(x, use_cache=False).logits[0].numpy()
     h = h[0].numpy()
     # Exact start comparison needs entropies clear of the threshold (docs/testing.md).
     assert np.abs(h[1:] - theta).min() > 1e-4
@@ -92,9 +93,9 @@ def _hf_reference(model):
   return rows
 
 
-def _compare(model, cfg, params):
+def _compare(hf_model, cfg, params):
   """Runs HF row by row and bltjax once (padded batch); returns worst |Δ| per quantity."""
-  rows = _hf_reference(model)
+  rows = _hf_reference(hf_model)
   ids = np.zeros((len(rows), S), np.int32)
   for i, r in enumerate(rows):
     ids[i, :r["n"]] = r["ids"]
@@ -120,7 +121,7 @@ def _compare(model, cfg, params):
 @pytest.mark.parametrize("name", ["k2", "k4-mixed-heads"])
 def test_layout_matches_model(models, name):
   _, cfg, params = models[name]
-  abstract = {k: tuple(v.shape) for k, v in hf.flat_leaves(M.abstract_params(cfg)).items()}
+  abstract = {k: tuple(v.shape) for k, v in hf.flat_leaves(model.abstract_params(cfg)).items()}
   assert abstract == hf.param_shapes(cfg)
   assert {k: v.shape for k, v in hf.flat_leaves(params).items()} == abstract
 
@@ -149,9 +150,9 @@ def test_export_loaded_by_hf(models, tmp_path):
     node[leaf.path[-1]] = x
   params["entropy_model"]["output"]["kernel"] *= 25.0  # non-trivial entropy patches
   hf.save_hf(tmp_path / "hf", params, cfg)
-  model, info = BltForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+  hf_model, info = BltForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
-  model.eval()
-  worst = _compare(model, cfg, params)
+  hf_model.eval()
+  worst = _compare(hf_model, cfg, params)
   print(f"export: max |dlogit| explicit {worst['explicit']:.2e}, patcher "
         f"{worst['patcher']:.2e}; max |dH| {worst['entropy']:.2e}")
