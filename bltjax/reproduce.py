@@ -126,6 +126,7 @@ class State:
   unigram: dict[str, float] = dataclasses.field(default_factory=dict)
   entropy_export: Path | None = None
   threshold: float | None = None
+  max_patches: int = 0  # the BLT runs' patch budget (0: the auto rule)
   blt_export: Path | None = None
   bltd_exports: dict[int, Path] = dataclasses.field(default_factory=dict)
   results: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -259,13 +260,14 @@ def stage_entropy(st: State) -> None:
 
 
 def calibrate_threshold(export: Path, data_cfg: Any, target: float, batches: int = 8,
-                        seq_len: int = 128, batch_size: int = 16) -> tuple[float, float]:
+                        seq_len: int = 128, batch_size: int = 16) -> tuple[float, float, int]:
   """θ with P(H > θ) = 1 / target on training text: a start follows each such byte
   (arXiv 2412.09871 §2.3), so patches average ~`target` bytes (§4.3 picks θ for a target patch
   size).
 
   Returns:
-    (θ, the mean patch length it gives on those batches, forced starts included).
+    (θ, the mean patch length it gives on those batches, forced starts included, and the most
+    patches any of their rows of `seq_len` ids holds).
   """
   import jax
   import jax.numpy as jnp
@@ -285,27 +287,42 @@ def calibrate_threshold(export: Path, data_cfg: Any, target: float, batches: int
   theta = float(np.quantile(np.concatenate(hs), 1.0 - 1.0 / target))
   cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, mode="entropy", threshold=theta))
   starts = jax.jit(lambda p, b: losses.train_patch_starts(p, cfg, b))
-  n_tok = n_patch = 0
+  n_tok = n_patch = most = 0
   for b in data:
     s = np.asarray(starts(params, {k: jnp.asarray(v) for k, v in b.items()}))
+    per_row = (s[:, :-1] & b["valid"]).sum(axis=1)
     n_tok += int(b["valid"].sum())
-    n_patch += int(s[:, :-1][b["valid"]].sum())
-  return theta, n_tok / max(n_patch, 1)
+    n_patch += int(per_row.sum())
+    most = max(most, int(per_row.max()))
+  return theta, n_tok / max(n_patch, 1), most
+
+
+def patch_budget(most: int, seq_len: int) -> int:
+  """`train.max_patches` from the most patches a calibration row held, plus 1/8 slack.
+
+  The auto budget assumes 2-byte patches (ceil((S + 1) / 2) + 1 slots); at ~4-byte patches half
+  of the global model's slots, the pooling queries and BLT-D's blocks (one per slot) would be
+  padding. A rarer, longer row is cut at a patch boundary (`truncated_frac` reports it).
+  """
+  return min(seq_len + 1, most + -(-most // 8) + 1)
 
 
 def stage_calibrate(st: State) -> None:
   _say(st, "calibrate", f"entropy threshold for ~{TARGET_PATCH:g}-byte patches")
-  theta, mean_len = calibrate_threshold(st.entropy_export, st.data_cfg, TARGET_PATCH,
-                                        seq_len=st.scale.blt.seq_len)
-  st.threshold = theta
-  st.results["patcher"] = {"threshold": theta, "mean_patch_len_train": mean_len}
-  print(f"  θ = {theta:.4f} nats -> mean patch {mean_len:.2f} bytes on training text")
+  seq_len = st.scale.blt.seq_len
+  theta, mean_len, most = calibrate_threshold(st.entropy_export, st.data_cfg, TARGET_PATCH,
+                                              seq_len=seq_len)
+  st.threshold, st.max_patches = theta, patch_budget(most, seq_len)
+  st.results["patcher"] = {"threshold": theta, "mean_patch_len_train": mean_len,
+                           "max_patches": st.max_patches}
+  print(f"  θ = {theta:.4f} nats -> mean patch {mean_len:.2f} bytes on training text; at most "
+        f"{most} patches per {seq_len}-id row -> train.max_patches = {st.max_patches}")
 
 
 def _blt_like(st: State, r: Run, block_size: int = 0):
   c = run_config(r, st.data_cfg, block_size=block_size)
   c.model.patcher.update(mode="entropy", threshold=st.threshold)
-  c.train.entropy_checkpoint = str(st.entropy_export)
+  c.train.update(entropy_checkpoint=str(st.entropy_export), max_patches=st.max_patches)
   if st.scale.name == "tiny":
     _small_cpu(c)
   return c
@@ -463,7 +480,7 @@ def stage_report(st: State) -> None:
 
 def _write_results(st: State) -> None:
   st.results.update(scale=st.scale.name, source=st.source, unigram_bits=st.unigram,
-                    seconds=st.seconds, threshold=st.threshold,
+                    seconds=st.seconds, threshold=st.threshold, max_patches=st.max_patches,
                     entropy_export=st.entropy_export and str(st.entropy_export),
                     blt_export=st.blt_export and str(st.blt_export),
                     bltd_exports={z: str(p) for z, p in st.bltd_exports.items()})
