@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bltjax import hashing, kernels, patching
+from bltjax import hashing, kernels, patching, sharding
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
 from bltjax.layers import (
   Block,
@@ -101,9 +101,10 @@ class LocalEncoder(nn.Module):
     return x
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
-    x = self.embed(ids_BxS, pos_BxS, valid_BxS)
+    x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
     mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS)
     x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
+    x = sharding.constrain_rows(x)
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
 
   def pool(self, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int):
@@ -216,8 +217,9 @@ class LocalDecoder(nn.Module):
     mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS)
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
     h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
-                        cross=lambda i, x: self.cross(i, x, kvs[i], lat_idx_BxS))
-    return self.head(h)
+                        cross=lambda i, x: sharding.constrain_rows(
+                          self.cross(i, x, kvs[i], lat_idx_BxS)))
+    return self.head(sharding.constrain_rows(h))
 
 
 class BLT(nn.Module):
@@ -264,9 +266,9 @@ class EntropyModel(nn.Module):
     return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
-    x = self.embed(jnp.where(valid_BxS, ids_BxS, 0))
+    x = sharding.constrain_rows(self.embed(jnp.where(valid_BxS, ids_BxS, 0)))
     mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS)
-    return self.head(run_stack(self.layers, x, pos_BxS, mask)[0])
+    return self.head(sharding.constrain_rows(run_stack(self.layers, x, pos_BxS, mask)[0]))
 
 
 # ------------------------------------------------------------------------------------------------

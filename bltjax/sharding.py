@@ -214,6 +214,24 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules = ShardingRul
   return NamedSharding(mesh, logical_to_physical(P("batch", *([None] * (ndim - 1))), rules))
 
 
+def constrain_rows(x: jax.Array, rules: ShardingRules = ShardingRules()) -> jax.Array:
+  """x with its leading (row) axis over the batch mesh axes of the current mesh, the rest whole.
+
+  An anchor for XLA's sharding propagation inside the model: with the local models' weights
+  split over fsdp on their width, XLA otherwise shards the byte activations' width the same way
+  and gathers all rows on every device (8x the local stacks' activations and compute at fsdp 8;
+  README, training memory). Identity without a current mesh, or when the rows do not divide.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in rules.mesh_axes("batch") if a in mesh.axis_names)
+  n = math.prod(mesh.shape[a] for a in axes)
+  if n == 1 or x.shape[0] % n:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
