@@ -18,8 +18,9 @@ Reported per device, in GiB:
   formula_*      `state_bytes` (exact, from the shardings) + `activation_bytes` (the model below)
   fits           formula and XLA peaks against --hbm_gib (16 by default)
 
-The entropy model is frozen and replicated (train.entropy_checkpoint is not read: its abstract
-parameters stand in), and runs in the step as in a real entropy-patched run.
+The entropy model is frozen and sharded like the trainable local models (train.entropy_checkpoint
+is not read: its abstract parameters stand in), and runs in the step as in a real entropy-patched
+run.
 
   python benchmarks/train_memory.py                     # configs/blt_1b.py, 8192 bytes, 8 devices
   python benchmarks/train_memory.py --config=configs/blt_tiny.py --seq_len=512
@@ -59,18 +60,30 @@ def load_config(path: str):
 
 
 def local_attention_bytes(st, seq_len: int, act_bytes: int, fp_bytes: int) -> tuple[float, float]:
-  """(saved, transient) bytes of one local self-attention layer for one row, as
-  `bltjax.kernels.local_plan` lays it out.
+  """(saved, transient) bytes of one self-attention layer for one row, as
+  `bltjax.kernels.local_plan` lays it out (local stacks over bytes, the global model over
+  patches).
 
   Dense [S, S]: 3 fp32 score-sized arrays, the probabilities and the bool mask, all kept
   ((12 + b + 1) bytes per score and head). Segments of Q queries over (n_W + 1)·Q keys, run Mc
   at a time under a rematerialised `lax.map`: only the segment-major copies of K, V (and their
   positions) stay; one chunk's scores ((12 + b + 1)·H·Mc·Q·(n_W + 1)·Q) are transient.
+  Blocks of T (no window, `kernels.causal_attend`): the block-major copies of Q, K, V and the
+  positions stay; while one query block is differentiated its running state per key block
+  (max, sum, fp32 values: H·T·(K + 2)·4 each), one step's [H, T, T] scores and the fp32
+  cotangents of all K and V are transient.
   """
   from bltjax import kernels
 
   s, b = seq_len, act_bytes
   plan = kernels.local_plan(st, s)
+  if plan.block is not None:
+    t, n = plan.block, -(-s // plan.block)
+    heads_k = (st.n_heads + 2 * st.kv_heads) * st.head_dim
+    saved = n * t * (heads_k * fp_bytes + 9)
+    transient = (n * st.n_heads * t * (st.head_dim + 2) * 4 + st.n_heads * t * t * (12 + b + 1)
+                 + 2 * n * t * st.kv_heads * st.head_dim * 4)
+    return float(saved), float(transient)
   if plan.segment is None:
     return float(st.n_heads * s * s * (12 + b + 1)), float(st.n_heads * s * s * 12)
   q = plan.segment
@@ -106,13 +119,16 @@ def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) ->
   6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 RMSNorm and softmax internals)
   per position. Attention as `bltjax.kernels` plans it (`local_attention_bytes`,
   `pooling_bytes`): at 8k bytes and window 512 the local stacks run segments and pooling a
-  per-patch segment softmax; the global model's [P, P] attention is dense.
+  per-patch segment softmax, and the global model over P = 4098 patch slots runs blocks.
 
   Saved until the backward pass ("saved_*"):
     blocks   remat "none": every block's terms. "full": each block's input (S·D·b or P·D·b).
              "dots": that plus every weight-matmul output ((4·D + 3·F)·b per position).
     pooling  outside any remat block (`pooling_bytes`).
-    cross    the decoder's per-layer cross-attention (C gathered keys/values, norms), no remat.
+    cross    the decoder's per-layer cross-attention, no remat: per byte the C gathered keys
+             and values (2·C·D·b), norm_q's fp32 input and output plus its b-byte copy
+             ((8 + b)·D), the query, attention output and residual (3·D·b); per latent slot
+             (P·C) norm_kv's ((8 + b)·D).
     logits   fp32 logits and their log-softmax.
   Transient, one at a time ("transient_*"):
     layer    the largest block recomputed and differentiated (remat) or its attention gradient
@@ -126,7 +142,7 @@ def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) ->
   per = lambda st: 6 * st.hidden_dim * b + (5 * b + 40) * st.dim  # noqa: E731
   dots = lambda st: (4 * st.dim + 3 * st.hidden_dim) * b  # noqa: E731
   enc_attn, dec_attn = local_attention_bytes(e, s, b, b), local_attention_bytes(d, s, b, b)
-  glob_attn = (g.n_heads * p * p * (12 + b + 1), g.n_heads * p * p * 12)
+  glob_attn = local_attention_bytes(g, p, b, b)
   enc_layer = s * per(e) + enc_attn[0]
   glob_layer = p * per(g) + glob_attn[0]
   dec_layer = s * per(d) + dec_attn[0]
@@ -137,8 +153,8 @@ def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) ->
     blocks = (e.n_layers * s * e.dim + g.n_layers * p * g.dim + d.n_layers * s * d.dim) * b
     if cfg.remat == "dots":
       blocks += e.n_layers * s * dots(e) + g.n_layers * p * dots(g) + d.n_layers * s * dots(d)
-    layer = max(enc_layer + enc_attn[1], glob_layer, dec_layer + dec_attn[1])
-  cross = d.n_layers * s * (2 * c * d.dim * b + (5 * b + 40) * d.dim)
+    layer = max(enc_layer + enc_attn[1], glob_layer + glob_attn[1], dec_layer + dec_attn[1])
+  cross = d.n_layers * (s * (2 * c * d.dim * b + (8 + 4 * b) * d.dim) + p * c * (8 + b) * d.dim)
   out = dict(saved_blocks=float(blocks), saved_pooling=pooling_bytes(cfg, s, p, b),
              saved_cross=float(cross), saved_logits=8.0 * s * cfg.vocab_size,
              transient_layer=float(layer), transient_entropy=0.0)
@@ -207,14 +223,11 @@ def compile_step(c, devices: int, log=print):
   import jax
   import jax.numpy as jnp
 
-  from bltjax import model, sharding, train
+  from bltjax import sharding, train
 
   def abstract_entropy(cfg, path, mesh, rules):
-    del path, rules
-    repl = sharding.replicated(mesh)
-    ent = model.abstract_params(cfg)["entropy_model"]
-    frozen = {"entropy_model": jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), ent)}
+    del path  # placed as train._load_entropy_model places the loaded weights
+    frozen = sharding.abstract_sharded_params(cfg, mesh, rules, ("entropy_model",))
     return frozen, jax.tree.map(lambda x: x.sharding, frozen)
 
   train._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
