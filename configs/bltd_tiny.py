@@ -8,11 +8,11 @@ from bltjax.train_config import base_config, entropy_stack, global_stack, stack
 
 def get_config():
   c = base_config()
-  c.model.encoder = stack(64, 1, 4, ffn_dim=192)
+  c.model.encoder = stack(64, 1, 2, ffn_dim=192)
   c.model.global_model = global_stack(128, 2, 4, ffn_dim=384)
-  c.model.decoder = stack(64, 2, 4, ffn_dim=192)
+  c.model.decoder = stack(64, 2, 2, ffn_dim=192)
   c.model.entropy = entropy_stack(64, 2, 4, ffn_dim=192)
-  c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=4099, nb_functions=1)
+  c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=8191, nb_functions=1)
   c.model.patcher.update(mode="entropy", threshold=1.335442066192627, max_patch_length=8)
   c.model.diffusion.update(block_size=8)
   c.model.cross_attn_k = 2

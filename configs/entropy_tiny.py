@@ -7,11 +7,11 @@ def get_config():
   c = base_config()
   # The BLT part only describes the model this entropy model will patch for; task "entropy"
   # trains and exports `entropy_model` alone.
-  c.model.encoder = stack(64, 1, 4, ffn_dim=192)
+  c.model.encoder = stack(64, 1, 2, ffn_dim=192)
   c.model.global_model = global_stack(128, 2, 4, ffn_dim=384)
-  c.model.decoder = stack(64, 2, 4, ffn_dim=192)
+  c.model.decoder = stack(64, 2, 2, ffn_dim=192)
   c.model.entropy = entropy_stack(64, 2, 4, ffn_dim=192)
-  c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=4099, nb_functions=1)
+  c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=8191, nb_functions=1)
   c.model.patcher.update(mode="entropy", threshold=1.335442066192627, max_patch_length=16)
   c.train.task = "entropy"
   c.train.steps = 300
