@@ -189,16 +189,16 @@ def force_boundary(params, cfg: BLTConfig, st: engine.State, active_B):
   guard, as a `max_patch_length` split keeps it."""
   close = active_B & ~st.next_start & (st.patch_len > 0)
   rows = jnp.arange(close.shape[0])
-  slot = jnp.where(close, st.n_closed, st.glob_k.shape[3])
+  slot = jnp.where(close, st.n_closed, engine.global_slots(st))
   gk, gv = engine.flush_global(st)
-  gk = gk.at[:, rows, :, slot].set(st.open_gk.transpose(1, 0, 2, 3), mode="drop")
-  gv = gv.at[:, rows, :, slot].set(st.open_gv.transpose(1, 0, 2, 3), mode="drop")
+  gk = engine.layer_scatter(gk, rows, slot, st.open_gk)
+  gv = engine.layer_scatter(gv, rows, slot, st.open_gv)
   logits, enc, dec = engine.draft_step(params, cfg, st, st.n - 1, st.hist, st.open_k,
                                        st.open_v, close)
   sel = close[None, :, None, None, None]
   return dataclasses.replace(
     st, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
-    pend_idx=jnp.full_like(st.pend_idx, st.glob_k.shape[3]),
+    pend_idx=jnp.full_like(st.pend_idx, engine.global_slots(st)),
     n_closed=st.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, st.open_k, st.lat_k),
     lat_v=jnp.where(sel, st.open_v, st.lat_v), next_start=st.next_start | close,
     logits=jnp.where(close[:, None], logits, st.logits)), close

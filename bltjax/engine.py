@@ -24,7 +24,8 @@ State invariant after `commit`, per row with n committed ids:
   * `next_start`: slot n starts a patch; patches 0..n_closed-1 are closed, their global keys in
     the global cache (the newest possibly still in `pend_k/pend_v`, see `flush_global`);
   * the open patch (index n_closed) holds `patch_len` bytes (stale when next_start) with their
-    running max `patch_max` and pooling keys `patch_k/v`;
+    running max `patch_max` and pooling keys `patch_k/v` (as `flush_patch` writes the pending
+    ones into them);
   * `lat_k/v`: the decoder cross-attention keys of the latent byte n-1 reads (the newest closed
     patch); `open_k/v`: those of the patch holding byte n-1 pooled over the bytes it has (the
     BLT-D block latent, arXiv 2605.08044 §4.3; computed when asked, else = lat);
@@ -56,11 +57,13 @@ PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, i
 
 
 class Ring(NamedTuple):
-  """Keys/values of one stack's recent positions: k, v [L, B, G, R, K] (head-major); pos [B, R]
-  the position each slot holds (-1: empty)."""
+  """Keys/values of one stack's recent positions: k, v one [B, G, R, K] array per layer
+  (head-major); pos [B, R] the position each slot holds (-1: empty). One buffer per layer: a
+  layer's attention reads it and the step's write updates it in place (slices of one stacked
+  [L, ...] buffer were copied whole at every step)."""
 
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   pos: jax.Array
 
 
@@ -70,8 +73,8 @@ class State:
   ent: Ring | None
   enc: Ring
   dec: Ring
-  glob_k: jax.Array  # [Lg, B, G, Pmax, K]
-  glob_v: jax.Array
+  glob_k: tuple[jax.Array, ...]  # per layer [B, G, Pmax, K] (one buffer per layer, as rings)
+  glob_v: tuple[jax.Array, ...]
   pend_k: jax.Array  # [Lg, B, G, K] keys of the patch an AR step closed, written next call
   pend_v: jax.Array
   pend_idx: jax.Array  # [B] their global slot (Pmax = nothing pending)
@@ -79,6 +82,9 @@ class State:
   patch_max: jax.Array  # [B, De]
   patch_k: jax.Array  # [B, cap, Hx, Kx]
   patch_v: jax.Array
+  pend_hk: jax.Array  # [B, max_q, Hx, Kx] pooling keys committed last call, written next call
+  pend_hv: jax.Array  # (`flush_patch`; like pend_k: a write after the pooling read copies)
+  pend_slot: jax.Array  # [B, max_q] their slots in patch_k (cap = none)
   patch_len: jax.Array  # [B]
   lat_k: jax.Array  # [Ld, B, C, Hx, Kx]
   lat_v: jax.Array
@@ -194,28 +200,48 @@ def ring_write(ring: Ring, k_LxBxQxGxK, v_LxBxQxGxK, pos_BxQ, write_BxQ) -> Ring
   r = ring.pos.shape[1]
   b_BxQ = jnp.broadcast_to(jnp.arange(pos_BxQ.shape[0])[:, None], pos_BxQ.shape)
   slot = jnp.where(write_BxQ, pos_BxQ % r, r)
-  # Advanced indices around a slice: the update is [B, Q, L, G, K].
-  upd = lambda buf, x: buf.at[:, b_BxQ, :, slot].set(  # noqa: E731
-    x.transpose(1, 2, 0, 3, 4).astype(buf.dtype), mode="drop")
-  return Ring(upd(ring.k, k_LxBxQxGxK), upd(ring.v, v_LxBxQxGxK),
+  return Ring(layer_scatter(ring.k, b_BxQ, slot, k_LxBxQxGxK),
+              layer_scatter(ring.v, b_BxQ, slot, v_LxBxQxGxK),
               ring.pos.at[b_BxQ, slot].set(pos_BxQ, mode="drop"))
 
 
-def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | None, cross=None,
-                write: bool = True):
-  """A stack over Q new positions (causal among them) against its ring; writes their keys
-  (the last R valid ones per row) unless `write` is False."""
+def layer_scatter(bufs, rows, slots, new_LxRx):
+  """Per layer, buf[rows, :, slots] = new[i] ([B, G, S, K] buffers, in place under donation;
+  out-of-range slots are dropped). rows/slots index the update's leading dims."""
+  # Advanced indices around a slice: each layer's update is [*rows.shape, G, K].
+  return tuple(buf.at[rows, :, slots].set(x.astype(buf.dtype), mode="drop")
+               for buf, x in zip(bufs, new_LxRx, strict=True))
+
+
+def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | None, cross=None):
+  """A stack over Q new positions (causal among them) against its ring; writes the keys of the
+  valid ones (the last R per row)."""
+  r = ring.pos.shape[1]
+  if pos_BxQ.shape[1] + (window or 0) <= r:
+    # Each layer writes its keys first and reads the ring alone (in place, `CacheKeys.slots`):
+    # the Q writes evict only positions more than a window before the first query. Slots at
+    # positions >= the first query that this call does not rewrite hold later positions than
+    # any valid query, which causality hides.
+    b_BxQ = jnp.broadcast_to(jnp.arange(pos_BxQ.shape[0])[:, None], pos_BxQ.shape)
+    slot = jnp.where(valid_BxQ, pos_BxQ % r, r)
+    kpos = ring.pos.at[b_BxQ, slot].set(pos_BxQ, mode="drop")
+    d = pos_BxQ[:, :, None] - kpos[:, None, :]
+    ok = (kpos >= 0)[:, None, :] & (d >= 0)
+    if window is not None:
+      ok &= d < window
+    x, k, v = run_stack(layers, x_BxQxD, pos_BxQ, None, CacheKeys(ring.k, ring.v, ok, slots=slot),
+                        cross)
+    return x, Ring(k, v, kpos)
+  # Prefill of a prompt longer than the ring allows: read, then write the last R positions.
   zeros = jnp.zeros_like(pos_BxQ)
   mask = local_mask(pos_BxQ, pos_BxQ, zeros, zeros, valid_BxQ, window)
   x, k, v = run_stack(layers, x_BxQxD, pos_BxQ, mask, ring_keys(ring, pos_BxQ, window), cross)
-  if write:
-    last = jnp.max(jnp.where(valid_BxQ, pos_BxQ, -1), axis=1, keepdims=True)
-    ring = ring_write(ring, k, v, pos_BxQ, valid_BxQ & (pos_BxQ > last - ring.pos.shape[1]))
-  return x, ring
+  last = jnp.max(jnp.where(valid_BxQ, pos_BxQ, -1), axis=1, keepdims=True)
+  return x, ring_write(ring, k, v, pos_BxQ, valid_BxQ & (pos_BxQ > last - r))
 
 
 def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
-  z = jnp.zeros((n_layers, b, g, r, kd), dtype)
+  z = (jnp.zeros((b, g, r, kd), dtype),) * n_layers
   return Ring(z, z, jnp.full((b, r), -1, jnp.int32))
 
 
@@ -230,7 +256,7 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   c = cfg.cross_attn_k
   zb = lambda *s: jnp.zeros((b, *s), jnp.int32)  # noqa: E731
   lat = jnp.zeros((d.n_layers, b, c, hd, d.dim // hd), dt)
-  gk = jnp.zeros((g.n_layers, b, g.kv_heads, spec.max_patches, g.head_dim), dt)
+  gk = (jnp.zeros((b, g.kv_heads, spec.max_patches, g.head_dim), dt),) * g.n_layers
   pend = jnp.zeros((g.n_layers, b, g.kv_heads, g.head_dim), dt)
   return State(
     ent=ring(cfg.entropy) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
@@ -239,6 +265,9 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
     patch_max=jnp.zeros((b, e.dim), dt), patch_k=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx),
                                                              dt),
     patch_v=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx), dt), patch_len=zb(),
+    pend_hk=jnp.zeros((b, spec.max_q, hx, e.dim // hx), dt),
+    pend_hv=jnp.zeros((b, spec.max_q, hx, e.dim // hx), dt),
+    pend_slot=jnp.full((b, spec.max_q), spec.patch_cap, jnp.int32),
     lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=pend, open_gv=pend, n=zb(),
     hist=zb(hist_len(cfg)), H_last=jnp.zeros((b,), jnp.float32),
     rule_start=jnp.ones((b,), bool), next_start=jnp.ones((b,), bool),
@@ -248,9 +277,20 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
 def flush_global(state: State) -> tuple[jax.Array, jax.Array]:
   """The global cache with the pending keys written (in place under donation)."""
   b_B = jnp.arange(state.pend_idx.shape[0])
-  w = lambda c, x: c.at[:, b_B, :, state.pend_idx].set(  # noqa: E731
-    x.transpose(1, 0, 2, 3), mode="drop")
-  return w(state.glob_k, state.pend_k), w(state.glob_v, state.pend_v)
+  return (layer_scatter(state.glob_k, b_B, state.pend_idx, state.pend_k),
+          layer_scatter(state.glob_v, b_B, state.pend_idx, state.pend_v))
+
+
+def flush_patch(state: State) -> tuple[jax.Array, jax.Array]:
+  """The open patch's pooling keys with the pending ones written (in place under donation)."""
+  rows = jnp.broadcast_to(jnp.arange(state.pend_slot.shape[0])[:, None], state.pend_slot.shape)
+  put = lambda buf, x: buf.at[rows, state.pend_slot].set(x, mode="drop")  # noqa: E731
+  return put(state.patch_k, state.pend_hk), put(state.patch_v, state.pend_hv)
+
+
+def global_slots(state: State) -> int:
+  """Slots of the global cache (patches a row may close)."""
+  return state.glob_k[0].shape[2]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,15 +400,14 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   pmax = pmax.at[:, 0].set(jnp.where((old_len > 0)[:, None],
                                      jnp.maximum(pmax[:, 0], st.patch_max), pmax[:, 0]))
   pmax = jnp.where(jnp.isneginf(pmax), 0, pmax)  # empty patches: finite (their output is unused)
-  cap = st.patch_k.shape[1]
+  patch_k, patch_v = flush_patch(st)
+  cap = patch_k.shape[1]
   p_q = jj[:, None]  # [Q(patch), 1]
   key_ok = jnp.concatenate([
     (p_q == 0)[None] & (jnp.arange(cap)[None, None] < old_len[:, None, None]),
     (patch[:, None, :] == p_q[None]) & valid[:, None, :]], axis=2)  # [B, Q(patch), cap + Q]
-  keys = jnp.concatenate([st.patch_k, hk.astype(st.patch_k.dtype)], axis=1)
-  vals = jnp.concatenate([st.patch_v, hv.astype(st.patch_v.dtype)], axis=1)
   gk, gv = flush_global(st)
-  pslots = gk.shape[3]
+  pslots = global_slots(st)
   gpos = jnp.minimum(st.n_closed[:, None] + jj[None], pslots - 1)  # RoPE position of patch p
   # Keys among the new patches: the patches closing at or before p, and p itself.
   new_ok = ((closes[:, None, :] & (jj[None, None] <= p_q[None])) | jnp.eye(q, dtype=bool)[None])
@@ -378,11 +417,15 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   def glob_fn(m, pmax, key_ok, gpos, new_ok, gk, gv):
     tick("global", row_on if q > 1 else jnp.any(wanted & valid))
     enc_m, g = m.local_encoder, m.global_transformer
+    # Built here, inside the AR step's `cond`: a step that closes no patch copies nothing.
+    keys = jnp.concatenate([patch_k, hk.astype(patch_k.dtype)], axis=1)
+    vals = jnp.concatenate([patch_v, hv.astype(patch_v.dtype)], axis=1)
     x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
     x, nk, nv = run_stack(g.layers, g.project_in(x_g), gpos, new_ok,
                           CacheKeys(gk, gv, used=st.n_closed))
     lk = m.local_decoder.latent_kv(x)
-    return nk, nv, jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
+    lat = jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
+    return (jnp.stack(nk), jnp.stack(nv), *lat)
 
   def glob_all():
     return _blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
@@ -425,9 +468,7 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
     b_BxQ = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
     wslot = jnp.where(closes & (st.n_closed[:, None] + jj[None] < pslots),
                       st.n_closed[:, None] + jj[None], pslots)
-    w = lambda c, x: c.at[:, b_BxQ, :, wslot].set(  # noqa: E731
-      x.transpose(1, 2, 0, 3, 4).astype(c.dtype), mode="drop")
-    gk, gv = w(gk, nk), w(gv, nv)
+    gk, gv = layer_scatter(gk, b_BxQ, wslot, nk), layer_scatter(gv, b_BxQ, wslot, nv)
     pend = dict(pend_k=st.pend_k, pend_v=st.pend_v,
                 pend_idx=jnp.full((b,), pslots, jnp.int32))
 
@@ -452,21 +493,21 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   on = row_on.astype(jnp.int32)
   g_pass = (jnp.any(wanted & valid, axis=1) if q == 1 else row_on) & run_g
   passes = jnp.stack([on, g_pass.astype(jnp.int32), on, on * uses_entropy(cfg)], axis=1)
-  state = dataclasses.replace(st, ent=ent, enc=enc, dec=dec, glob_k=gk, glob_v=gv, **pend)
+  state = dataclasses.replace(st, ent=ent, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
+                              patch_k=patch_k, patch_v=patch_v, **pend)
   return Extension(state=state, ids=ids, valid=valid, logits=logits, H=H, rule=rule, start=start,
                    patch=patch, slot=slot, h=hd, hk=hk, hv=hv, lat_k=lat_k, lat_v=lat_v,
                    open_k=lk, open_v=lv, open_gk=nk, open_gv=nv, passes=passes)
 
 
-def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Ring,
-                   write: bool = True):
+def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Ring):
   """Local-encoder byte states of Q new positions (hash n-grams from each one's id history)."""
   enc = m.local_encoder
   b, q, nh = hist_BxQxNh.shape
   hpos = pos_BxQ[..., None] - (nh - 1) + jnp.arange(nh)[None, None]
   e = enc.embed(hist_BxQxNh.reshape(b * q, nh), hpos.reshape(b * q, nh),
                 hpos.reshape(b * q, nh) >= 0)[:, -1].reshape(b, q, -1)
-  return run_on_ring(enc.layers, e, pos_BxQ, valid_BxQ, ring, cfg.encoder.window, write=write)
+  return run_on_ring(enc.layers, e, pos_BxQ, valid_BxQ, ring, cfg.encoder.window)
 
 
 @jax.jit
@@ -493,9 +534,18 @@ def commit(ext: Extension, a_B, active_B) -> State:
   wr = mine & active_B[:, None]
   cap = st.patch_k.shape[1]
   slot = jnp.where(wr, ext.slot, cap)
-  rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
-  pk = st.patch_k.at[rows, slot].set(ext.hk.astype(st.patch_k.dtype), mode="drop")
-  pv = st.patch_v.at[rows, slot].set(ext.hv.astype(st.patch_v.dtype), mode="drop")
+  hk, hv = ext.hk.astype(st.patch_k.dtype), ext.hv.astype(st.patch_v.dtype)
+  mq = st.pend_slot.shape[1]
+  if q <= mq:  # written by the next forward, before its pooling read
+    pad = lambda x, fill: jnp.pad(x, ((0, 0), (0, mq - q)) + ((0, 0),) * (x.ndim - 2),  # noqa
+                                  constant_values=fill)
+    pk, pv = st.patch_k, st.patch_v
+    pend = dict(pend_hk=pad(hk, 0), pend_hv=pad(hv, 0), pend_slot=pad(slot, cap))
+  else:  # a prefill longer than any later call: written now
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, q))
+    pk = st.patch_k.at[rows, slot].set(hk, mode="drop")
+    pv = st.patch_v.at[rows, slot].set(hv, mode="drop")
+    pend = dict(pend_slot=jnp.full_like(st.pend_slot, cap))
   pmax = jnp.max(jnp.where(mine[..., None], ext.h, -jnp.inf), axis=1)
   pmax = jnp.where(((p_a == 0) & (old_len > 0))[:, None], jnp.maximum(pmax, st.patch_max), pmax)
   n_new_closed = jnp.sum((ext.start & (jj <= a[:, None])).astype(jnp.int32), axis=1)
@@ -510,7 +560,7 @@ def commit(ext: Extension, a_B, active_B) -> State:
   open_v = jnp.where(sel, lat_v, take_p(ext.open_v))
   return dataclasses.replace(
     st, n_closed=keep(st.n_closed + n_new_closed, st.n_closed),
-    patch_max=keep(pmax.astype(st.patch_max.dtype), st.patch_max), patch_k=pk, patch_v=pv,
+    patch_max=keep(pmax.astype(st.patch_max.dtype), st.patch_max), patch_k=pk, patch_v=pv, **pend,
     patch_len=keep(at(ext.slot) + 1, st.patch_len),
     lat_k=keep(lat_k, st.lat_k, 1), lat_v=keep(lat_v, st.lat_v, 1),
     open_k=keep(open_k, st.open_k, 1), open_v=keep(open_v, st.open_v, 1),
@@ -556,15 +606,17 @@ def state_logical_axes(state: State) -> State:
   `cache_batch`, the key heads of rings, global cache and pending keys `kv_heads`, the pooling and
   latent heads `heads`; positions, slots and features stay whole."""
   b = "cache_batch"
-  cache, keys = P(None, b, "kv_heads", None, None), P(None, b, "kv_heads", None)
+  layer, keys = P(b, "kv_heads", None, None), P(None, b, "kv_heads", None)
   lat, pool = P(None, b, None, "heads", None), P(b, None, "heads", None)
-  ring = lambda r: None if r is None else Ring(cache, cache, P(b, None))  # noqa: E731
+  cache = lambda bufs: (layer,) * len(bufs)  # noqa: E731
+  ring = lambda r: None if r is None else Ring(cache(r.k), cache(r.v), P(b, None))  # noqa: E731
   row, row2 = P(b), P(b, None)
   return State(
-    ent=ring(state.ent), enc=ring(state.enc), dec=ring(state.dec), glob_k=cache, glob_v=cache,
-    pend_k=keys, pend_v=keys, pend_idx=row, n_closed=row, patch_max=row2, patch_k=pool,
-    patch_v=pool, patch_len=row, lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=keys,
-    open_gv=keys, n=row, hist=row2, H_last=row, rule_start=row, next_start=row, logits=row2)
+    ent=ring(state.ent), enc=ring(state.enc), dec=ring(state.dec), glob_k=cache(state.glob_k),
+    glob_v=cache(state.glob_v), pend_k=keys, pend_v=keys, pend_idx=row, n_closed=row,
+    patch_max=row2, patch_k=pool, patch_v=pool, pend_hk=pool, pend_hv=pool, pend_slot=row2,
+    patch_len=row, lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=keys, open_gv=keys,
+    n=row, hist=row2, H_last=row, rule_start=row, next_start=row, logits=row2)
 
 
 def state_shardings(state: State, mesh, rules=None) -> State:
@@ -612,5 +664,6 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
 
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
            "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
-           "encoder_states", "empty_state", "check_supported", "uses_entropy", "hist_len",
-           "decoding_config", "state_logical_axes", "state_shardings"]
+           "encoder_states", "empty_state", "layer_scatter", "global_slots", "flush_patch",
+           "check_supported", "uses_entropy", "hist_len", "decoding_config", "state_logical_axes",
+           "state_shardings"]

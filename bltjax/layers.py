@@ -91,17 +91,31 @@ def rope(x_BxSxHxK: jnp.ndarray, pos_BxS: jnp.ndarray, theta: float) -> jnp.ndar
 
 class CacheKeys(NamedTuple):
   """Keys/values that queries read besides their own new keys (a decoding cache), head-major
-  [(L,) B, G, C, K]. Visibility: `mask` [B, Q, C] (dense), or slots < `used` [B] read in
+  [B, G, C, K] (for a stack: one such array per layer, `layer(i)` picks it). Visibility:
+  `mask` [B, Q, C] (dense), or slots < `used` [B] read in
   chunks of `CACHE_CHUNK` with a dynamic trip count (a large, mostly empty cache costs what is
-  used)."""
+  used).
 
-  k: jax.Array
-  v: jax.Array
+  With `slots` [B, Q] (a decoding ring), a layer first writes its new keys there (out-of-range
+  slots are not written) and its queries read the cache alone, `mask` covering the written
+  slots: the write precedes every read, so XLA updates the buffer in place (a write after the
+  read needs a copy of the buffer)."""
+
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
   mask: jax.Array | None = None
   used: jax.Array | None = None
+  slots: jax.Array | None = None
 
   def layer(self, i: int) -> CacheKeys:
-    return CacheKeys(self.k[i], self.v[i], self.mask, self.used)
+    return CacheKeys(self.k[i], self.v[i], self.mask, self.used, self.slots)
+
+  def write(self, k_BxQxGxK, v_BxQxGxK) -> CacheKeys:
+    """The cache with one layer's new keys at `slots`."""
+    rows = jnp.broadcast_to(jnp.arange(self.slots.shape[0])[:, None], self.slots.shape)
+    # Advanced indices around a slice: the update is [B, Q, G, K].
+    put = lambda buf, x: buf.at[rows, :, self.slots].set(x.astype(buf.dtype), mode="drop")  # noqa
+    return CacheKeys(put(self.k, k_BxQxGxK), put(self.v, v_BxQxGxK), self.mask)
 
 
 CACHE_CHUNK = 128
@@ -119,23 +133,44 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
            ) -> jnp.ndarray:
   """Softmax attention with GQA (fp32 scores and softmax) for every layout in the package.
 
-  Queries read the new keys k/v under `mask` and, when given, a cache (dense or chunked). Rows
-  with no visible key return exactly 0, not a uniform average.
+  Queries read the new keys k/v under `mask` and, when given, a cache (dense or chunked); k, v
+  and mask are None when the cache already holds the new keys (`CacheKeys.slots`). Rows with
+  no visible key return exactly 0, not a uniform average.
   """
   b, q, h, kd = q_BxQxHxK.shape
-  g = k_BxTxGxK.shape[2]
+  g = k_BxTxGxK.shape[2] if k_BxTxGxK is not None else cache.k.shape[1]
   q_BxQxGxRxK = q_BxQxHxK.reshape(b, q, g, h // g, kd)
+
+  def masked_softmax(s, m):
+    p = jax.nn.softmax(jnp.where(m, s, MASK_VALUE), axis=-1)
+    return jnp.where(m, p, 0.0)  # fully masked rows: all zeros, not a uniform average
+
+  def cache_scores(k_BxGxCxK):
+    return jnp.einsum("bqgrk,bgck->bgrqc", q_BxQxGxRxK, k_BxGxCxK,
+                      preferred_element_type=jnp.float32) / math.sqrt(kd)
+
+  if k_BxTxGxK is None:  # the cache alone (dense)
+    p = masked_softmax(cache_scores(cache.k), cache.mask[:, None, None]).astype(cache.v.dtype)
+    return jnp.einsum("bgrqc,bgck->bqgrk", p, cache.v).reshape(b, q, h, kd)
+
   s = jnp.einsum("bqgrk,btgk->bgrqt", q_BxQxGxRxK, k_BxTxGxK,
                  preferred_element_type=jnp.float32) / math.sqrt(kd)
-  m = mask_BxQxT[:, None, None, :, :]
   if cache is None:
-    s = jnp.where(m, s, MASK_VALUE)
-    p = jax.nn.softmax(s, axis=-1)
-    p = jnp.where(m, p, 0.0)  # fully masked rows: all zeros, not a uniform average
+    p = masked_softmax(s, mask_BxQxT[:, None, None])
     o = jnp.einsum("bgrqt,btgk->bqgrk", p.astype(v_BxTxGxK.dtype), v_BxTxGxK)
     return o.reshape(b, q, h, kd)
 
-  # Online softmax over blocks of keys: the new keys, then the cache (one block or chunks).
+  if cache.used is None:
+    # A dense cache read before the new keys: one softmax over [cache, new] keys.
+    c = cache.k.shape[2]
+    m_all = jnp.concatenate([cache.mask, mask_BxQxT], axis=-1)[:, None, None]
+    p = masked_softmax(jnp.concatenate([cache_scores(cache.k), s], axis=-1), m_all)
+    p = p.astype(v_BxTxGxK.dtype)
+    o = (jnp.einsum("bgrqc,bgck->bqgrk", p[..., :c], cache.v)
+         + jnp.einsum("bgrqt,btgk->bqgrk", p[..., c:], v_BxTxGxK))
+    return o.reshape(b, q, h, kd)
+
+  # Online softmax over chunks of the used cache slots, then the new keys.
   def block(s_BxGxRxQxT, v_BxGxTxK, ok_BxQxT):
     s_BxGxRxQxT = jnp.where(ok_BxQxT[:, None, None], s_BxGxRxQxT, -jnp.inf)
     mx = jnp.max(s_BxGxRxQxT, axis=-1)
@@ -152,23 +187,16 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
     c2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - safe), 0.0)
     return mx, l1 * c1 + l2 * c2, a1 * c1[..., None] + a2 * c2[..., None]
 
-  def cache_scores(k_BxGxCxK):
-    return jnp.einsum("bqgrk,bgck->bgrqc", q_BxQxGxRxK, k_BxGxCxK,
-                      preferred_element_type=jnp.float32) / math.sqrt(kd)
-
   acc = block(s, v_BxTxGxK.transpose(0, 2, 1, 3), mask_BxQxT)
-  if cache.used is None:
-    acc = merge(acc, block(cache_scores(cache.k), cache.v, cache.mask))
-  else:
-    chunk = min(CACHE_CHUNK, cache.k.shape[2])
+  chunk = min(CACHE_CHUNK, cache.k.shape[2])
 
-    def body(c, carry):
-      kc = jax.lax.dynamic_slice_in_dim(cache.k, c * chunk, chunk, axis=2)
-      vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=2)
-      ok = (c * chunk + jnp.arange(chunk))[None, None, :] < cache.used[:, None, None]
-      return merge(carry, block(cache_scores(kc), vc, jnp.broadcast_to(ok, (b, q, chunk))))
+  def body(c, carry):
+    kc = jax.lax.dynamic_slice_in_dim(cache.k, c * chunk, chunk, axis=2)
+    vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=2)
+    ok = (c * chunk + jnp.arange(chunk))[None, None, :] < cache.used[:, None, None]
+    return merge(carry, block(cache_scores(kc), vc, jnp.broadcast_to(ok, (b, q, chunk))))
 
-    acc = jax.lax.fori_loop(0, (jnp.max(cache.used) + chunk - 1) // chunk, body, acc)
+  acc = jax.lax.fori_loop(0, (jnp.max(cache.used) + chunk - 1) // chunk, body, acc)
   _, l, a = acc
   o = jnp.where((l > 0)[..., None], a / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
   return o.transpose(0, 3, 1, 2, 4).reshape(b, q, h, kd).astype(v_BxTxGxK.dtype)
@@ -176,7 +204,8 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
 
 def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = None,
               cross=None):
-  """The one layer loop of every stack, in training and decoding: (x, k [L,B,Q,G,K], v).
+  """The one layer loop of every stack, in training and decoding: (x, k, v), k and v per layer
+  [B, Q, G, K] (with a writing cache, `CacheKeys.slots`: the updated [B, G, C, K] buffers).
 
   `mask_BxQxT`: a dense mask, or an `AttnKernel` (long training rows; no cache then).
   `cache` holds per-layer keys the queries also read (a decoding ring or global cache);
@@ -190,7 +219,7 @@ def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = No
                             None if cache is None else cache.layer(i))
     ks.append(k)
     vs.append(v)
-  return x_BxQxD, jnp.stack(ks), jnp.stack(vs)
+  return x_BxQxD, tuple(ks), tuple(vs)
 
 
 def local_mask(qpos_BxQ, kpos_BxT, qdoc_BxQ, kdoc_BxT, kvalid_BxT, window: int | None):
@@ -262,10 +291,14 @@ class Block(nn.Module):
     self.feed_forward = FeedForward(self.cfg, **kw)
 
   def __call__(self, x_BxSxD, pos_BxS, mask_BxSxT, cache: CacheKeys | None = None):
-    """(output, (k, v) of the new positions); `cache`: keys read besides them (`attend`).
+    """(output, (k, v) of the new positions, or the written cache buffers when `cache.slots`);
+    `cache`: keys read besides them (`attend`).
 
     `mask_BxSxT` is a dense mask or an `AttnKernel`, which attends without one."""
     q, k, v = self.attn_in(x_BxSxD, pos_BxS)
+    if cache is not None and cache.slots is not None:  # write, then read the cache alone
+      cache = cache.write(k, v)
+      return self.attn_out(x_BxSxD, attend(q, None, None, None, cache)), (cache.k, cache.v)
     if isinstance(mask_BxSxT, AttnKernel):
       if cache is not None:
         raise ValueError("Block: an AttnKernel reads no cache")

@@ -110,7 +110,7 @@ def take(g: GenState, ids_BxQ, limit_B, closed_before_BxQ, ctx: LoopArgs
   reason / cycles / step. Returns (g, a, running): a = index of the last committed id; running =
   active rows that go on (their engine state must advance by a + 1)."""
   q = ids_BxQ.shape[1]
-  pmax = g.state.glob_k.shape[3]
+  pmax = engine.global_slots(g.state)
   active = ~g.done
   jj = jnp.arange(q)[None]
   out = write_out(g.out, g.n_new, ids_BxQ, active[:, None] & (jj <= limit_B[:, None]))
