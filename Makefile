@@ -16,8 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -e ".[test,oracle,eval,dev]"
 	@touch $@
 
+# Test modules go to TEST_WORKERS processes whole (--dist loadfile: a module's compiled programs
+# are shared by its tests and dropped at its end, tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(VENV)/bin/ruff check .
