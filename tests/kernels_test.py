@@ -42,22 +42,23 @@ def packed_rows(s: int, seed: int = 0):
   (64, 64, 16, None), (48, 1, 4, None)])
 def test_segmented_local_attention_equals_dense(s, window, segment, chunk):
   pos, doc, valid, _ = packed_rows(s)
+  _assert_same_values_and_grads(
+    lambda q, k, v: kernels.local_attend(q, k, v, pos, doc, valid, window, segment, chunk),
+    lambda q, k, v: attend(q, k, v, local_mask(pos, pos, doc, doc, valid, window)),
+    s, seed=s + window)
+
+
+def _assert_same_values_and_grads(fast, dense, s: int, seed: int):
+  """fast(q, k, v) == dense(q, k, v) on random [2, s] GQA inputs, values and gradients."""
   h, g, kd = 4, 2, 8
-  ks = jax.random.split(jax.random.key(s + window), 4)
+  ks = jax.random.split(jax.random.key(seed), 4)
   q, k, v = _rand(ks[0], 2, s, h, kd), _rand(ks[1], 2, s, g, kd), _rand(ks[2], 2, s, g, kd)
   r = _rand(ks[3], 2, s, h, kd)
-
-  def dense(q, k, v):
-    return attend(q, k, v, local_mask(pos, pos, doc, doc, valid, window))
-
-  def seg(q, k, v):
-    return kernels.local_attend(q, k, v, pos, doc, valid, window, segment, chunk)
-
-  np.testing.assert_allclose(jit(seg)(q, k, v), jit(dense)(q, k, v), atol=1e-6)
-  loss = lambda f: lambda *a: jnp.sum(f(*a) * r)
-  g_seg = jit(jax.grad(loss(seg), argnums=(0, 1, 2)))(q, k, v)
+  np.testing.assert_allclose(jit(fast)(q, k, v), jit(dense)(q, k, v), atol=1e-6)
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * r)  # noqa: E731
+  g_fast = jit(jax.grad(loss(fast), argnums=(0, 1, 2)))(q, k, v)
   g_dense = jit(jax.grad(loss(dense), argnums=(0, 1, 2)))(q, k, v)
-  for a, b in zip(g_seg, g_dense):
+  for a, b in zip(g_fast, g_dense, strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -65,23 +66,10 @@ def test_segmented_local_attention_equals_dense(s, window, segment, chunk):
 def test_blocked_causal_attention_equals_dense(s, block):
   """The global model's form: plain causal within documents, padded slots, GQA."""
   pos, doc, valid, _ = packed_rows(s)
-  h, g, kd = 4, 2, 8
-  ks = jax.random.split(jax.random.key(s + block), 4)
-  q, k, v = _rand(ks[0], 2, s, h, kd), _rand(ks[1], 2, s, g, kd), _rand(ks[2], 2, s, g, kd)
-  r = _rand(ks[3], 2, s, h, kd)
-
-  def dense(q, k, v):
-    return attend(q, k, v, local_mask(pos, pos, doc, doc, valid, None))
-
-  def blocked(q, k, v):
-    return kernels.causal_attend(q, k, v, pos, doc, valid, block)
-
-  np.testing.assert_allclose(jit(blocked)(q, k, v), jit(dense)(q, k, v), atol=1e-6)
-  loss = lambda f: lambda *a: jnp.sum(f(*a) * r)
-  g_blocked = jit(jax.grad(loss(blocked), argnums=(0, 1, 2)))(q, k, v)
-  g_dense = jit(jax.grad(loss(dense), argnums=(0, 1, 2)))(q, k, v)
-  for a, b in zip(g_blocked, g_dense):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  _assert_same_values_and_grads(
+    lambda q, k, v: kernels.causal_attend(q, k, v, pos, doc, valid, block),
+    lambda q, k, v: attend(q, k, v, local_mask(pos, pos, doc, doc, valid, None)),
+    s, seed=s + block)
 
 
 def test_blocked_causal_attention_gives_zero_without_a_visible_key():
