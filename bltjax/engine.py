@@ -51,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 
 from bltjax import model, patching, sharding
 from bltjax.config import BLTConfig
-from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stack
+from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stack, scatter_slots
 
 PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, in this order
 
@@ -206,11 +206,8 @@ def ring_write(ring: Ring, k_LxBxQxGxK, v_LxBxQxGxK, pos_BxQ, write_BxQ) -> Ring
 
 
 def layer_scatter(bufs, rows, slots, new_LxRx):
-  """Per layer, buf[rows, :, slots] = new[i] ([B, G, S, K] buffers, in place under donation;
-  out-of-range slots are dropped). rows/slots index the update's leading dims."""
-  # Advanced indices around a slice: each layer's update is [*rows.shape, G, K].
-  return tuple(buf.at[rows, :, slots].set(x.astype(buf.dtype), mode="drop")
-               for buf, x in zip(bufs, new_LxRx, strict=True))
+  """`layers.scatter_slots` per layer: buf_i[rows, :, slots] = new[i]."""
+  return tuple(scatter_slots(buf, rows, slots, x) for buf, x in zip(bufs, new_LxRx, strict=True))
 
 
 def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | None, cross=None):
@@ -225,10 +222,8 @@ def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | N
     b_BxQ = jnp.broadcast_to(jnp.arange(pos_BxQ.shape[0])[:, None], pos_BxQ.shape)
     slot = jnp.where(valid_BxQ, pos_BxQ % r, r)
     kpos = ring.pos.at[b_BxQ, slot].set(pos_BxQ, mode="drop")
-    d = pos_BxQ[:, :, None] - kpos[:, None, :]
-    ok = (kpos >= 0)[:, None, :] & (d >= 0)
-    if window is not None:
-      ok &= d < window
+    ok = local_mask(pos_BxQ, kpos, jnp.zeros_like(pos_BxQ), jnp.zeros_like(kpos), kpos >= 0,
+                    window)
     x, k, v = run_stack(layers, x_BxQxD, pos_BxQ, None, CacheKeys(ring.k, ring.v, ok, slots=slot),
                         cross)
     return x, Ring(k, v, kpos)

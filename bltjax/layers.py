@@ -113,9 +113,14 @@ class CacheKeys(NamedTuple):
   def write(self, k_BxQxGxK, v_BxQxGxK) -> CacheKeys:
     """The cache with one layer's new keys at `slots`."""
     rows = jnp.broadcast_to(jnp.arange(self.slots.shape[0])[:, None], self.slots.shape)
-    # Advanced indices around a slice: the update is [B, Q, G, K].
-    put = lambda buf, x: buf.at[rows, :, self.slots].set(x.astype(buf.dtype), mode="drop")  # noqa
-    return CacheKeys(put(self.k, k_BxQxGxK), put(self.v, v_BxQxGxK), self.mask)
+    return CacheKeys(scatter_slots(self.k, rows, self.slots, k_BxQxGxK),
+                     scatter_slots(self.v, rows, self.slots, v_BxQxGxK), self.mask)
+
+
+def scatter_slots(buf_BxGxCxK, rows, slots, new):
+  """buf[rows, :, slots] = new (a head-major cache; in place under donation; out-of-range slots
+  are dropped). rows/slots index the update's leading dims: new is [*rows.shape, G, K]."""
+  return buf_BxGxCxK.at[rows, :, slots].set(new.astype(buf_BxGxCxK.dtype), mode="drop")
 
 
 CACHE_CHUNK = 128
