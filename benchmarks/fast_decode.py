@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -265,8 +266,15 @@ def main(argv=None) -> int:
   ap.add_argument("--max-new", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--json", default=None)
+  ap.add_argument("--ynn", choices=("auto", "on", "off"), default="auto",
+                  help="XLA:CPU's YNNPACK matmuls: auto = bltjax.cpu_tuning's choice for the "
+                       "batch (off at batch 1), on = XLA's default, off = XLA's own dots")
   a = ap.parse_args(argv)
 
+  from bltjax import cpu_tuning
+
+  if a.ynn == "off" or (a.ynn == "auto" and a.batch == 1):
+    cpu_tuning.tune_for_decoding(1)  # before JAX's first computation
   import jax
 
   from bltjax import generation, nfe, weights
@@ -306,7 +314,8 @@ def main(argv=None) -> int:
   print(f"{source}\n{len(prompts)} held-out prompts x {a.max_new} new bytes, batch {a.batch}; "
         f"params enc {counts.enc / 1e6:.1f} M, global {counts.glob / 1e6:.1f} M, dec "
         f"{counts.dec / 1e6:.1f} M, entropy {counts.entropy / 1e6:.1f} M at {bpp} B; "
-        f"weight streaming {bw / 1e9:.2f} GB/s (matvec over {8 * llc_bytes() >> 20} MiB)",
+        f"weight streaming {bw / 1e9:.2f} GB/s (matvec over {8 * llc_bytes() >> 20} MiB); "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
         flush=True)
 
   variants = {}

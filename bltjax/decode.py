@@ -135,6 +135,9 @@ def _fail(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
+  from bltjax import cpu_tuning  # noqa: PLC0415
+
+  cpu_tuning.tune_for_decoding(a.batch_size)  # before JAX's first computation
   import jax  # noqa: PLC0415 - keep --help fast
 
   from bltjax import generation, nfe, weights  # noqa: PLC0415

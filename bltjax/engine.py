@@ -452,10 +452,14 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
                 pend_idx=jnp.where(hit, st.n_closed, pslots).astype(jnp.int32))
   else:
     run_g = jnp.ones((), bool)
-    if fresh or q > 64:
+    if q > 1024 or (fresh and q < 64):
       nk, nv, lk, lv = glob_all()
-    else:  # as few rows through the global model as the widest row needs (3 compiled sizes)
-      sizes = sorted({-(-q // 4), -(-q // 2), q})
+    else:
+      # As few rows through the global model as the widest row needs: 3 compiled sizes for a
+      # cycle (a verification closes about Q/4 of its Q slots), 4 for a prefill of 64 bytes
+      # or more (a prompt of S bytes has about S/4 patches, and its bucket pads S up to twice
+      # the prompt); shorter prefills cost little and compile one.
+      sizes = sorted({-(-q // 8) if fresh else q, -(-q // 4), -(-q // 2), q})
       most = jnp.max(jnp.sum(wanted.astype(jnp.int32), axis=1))
       branch = jnp.sum((jnp.asarray(sizes[:-1]) < most).astype(jnp.int32))
       nk, nv, lk, lv = jax.lax.switch(
