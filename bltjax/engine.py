@@ -57,10 +57,10 @@ PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, i
 
 
 class Ring(NamedTuple):
-  """Keys/values of one stack's recent positions: k, v one [B, G, R, K] array per layer
-  (head-major); pos [B, R] the position each slot holds (-1: empty). One buffer per layer: a
-  layer's attention reads it and the step's write updates it in place (slices of one stacked
-  [L, ...] buffer were copied whole at every step)."""
+  """Keys/values of one stack's recent positions: k, v one [B·G, R, K] array per layer (batch
+  and key heads merged, `layers.CacheKeys`); pos [B, R] the position each slot holds (-1:
+  empty). One buffer per layer: a layer's attention reads it and the step's write updates it in
+  place (slices of one stacked [L, ...] buffer were copied whole at every step)."""
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
@@ -73,7 +73,7 @@ class State:
   ent: Ring | None
   enc: Ring
   dec: Ring
-  glob_k: tuple[jax.Array, ...]  # per layer [B, G, Pmax, K] (one buffer per layer, as rings)
+  glob_k: tuple[jax.Array, ...]  # per layer [B·G, Pmax, K] (one buffer per layer, as rings)
   glob_v: tuple[jax.Array, ...]
   pend_k: jax.Array  # [Lg, B, G, K] keys of the patch an AR step closed, written next call
   pend_v: jax.Array
@@ -206,7 +206,7 @@ def ring_write(ring: Ring, k_LxBxQxGxK, v_LxBxQxGxK, pos_BxQ, write_BxQ) -> Ring
 
 
 def layer_scatter(bufs, rows, slots, new_LxRx):
-  """`layers.scatter_slots` per layer: buf_i[rows, :, slots] = new[i]."""
+  """`layers.scatter_slots` per layer: buf_i[rows·G + g, slots] = new[i][..., g, :]."""
   return tuple(scatter_slots(buf, rows, slots, x) for buf, x in zip(bufs, new_LxRx, strict=True))
 
 
@@ -236,7 +236,7 @@ def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | N
 
 
 def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
-  z = (jnp.zeros((b, g, r, kd), dtype),) * n_layers
+  z = (jnp.zeros((b * g, r, kd), dtype),) * n_layers
   return Ring(z, z, jnp.full((b, r), -1, jnp.int32))
 
 
@@ -251,7 +251,7 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   c = cfg.cross_attn_k
   zb = lambda *s: jnp.zeros((b, *s), jnp.int32)  # noqa: E731
   lat = jnp.zeros((d.n_layers, b, c, hd, d.dim // hd), dt)
-  gk = (jnp.zeros((b, g.kv_heads, spec.max_patches, g.head_dim), dt),) * g.n_layers
+  gk = (jnp.zeros((b * g.kv_heads, spec.max_patches, g.head_dim), dt),) * g.n_layers
   pend = jnp.zeros((g.n_layers, b, g.kv_heads, g.head_dim), dt)
   return State(
     ent=ring(cfg.entropy) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
@@ -285,7 +285,7 @@ def flush_patch(state: State) -> tuple[jax.Array, jax.Array]:
 
 def global_slots(state: State) -> int:
   """Slots of the global cache (patches a row may close)."""
-  return state.glob_k[0].shape[2]
+  return state.glob_k[0].shape[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -602,10 +602,11 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec,
 
 def state_logical_axes(state: State) -> State:
   """The state's logical axes (a State of `PartitionSpec`s): every batch dimension is
-  `cache_batch`, the key heads of rings, global cache and pending keys `kv_heads`, the pooling and
-  latent heads `heads`; positions, slots and features stay whole."""
+  `cache_batch`, the key heads of rings, global cache and pending keys `kv_heads` (the rows of a
+  [B·G, C, K] cache both, batch major), the pooling and latent heads `heads`; positions, slots
+  and features stay whole."""
   b = "cache_batch"
-  layer, keys = P(b, "kv_heads", None, None), P(None, b, "kv_heads", None)
+  layer, keys = P((b, "kv_heads"), None, None), P(None, b, "kv_heads", None)
   lat, pool = P(None, b, None, "heads", None), P(b, None, "heads", None)
   cache = lambda bufs: (layer,) * len(bufs)  # noqa: E731
   ring = lambda r: None if r is None else Ring(cache(r.k), cache(r.v), P(b, None))  # noqa: E731
@@ -623,14 +624,20 @@ def state_shardings(state: State, mesh, rules=None) -> State:
   rules; a mesh axis that does not divide its dimension is dropped there (replicated), never moved
   to another dimension (a cache split over positions would gather at every step)."""
   rules = rules or sharding.ShardingRules()
+  rows = state.n.shape[0]  # a merged cache dimension (B·G) splits as rows x heads
 
   def fit(spec, x):
+    sharding.logical_to_physical(spec, rules)  # refuses a mesh axis used twice
     dims = []
-    for d, axes in zip(x.shape, sharding.logical_to_physical(spec, rules), strict=True):
+    for d, name in zip(x.shape, spec, strict=True):
+      parts = zip((rows, d // rows), name) if isinstance(name, tuple) else ((d, name),)
       kept = ()
-      for a in (axes,) if isinstance(axes, str) else axes or ():
-        if d % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[a]) == 0:
-          kept += (a,)
+      for size, part in parts:  # each part keeps the mesh axes that divide it, in order
+        got = ()
+        for a in rules.mesh_axes(part):
+          if size % (math.prod(mesh.shape[k] for k in got) * mesh.shape[a]) == 0:
+            got += (a,)
+        kept += got
       dims.append(kept[0] if len(kept) == 1 else (kept or None))
     return NamedSharding(mesh, P(*dims))
 

@@ -90,8 +90,11 @@ def rope(x_BxSxHxK: jnp.ndarray, pos_BxS: jnp.ndarray, theta: float) -> jnp.ndar
 
 
 class CacheKeys(NamedTuple):
-  """Keys/values that queries read besides their own new keys (a decoding cache), head-major
-  [B, G, C, K] (for a stack: one such array per layer, `layer(i)` picks it). Visibility:
+  """Keys/values that queries read besides their own new keys (a decoding cache), [B·G, C, K]
+  with batch and key heads merged, row-major (for a stack: one such array per layer, `layer(i)`
+  picks it). Merged because XLA strips a size-1 dimension from a matmul operand: with a [B, G,
+  C, K] buffer at B = 1, XLA:CPU fused a second copy of each step's write into the read, which
+  copied the whole buffer several times per step. Visibility:
   `mask` [B, Q, C] (dense), or slots < `used` [B] read in
   chunks of `CACHE_CHUNK` with a dynamic trip count (a large, mostly empty cache costs what is
   used).
@@ -117,10 +120,14 @@ class CacheKeys(NamedTuple):
                      scatter_slots(self.v, rows, self.slots, v_BxQxGxK), self.mask)
 
 
-def scatter_slots(buf_BxGxCxK, rows, slots, new):
-  """buf[rows, :, slots] = new (a head-major cache; in place under donation; out-of-range slots
-  are dropped). rows/slots index the update's leading dims: new is [*rows.shape, G, K]."""
-  return buf_BxGxCxK.at[rows, :, slots].set(new.astype(buf_BxGxCxK.dtype), mode="drop")
+def scatter_slots(buf_NxCxK, rows, slots, new):
+  """Row b's head g at slot s: buf[b·G + g, s] = new (a [B·G, C, K] cache, `CacheKeys`; in place
+  under donation; out-of-range slots are dropped). rows/slots index the update's leading dims:
+  new is [*rows.shape, G, K]."""
+  g = new.shape[-2]
+  n = rows[..., None] * g + jnp.arange(g).reshape((1,) * rows.ndim + (g,))
+  return buf_NxCxK.at[n, jnp.broadcast_to(slots[..., None], n.shape)].set(
+    new.astype(buf_NxCxK.dtype), mode="drop")
 
 
 CACHE_CHUNK = 128
@@ -143,20 +150,28 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
   no visible key return exactly 0, not a uniform average.
   """
   b, q, h, kd = q_BxQxHxK.shape
-  g = k_BxTxGxK.shape[2] if k_BxTxGxK is not None else cache.k.shape[1]
-  q_BxQxGxRxK = q_BxQxHxK.reshape(b, q, g, h // g, kd)
+  g = k_BxTxGxK.shape[2] if k_BxTxGxK is not None else cache.k.shape[0] // b
+  r = h // g
+  q_BxQxGxRxK = q_BxQxHxK.reshape(b, q, g, r, kd)
 
   def masked_softmax(s, m):
     p = jax.nn.softmax(jnp.where(m, s, MASK_VALUE), axis=-1)
     return jnp.where(m, p, 0.0)  # fully masked rows: all zeros, not a uniform average
 
-  def cache_scores(k_BxGxCxK):
-    return jnp.einsum("bqgrk,bgck->bgrqc", q_BxQxGxRxK, k_BxGxCxK,
-                      preferred_element_type=jnp.float32) / math.sqrt(kd)
+  # Against a [B·G, C, K] cache (`CacheKeys`): queries as [B·G, R·Q, K], scores [B, G, R, Q, C].
+  q_NxRQxK = q_BxQxGxRxK.transpose(0, 2, 3, 1, 4).reshape(b * g, r * q, kd)
+
+  def cache_scores(k_NxCxK):
+    s = jnp.einsum("nxk,nck->nxc", q_NxRQxK, k_NxCxK, preferred_element_type=jnp.float32)
+    return s.reshape(b, g, r, q, -1) / math.sqrt(kd)
+
+  def cache_mix(p_BxGxRxQxC, v_NxCxK):  # -> [B, Q, G, R, K]
+    o = jnp.einsum("nxc,nck->nxk", p_BxGxRxQxC.reshape(b * g, r * q, -1), v_NxCxK)
+    return o.reshape(b, g, r, q, kd).transpose(0, 3, 1, 2, 4)
 
   if k_BxTxGxK is None:  # the cache alone (dense)
     p = masked_softmax(cache_scores(cache.k), cache.mask[:, None, None]).astype(cache.v.dtype)
-    return jnp.einsum("bgrqc,bgck->bqgrk", p, cache.v).reshape(b, q, h, kd)
+    return cache_mix(p, cache.v).reshape(b, q, h, kd)
 
   s = jnp.einsum("bqgrk,btgk->bgrqt", q_BxQxGxRxK, k_BxTxGxK,
                  preferred_element_type=jnp.float32) / math.sqrt(kd)
@@ -167,21 +182,19 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
 
   if cache.used is None:
     # A dense cache read before the new keys: one softmax over [cache, new] keys.
-    c = cache.k.shape[2]
+    c = cache.k.shape[1]
     m_all = jnp.concatenate([cache.mask, mask_BxQxT], axis=-1)[:, None, None]
     p = masked_softmax(jnp.concatenate([cache_scores(cache.k), s], axis=-1), m_all)
     p = p.astype(v_BxTxGxK.dtype)
-    o = (jnp.einsum("bgrqc,bgck->bqgrk", p[..., :c], cache.v)
-         + jnp.einsum("bgrqt,btgk->bqgrk", p[..., c:], v_BxTxGxK))
+    o = cache_mix(p[..., :c], cache.v) + jnp.einsum("bgrqt,btgk->bqgrk", p[..., c:], v_BxTxGxK)
     return o.reshape(b, q, h, kd)
 
   # Online softmax over chunks of the used cache slots, then the new keys.
-  def block(s_BxGxRxQxT, v_BxGxTxK, ok_BxQxT):
+  def block(s_BxGxRxQxT, ok_BxQxT, mix):
     s_BxGxRxQxT = jnp.where(ok_BxQxT[:, None, None], s_BxGxRxQxT, -jnp.inf)
     mx = jnp.max(s_BxGxRxQxT, axis=-1)
     e = jnp.exp(s_BxGxRxQxT - jnp.where(jnp.isfinite(mx), mx, 0.0)[..., None])
-    acc = jnp.einsum("bgrqt,bgtk->bgrqk", e, v_BxGxTxK, preferred_element_type=jnp.float32)
-    return mx, jnp.sum(e, axis=-1), acc
+    return mx, jnp.sum(e, axis=-1), mix(e)
 
   def merge(x, y):
     m1, l1, a1 = x
@@ -192,14 +205,16 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
     c2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - safe), 0.0)
     return mx, l1 * c1 + l2 * c2, a1 * c1[..., None] + a2 * c2[..., None]
 
-  acc = block(s, v_BxTxGxK.transpose(0, 2, 1, 3), mask_BxQxT)
-  chunk = min(CACHE_CHUNK, cache.k.shape[2])
+  acc = block(s, mask_BxQxT, lambda e: jnp.einsum(
+    "bgrqt,btgk->bgrqk", e, v_BxTxGxK, preferred_element_type=jnp.float32))
+  chunk = min(CACHE_CHUNK, cache.k.shape[1])
 
   def body(c, carry):
-    kc = jax.lax.dynamic_slice_in_dim(cache.k, c * chunk, chunk, axis=2)
-    vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=2)
+    kc = jax.lax.dynamic_slice_in_dim(cache.k, c * chunk, chunk, axis=1)
+    vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=1)
     ok = (c * chunk + jnp.arange(chunk))[None, None, :] < cache.used[:, None, None]
-    return merge(carry, block(cache_scores(kc), vc, jnp.broadcast_to(ok, (b, q, chunk))))
+    mix = lambda e: cache_mix(e, vc.astype(jnp.float32)).transpose(0, 2, 3, 1, 4)  # noqa: E731
+    return merge(carry, block(cache_scores(kc), jnp.broadcast_to(ok, (b, q, chunk)), mix))
 
   acc = jax.lax.fori_loop(0, (jnp.max(cache.used) + chunk - 1) // chunk, body, acc)
   _, l, a = acc
@@ -210,7 +225,7 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
 def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = None,
               cross=None):
   """The one layer loop of every stack, in training and decoding: (x, k, v), k and v per layer
-  [B, Q, G, K] (with a writing cache, `CacheKeys.slots`: the updated [B, G, C, K] buffers).
+  [B, Q, G, K] (with a writing cache, `CacheKeys.slots`: the updated [B·G, C, K] buffers).
 
   `mask_BxQxT`: a dense mask, or an `AttnKernel` (long training rows; no cache then).
   `cache` holds per-layer keys the queries also read (a decoding ring or global cache);

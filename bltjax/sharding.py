@@ -70,9 +70,12 @@ class ShardingRules:
       kw[name] = axes
     return cls(**kw)
 
-  def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+  def mesh_axes(self, logical: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The mesh axes of a logical axis; a tuple names a merged dimension (major first)."""
     if logical is None:
       return ()
+    if isinstance(logical, tuple):
+      return tuple(a for name in logical for a in self.mesh_axes(name))
     if not hasattr(self, logical):
       raise KeyError(f"no sharding rule for logical axis {logical!r}")
     return _as_tuple(getattr(self, logical))

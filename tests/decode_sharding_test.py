@@ -29,20 +29,21 @@ def test_state_shardings_follow_rules_and_drop_what_does_not_divide():
     lambda: engine.empty_state(params, cfg, b, engine.CacheSpec(16, 32)))
   sh = engine.state_shardings(shapes(4), _mesh())
   rows = ("data", "fsdp")
-  # Caches: one [B, G, slots, K] buffer per layer.
-  assert [x.spec for x in sh.glob_k] == [P(rows, "tensor", None, None)] * cfg.global_.n_layers
-  assert [x.spec for x in sh.dec.k] == [P(rows, "tensor", None, None)] * cfg.decoder.n_layers
+  # Caches: one [B·G, slots, K] buffer per layer, rows over data x fsdp, then heads over tensor.
+  merged = ("data", "fsdp", "tensor")
+  assert [x.spec for x in sh.glob_k] == [P(merged, None, None)] * cfg.global_.n_layers
+  assert [x.spec for x in sh.dec.k] == [P(merged, None, None)] * cfg.decoder.n_layers
   assert sh.dec.pos.spec == P(rows, None)
   assert sh.lat_k.spec == P(None, rows, None, "tensor", None)
   assert sh.patch_k.spec == P(rows, None, "tensor", None) and sh.n.spec == P(rows)
   # 2 rows on data x fsdp = 2 x 2: data only (`prepare` pads the batch so that this never
   # happens in decoding).
-  assert engine.state_shardings(shapes(2), _mesh()).glob_k[0].spec == P("data", "tensor", None,
+  assert engine.state_shardings(shapes(2), _mesh()).glob_k[0].spec == P(("data", "tensor"), None,
                                                                         None)
   # 2 kv heads on tensor = 4: replicated over tensor (never moved to the slot axis), while the
   # 4 latent heads split.
   wide = engine.state_shardings(shapes(4), sharding.make_mesh((2, 1, 4)))
-  assert wide.glob_k[0].spec == P(("data", "fsdp"), None, None, None)
+  assert wide.glob_k[0].spec == P(("data", "fsdp"), None, None)
   assert wide.lat_k.spec == P(None, ("data", "fsdp"), None, "tensor", None)
 
 
@@ -78,10 +79,10 @@ def test_sharded_greedy_equals_single_device(method, opts, monkeypatch):
   assert any(len(g.new_ids) > 4 for g in want)
   # The caches are really split (not silently replicated), and the loop keeps every array's
   # sharding.
-  split = jax.NamedSharding(mesh, P(("data", "fsdp"), "tensor"))
+  split = jax.NamedSharding(mesh, P(("data", "fsdp", "tensor")))  # [B·G, slots, K] rows
   for glob, dec in ((seen["in"].glob_k[0], seen["in"].dec.k[0]),
                     (seen["out"].glob_k[0], seen["out"].dec.k[0])):
-    assert glob[0].is_equivalent_to(split, 4) and dec[0].is_equivalent_to(split, 4)
+    assert glob[0].is_equivalent_to(split, 3) and dec[0].is_equivalent_to(split, 3)
     assert len(glob[0].device_set) == 8 and not glob[0].is_fully_replicated
   is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], int)  # noqa: E731
   pairs = zip(jax.tree.leaves(seen["in"], is_leaf=is_pair),
