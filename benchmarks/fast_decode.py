@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     cpu_tuning.tune_for_decoding(1)  # before JAX's first computation
   import jax
 
-  from bltjax import generation, nfe, weights
+  from bltjax import generation, layers, nfe, weights
 
   if a.random_weights:
     if not a.config:
@@ -328,9 +328,12 @@ def main(argv=None) -> int:
     if spec.z is None or not a.random_weights:
       if spec.z is not None and spec.z != cfg.diffusion.block_size:
         raise ValueError(f"{spec}: the checkpoint's block size is {cfg.diffusion.block_size}")
-      return params, cfg
+      if None not in variants:  # decoding weights, as decode.py (counts come from `params`)
+        variants[None] = layers.fuse_projections(params), cfg
+      return variants[None]
     if spec.z not in variants:
-      variants[spec.z] = with_block(params, cfg, spec.z)
+      pz, cz = with_block(params, cfg, spec.z)
+      variants[spec.z] = layers.fuse_projections(pz), cz
     return variants[spec.z]
 
   def gen(spec: Spec, grp, budgets=None):

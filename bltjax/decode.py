@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {a.checkpoint}: --method {a.method}: {e}", file=sys.stderr)
     return 2
   counts = nfe.param_counts(params)
+  if mesh is None:  # two matrix-vector products per block input (a fused q|k|v cannot shard)
+    from bltjax import layers  # noqa: PLC0415
+
+    params = layers.fuse_projections(params)
   stops = tuple(s.encode("utf-8") for s in a.stop)
   max_prompt = a.max_context - a.max_new_bytes - 1  # BOS
 

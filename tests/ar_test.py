@@ -149,3 +149,26 @@ def test_engine_forward_equals_training_forward():
                              np.where(valid[..., None], want, 0), atol=2e-5, rtol=2e-5)
   h = model.entropies(params, cfg, jnp.asarray(arr), lengths)
   np.testing.assert_allclose(np.where(valid, ext.H, 0), np.where(valid, h, 0), atol=2e-5)
+
+
+def test_fused_projections_decode_what_the_checkpoint_weights_decode():
+  """`layers.fuse_projections` (decode.py's decoding weights) changes no value: the training
+  forward's logits match to fp32 rounding, and cached greedy decoding with the fused weights
+  gives the bytes of the full recompute with the checkpoint's separate kernels."""
+  import jax.numpy as jnp
+
+  from bltjax import layers, model
+
+  cfg, params = _setup(window=16)
+  fused = layers.fuse_projections(params)
+  blk = fused["global_transformer"]["layers_0"]
+  assert set(blk["attention"]) == {"wqkv", "wo"} and set(blk["feed_forward"]) == {"w13", "w2"}
+  assert "wq" in params["global_transformer"]["layers_0"]["attention"]  # input untouched
+  ids = jnp.asarray([ar.encode_prompt(PROMPTS[0])], jnp.int32)
+  np.testing.assert_allclose(model.forward(fused, cfg, ids), model.forward(params, cfg, ids),
+                             atol=1e-6, rtol=1e-6)
+  res = generate(fused, cfg, PROMPTS[:2], max_new=30)
+  for prompt, r in zip(PROMPTS[:2], res, strict=True):
+    ref = ar.generate_reference(params, cfg, prompt, 30)
+    got = r.new_ids + ([2] if r.reason == "eos" else [])
+    assert got == ref[:len(got)] and len(got) > 4
