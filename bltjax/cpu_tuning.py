@@ -18,12 +18,23 @@ import os
 NO_YNN_DOTS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
+def backend_started() -> bool:
+  """Whether JAX has started its backends (after which XLA_FLAGS changes nothing)."""
+  try:
+    from jax._src import xla_bridge  # noqa: PLC0415 - no public equivalent
+
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):  # a JAX without it: assume not started
+    return False
+
+
 def tune_for_decoding(batch: int) -> bool:
-  """Sets XLA_FLAGS for decoding `batch` rows at a time: YNNPACK off at batch 1. Takes effect
-  only before JAX's first computation (XLA reads the flags when its backend starts); a flag the
-  user set is kept. Returns whether it changed XLA_FLAGS."""
+  """Sets XLA_FLAGS for decoding `batch` rows at a time: YNNPACK off at batch 1. Only before
+  JAX's first computation (XLA reads the flags when its backend starts; later, e.g. a second
+  `decode.main` in one process, it leaves the environment alone); a flag the user set is kept.
+  Returns whether it changed XLA_FLAGS."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if batch != 1 or "xla_cpu_experimental_ynn_fusion_type" in flags:
+  if batch != 1 or "xla_cpu_experimental_ynn_fusion_type" in flags or backend_started():
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {NO_YNN_DOTS}".strip()
   return True
