@@ -114,8 +114,10 @@ def take(g: GenState, ids_BxQ, limit_B, closed_before_BxQ, ctx: LoopArgs
   active = ~g.done
   jj = jnp.arange(q)[None]
   out = write_out(g.out, g.n_new, ids_BxQ, active[:, None] & (jj <= limit_B[:, None]))
-  cols = [ends_generation(out, g.n_new + j + 1, ids_BxQ[:, j], ctx.budget, ctx) for j in range(q)]
-  eos_j, hit_j, full_j = (jnp.stack(c, axis=1) for c in zip(*cols, strict=True))
+  # Every window position at once (one vectorised check, not Q unrolled copies of it).
+  eos_j, hit_j, full_j = jax.vmap(
+    lambda j, x: ends_generation(out, g.n_new + j + 1, x, ctx.budget, ctx), in_axes=(0, 1),
+    out_axes=1)(jnp.arange(q), ids_BxQ)
   ctx_j = (closed_before_BxQ >= pmax - 1) & ~eos_j & ~hit_j & ~full_j
   ev_j = (eos_j | hit_j | full_j | ctx_j) & (jj <= limit_B[:, None])
   stop = active & jnp.any(ev_j, axis=1)
