@@ -459,7 +459,7 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
       # cycle (a verification closes about Q/4 of its Q slots), 4 for a prefill of 64 bytes
       # or more (a prompt of S bytes has about S/4 patches, and its bucket pads S up to twice
       # the prompt); shorter prefills cost little and compile one.
-      sizes = sorted({-(-q // 8) if fresh else q, -(-q // 4), -(-q // 2), q})
+      sizes = sorted({-(-q // 4), -(-q // 2), q} | ({-(-q // 8)} if fresh else set()))
       most = jnp.max(jnp.sum(wanted.astype(jnp.int32), axis=1))
       branch = jnp.sum((jnp.asarray(sizes[:-1]) < most).astype(jnp.int32))
       nk, nv, lk, lv = jax.lax.switch(

@@ -294,14 +294,13 @@ class FeedForward(nn.Module):
   def __call__(self, x_BxSxD):
     d, f = self.cfg.dim, self.cfg.hidden_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    w2 = Einsum((f, d), ("mlp", self.embed_axis), "bsf,fd->bsd", f**-0.5, name="w2", **kw)
     if self.has_variable("params", "w13"):  # decoding weights (`fuse_projections`)
       h = jnp.einsum("bsd,df->bsf", x_BxSxD.astype(self.dtype),
                      self.get_variable("params", "w13").astype(self.dtype))
-      w2 = Einsum((f, d), ("mlp", self.embed_axis), "bsf,fd->bsd", f**-0.5, name="w2", **kw)
       return w2(nn.silu(h[..., :f]) * h[..., f:])
     w1 = Einsum((d, f), (self.embed_axis, "mlp"), "bsd,df->bsf", d**-0.5, name="w1", **kw)
     w3 = Einsum((d, f), (self.embed_axis, "mlp"), "bsd,df->bsf", d**-0.5, name="w3", **kw)
-    w2 = Einsum((f, d), ("mlp", self.embed_axis), "bsf,fd->bsd", f**-0.5, name="w2", **kw)
     return w2(nn.silu(w1(x_BxSxD)) * w3(x_BxSxD))
 
 
