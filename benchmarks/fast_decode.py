@@ -267,15 +267,14 @@ def main(argv=None) -> int:
   ap.add_argument("--max-new", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--json", default=None)
-  ap.add_argument("--ynn", choices=("auto", "on", "off"), default="auto",
-                  help="XLA:CPU's YNNPACK matmuls: auto = bltjax.cpu_tuning's choice for the "
-                       "batch (off at batch 1), on = XLA's default, off = XLA's own dots")
+  ap.add_argument("--ynn", choices=("on", "off"), default="on",
+                  help="XLA:CPU's YNNPACK matmuls: on = XLA's default, off = XLA's own dot "
+                       "emitter for every matmul (an experiment: measured no faster at batch 1 "
+                       "since the caches became one [B*G, C, K] buffer per layer)")
   a = ap.parse_args(argv)
-
-  from bltjax import cpu_tuning
-
-  if a.ynn == "off" or (a.ynn == "auto" and a.batch == 1):
-    cpu_tuning.tune_for_decoding(1)  # before JAX's first computation
+  if a.ynn == "off":  # XLA reads its flags when the backend starts: before the first import
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_experimental_ynn_fusion_type=").strip()
   import jax
 
   from bltjax import generation, layers, nfe, weights

@@ -154,10 +154,6 @@ def main(argv: list[str] | None = None) -> int:
   if not a.resume and out_path.exists():
     out_path.unlink()
   rows, errors = read_prompts(Path(a.input), done)
-  from bltjax import cpu_tuning  # noqa: PLC0415
-
-  # Before JAX's first computation (nothing above computes): rows per batch as decoded.
-  cpu_tuning.tune_for_decoding(min(a.batch_size, max(1, len(rows))) if not a.mesh else 0)
 
   shardings = mesh = None
   if a.mesh:
