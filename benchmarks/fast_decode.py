@@ -200,20 +200,26 @@ def stream_bandwidth(n_bytes: int, dtype: str, repeats: int = 15) -> float:
   `n_bytes` matrix (what a batch-1 decoding step does with each weight matrix)."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   dt = jnp.dtype(dtype)
   n = int((n_bytes / dt.itemsize) ** 0.5)
   w = jax.random.normal(jax.random.key(0), (n, n), dt)
   x = jnp.ones((n,), dt)
-  f = jax.jit(lambda w, x: w @ x)
-  f(w, x).block_until_ready()
+  return n * n * dt.itemsize / median_seconds(jax.jit(lambda w, x: w @ x), (w, x), repeats)
+
+
+def median_seconds(f, args, repeats: int) -> float:
+  """Median wall time of `f(*args)` after one warm-up (compile) call, each call waited for."""
+  import jax
+  import numpy as np
+
+  jax.block_until_ready(f(*args))
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
-    f(w, x).block_until_ready()
+    jax.block_until_ready(f(*args))
     times.append(time.perf_counter() - t)
-  return n * n * dt.itemsize / float(np.median(times))
+  return float(np.median(times))
 
 
 def global_pass_seconds(params, cfg, rows: int, repeats: int = 9) -> float:
@@ -222,7 +228,6 @@ def global_pass_seconds(params, cfg, rows: int, repeats: int = 9) -> float:
   global step, against the bytes roofline's one read of the global weights."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   from bltjax import model
   from bltjax.layers import run_stack
@@ -236,13 +241,7 @@ def global_pass_seconds(params, cfg, rows: int, repeats: int = 9) -> float:
                                                        method=run))
   x = jax.random.normal(jax.random.key(1), (1, rows, cfg.global_.dim),
                         jax.tree_util.tree_leaves(params["global_transformer"])[0].dtype)
-  f(params, x).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(params, x).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return median_seconds(f, (params, x), repeats)
 
 
 def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
