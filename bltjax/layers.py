@@ -267,14 +267,15 @@ class Attention(nn.Module):
     self.wk = Einsum((d, g, k), (e, "kv_heads", "head_dim"), "bsd,dhk->bshk", std, **kw)
     self.wv = Einsum((d, g, k), (e, "kv_heads", "head_dim"), "bsd,dhk->bshk", std, **kw)
     self.wo = Einsum((h, k, d), ("heads", "head_dim", e), "bshk,hkd->bsd", std, **kw)
+    # Decoding weights only (`fuse_projections`): called when the params hold it, so never
+    # created by init.
+    self.wqkv = Einsum((d, (h + 2 * g) * k), (e, None), "bsd,de->bse", std, **kw)
 
   def project(self, x_BxSxD, pos_BxS):
     c = self.cfg
-    if self.has_variable("params", "wqkv"):  # decoding weights (`fuse_projections`)
+    if self.has_variable("params", "wqkv"):
       h, g, kd = c.n_heads, c.kv_heads, c.head_dim
-      qkv = jnp.einsum("bsd,de->bse", x_BxSxD.astype(self.dtype),
-                       self.get_variable("params", "wqkv").astype(self.dtype))
-      q, k, v = jnp.split(qkv, [h * kd, (h + g) * kd], axis=-1)
+      q, k, v = jnp.split(self.wqkv(x_BxSxD), [h * kd, (h + g) * kd], axis=-1)
       q, k, v = (y.reshape(*y.shape[:2], -1, kd) for y in (q, k, v))
     else:
       q, k, v = self.wq(x_BxSxD), self.wk(x_BxSxD), self.wv(x_BxSxD)
@@ -296,8 +297,8 @@ class FeedForward(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     w2 = Einsum((f, d), ("mlp", self.embed_axis), "bsf,fd->bsd", f**-0.5, name="w2", **kw)
     if self.has_variable("params", "w13"):  # decoding weights (`fuse_projections`)
-      h = jnp.einsum("bsd,df->bsf", x_BxSxD.astype(self.dtype),
-                     self.get_variable("params", "w13").astype(self.dtype))
+      h = Einsum((d, 2 * f), (self.embed_axis, "mlp"), "bsd,df->bsf", d**-0.5, name="w13",
+                 **kw)(x_BxSxD)
       return w2(nn.silu(h[..., :f]) * h[..., f:])
     w1 = Einsum((d, f), (self.embed_axis, "mlp"), "bsd,df->bsf", d**-0.5, name="w1", **kw)
     w3 = Einsum((d, f), (self.embed_axis, "mlp"), "bsd,df->bsf", d**-0.5, name="w3", **kw)
@@ -305,8 +306,9 @@ class FeedForward(nn.Module):
 
 
 def fuse_projections(params):
-  """Decoding weights: every block's q, k, v kernels as one [D, (H + 2G)·K] `wqkv` and its w1,
-  w3 as one [D, 2F] `w13`, everything else as is (a new tree; the input is unchanged).
+  """Decoding weights: every block's q, k, v kernels as one [D, (H + 2G)·K] `wqkv` kernel and
+  its w1, w3 as one [D, 2F] `w13` kernel (read by `Einsum`, like every other kernel), everything
+  else as is (a new tree; the input is unchanged).
 
   The values are the same (bit-identical logits on CPU, tests/ar_test.py); a batch-1 decoding
   step then reads a block's input projections in two matrix-vector products instead of five,
@@ -321,12 +323,12 @@ def fuse_projections(params):
   if isinstance(att, dict) and {"wq", "wk", "wv"} <= att.keys():
     flat = lambda w: w["kernel"].reshape(w["kernel"].shape[0], -1)  # noqa: E731
     out["attention"] = {k: v for k, v in att.items() if k not in ("wq", "wk", "wv")}
-    out["attention"]["wqkv"] = jnp.concatenate(
-      [flat(att["wq"]), flat(att["wk"]), flat(att["wv"])], axis=1)
+    out["attention"]["wqkv"] = {"kernel": jnp.concatenate(
+      [flat(att["wq"]), flat(att["wk"]), flat(att["wv"])], axis=1)}
   if isinstance(ffn, dict) and {"w1", "w3"} <= ffn.keys():
     out["feed_forward"] = {k: v for k, v in ffn.items() if k not in ("w1", "w3")}
-    out["feed_forward"]["w13"] = jnp.concatenate([ffn["w1"]["kernel"], ffn["w3"]["kernel"]],
-                                                 axis=1)
+    out["feed_forward"]["w13"] = {"kernel": jnp.concatenate(
+      [ffn["w1"]["kernel"], ffn["w3"]["kernel"]], axis=1)}
   return out
 
 
