@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import shutil
@@ -145,10 +144,9 @@ def load_config(name: str):
   path = REPO / "configs" / f"{name}.py"
   if not path.is_file():
     raise UsageError(f"{path}: no such config file")
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from bltjax.train_config import load_config_file
+
+  return load_config_file(path)
 
 
 def _set(c, key: str, value: Any) -> None:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -257,6 +260,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
   c.mesh.rules = ml_collections.ConfigDict()  # logical axis -> mesh axes overrides
   return c
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, loaded by path (config files are not a package)."""
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f"{path}: no such config file")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def sibling_config(here: str, name: str) -> ml_collections.ConfigDict:
+  """The config file `name`.py beside `here` (a config file's `__file__`): for configs that are
+  "the other one plus" a few keys."""
+  return load_config_file(Path(here).with_name(f"{name}.py"))
 
 
 def _plain(x: Any) -> Any:

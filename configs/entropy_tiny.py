@@ -1,28 +1,14 @@
-"""Tiny entropy model for CPU (the patcher of configs/blt_tiny.py; same model section)."""
+"""Tiny entropy model for CPU: the patcher of configs/blt_tiny.py (whose model section it keeps:
+the BLT part describes the model this entropy model will patch for; task "entropy" trains and
+exports `entropy_model` alone)."""
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.train_config import sibling_config
 
 
 def get_config():
-  c = base_config()
-  # The BLT part only describes the model this entropy model will patch for; task "entropy"
-  # trains and exports `entropy_model` alone.
-  c.model.encoder = stack(64, 1, 2, ffn_dim=192)
-  c.model.global_model = global_stack(128, 2, 4, ffn_dim=384)
-  c.model.decoder = stack(64, 2, 2, ffn_dim=192)
-  c.model.entropy = entropy_stack(64, 2, 4, ffn_dim=192)
-  c.model.hash.update(group_sizes=(3, 4, 5, 6, 7, 8), vocab=8191, nb_functions=1)
-  c.model.patcher.update(mode="entropy", threshold=1.335442066192627, max_patch_length=16)
+  c = sibling_config(__file__, "blt_tiny")
   c.train.task = "entropy"
   c.train.steps = 300
-  c.train.batch_size = 16
-  c.train.seq_len = 256
-  c.train.lr = 6e-3
-  c.train.warmup_steps = 50
-  c.train.min_lr_ratio = 0.1
-  c.train.log_every = 25
   c.train.eval_every = 0
-  c.train.eval_windows = 16
   c.train.ckpt_every = 100
-  c.data.source = "fixture"
   return c
