@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -287,6 +288,28 @@ def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
   return out
 
 
+def warm_concurrently(calls: dict, threads: int, deadline: float | None, log) -> set:
+  """Runs the compile warm-ups `calls` (key -> no-argument callable), `threads` at a time (XLA
+  compiles outside the GIL), until `deadline` (time.monotonic()) at most; returns the keys whose
+  call finished. Calls still running then finish on their own; those not started never start."""
+  from concurrent.futures import ThreadPoolExecutor, wait
+
+  t = time.monotonic()
+  pool = ThreadPoolExecutor(threads)
+  futs = {pool.submit(f): key for key, f in calls.items()}
+  done, _ = wait(futs, timeout=None if deadline is None else max(0.0, deadline - t))
+  pool.shutdown(wait=False, cancel_futures=True)
+  ready = set()
+  for f in done:
+    if f.exception() is None:
+      ready.add(futs[f])
+    else:
+      log(f"{futs[f]}: warm-up failed: {f.exception()!r}")
+  log(f"compiled {len(ready)} of {len(calls)} programs, {threads} at a time, in "
+      f"{time.monotonic() - t:.1f}s")
+  return ready
+
+
 def param_bytes(params) -> int:
   import jax
 
@@ -493,22 +516,10 @@ def table(a: argparse.Namespace, cfg, params, source: str, prompts: list[bytes],
       f"{'roofl.':>6s} {'B/cycle':>7s} {'acc(a)':>6s} {'agr(b)':>6s}  output vs AR")
   ready = set()
   if warm_threads > 1:
-    from concurrent.futures import ThreadPoolExecutor, wait
-
     for spec in specs:  # the weights of every method, built once, before the threads
       model_for(spec)
-    t = time.monotonic()
-    pool = ThreadPoolExecutor(warm_threads)
-    futs = {pool.submit(warm, spec): spec for spec in specs}
-    done, _ = wait(futs, timeout=None if deadline is None else max(0.0, deadline - t))
-    pool.shutdown(wait=False, cancel_futures=True)  # compiles under way finish on their own
-    for f in done:
-      if f.exception() is None:
-        ready.add(futs[f])
-      else:
-        log(f"{futs[f].name} {futs[f].label}: compile failed: {f.exception()!r}")
-    log(f"compiled {len(ready)} of {len(specs)} methods, {warm_threads} at a time, in "
-        f"{time.monotonic() - t:.1f}s")
+    ready = warm_concurrently({spec: functools.partial(warm, spec) for spec in specs},
+                              warm_threads, deadline, log)
   rows, ref, slowest = [], None, 0.0
   for spec in specs:
     name = f"{spec.name} {spec.label}".strip()

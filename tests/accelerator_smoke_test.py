@@ -24,6 +24,7 @@ def _run(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
 def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp("accelerator")
   r = _run("--smoke", "--out", str(out))
+  (out / "stdout.txt").write_text(r.stdout + r.stderr)  # kept for a look at a failure
   assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
   return json.loads((out / "accelerator.json").read_text()), r.stdout
 
