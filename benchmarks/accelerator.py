@@ -462,6 +462,7 @@ def main(argv=None) -> int:
   ap.add_argument("--budget-s", type=float, default=None,
                   help="global time budget in seconds (default 420; smoke 3600: a busy CPU "
                        "skips nothing)")
+  ap.add_argument("--cpu", action="store_true", help="run the full sizes on a CPU backend too")
   ap.add_argument("--sections", default="",
                   help="comma-separated subset of: " + ", ".join(SHARES))
   a = ap.parse_args(argv)
@@ -476,6 +477,13 @@ def main(argv=None) -> int:
     bad = set(a.sections.split(",")) - set(names)
     if bad:
       ap.error(f"--sections: unknown {sorted(bad)} (known: {names})")
+  if not a.smoke and not a.cpu:
+    import jax
+
+    if jax.default_backend() == "cpu":  # `make bench` runs every script with no arguments
+      print(f"skipped: no accelerator (devices {jax.devices()}; the full run is sized for a GPU; "
+            "--smoke checks the script on a CPU, --cpu runs it anyway)")
+      return 0
   run = Run(a, size)
   big = f"table_b{size['batch_big']}"
   steps = {
