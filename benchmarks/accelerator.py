@@ -462,6 +462,10 @@ def main(argv=None) -> int:
   ap.add_argument("--budget-s", type=float, default=None,
                   help="global time budget in seconds (default 420; smoke 3600: a busy CPU "
                        "skips nothing)")
+  ap.add_argument("--warm-threads", type=int, default=None,
+                  help="programs compiled at a time before a section measures (default 4; smoke "
+                       "2; 0 or 1: each right before it runs, so no compile overlaps another's "
+                       "autotuning on the device)")
   ap.add_argument("--cpu", action="store_true", help="run the full sizes on a CPU backend too")
   ap.add_argument("--sections", default="",
                   help="comma-separated subset of: " + ", ".join(SHARES))
@@ -472,6 +476,8 @@ def main(argv=None) -> int:
   size = dict(SMOKE if a.smoke else FULL)
   if a.budget_s:
     size["budget_s"] = a.budget_s
+  if a.warm_threads is not None:
+    size["warm_threads"] = a.warm_threads
   names = list(SHARES)
   if a.sections:
     bad = set(a.sections.split(",")) - set(names)
