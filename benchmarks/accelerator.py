@@ -534,7 +534,8 @@ def main(argv=None) -> int:
     run.save()
   run.log("targets (this run's own figures):")
   for t in run.result["targets"]:
-    state = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+    state = "n/a" if "note" in t else {True: "met", False: "NOT met",
+                                       None: "not measured"}[t["met"]]
     v = t["value"]
     shown = "-" if v is None else f"{v:.3f}"
     run.log(f"  {state:12s} {t['target']}: {shown}{'  (' + t['note'] + ')' if 'note' in t else ''}")

@@ -32,9 +32,13 @@ Their acceptance means nothing, so BLT-S is also projected from its measured cyc
 paper's bytes per verification (2.38 / 3.94 / 5.89 for k = 4 / 8 / 16, 3B Fr->En) and, with
 `--checkpoint`, at the bytes per verification measured on that trained model.
 
+On an accelerator the roofline should use the device's own bandwidth: `--bandwidth-gb-s`, or
+`table(..., bandwidth=)` as benchmarks/accelerator.py does with its measured HBM copy rate
+(docs/gpu_run.md); `--warm-threads N` compiles the methods N at a time before timing them.
+
   python benchmarks/fast_decode.py --checkpoint DIR [--methods ar,blts:4,bltd:confidence:0.7]
   python benchmarks/fast_decode.py --config configs/bench_weightbound.py --random-weights \
-    [--patch-mean 4|1.7] [--batch 8] [--json FILE]
+    [--patch-mean 4|1.7] [--batch 8] [--dtype bfloat16] [--json FILE]
 
 Methods: ar | blts:K | bltd[:Z]:RULE[:VALUE] | bltdv[:Z]:RULE[:VALUE] with RULE confidence
 (VALUE = alpha), entropy (VALUE = gamma) or one_step; Z only with random weights.
