@@ -32,9 +32,13 @@ Their acceptance means nothing, so BLT-S is also projected from its measured cyc
 paper's bytes per verification (2.38 / 3.94 / 5.89 for k = 4 / 8 / 16, 3B Fr->En) and, with
 `--checkpoint`, at the bytes per verification measured on that trained model.
 
+On an accelerator the roofline should use the device's own bandwidth: `--bandwidth-gb-s`, or
+`table(..., bandwidth=)` as benchmarks/accelerator.py does with its measured HBM copy rate
+(docs/gpu_run.md); `--warm-threads N` compiles the methods N at a time before timing them.
+
   python benchmarks/fast_decode.py --checkpoint DIR [--methods ar,blts:4,bltd:confidence:0.7]
   python benchmarks/fast_decode.py --config configs/bench_weightbound.py --random-weights \
-    [--patch-mean 4|1.7] [--batch 8] [--json FILE]
+    [--patch-mean 4|1.7] [--batch 8] [--dtype bfloat16] [--json FILE]
 
 Methods: ar | blts:K | bltd[:Z]:RULE[:VALUE] | bltdv[:Z]:RULE[:VALUE] with RULE confidence
 (VALUE = alpha), entropy (VALUE = gamma) or one_step; Z only with random weights.
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -121,7 +126,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # Random weights in a config's geometry.
 
 
-def load_random(config_path: str, seed: int):
+def load_random(config_path: str, seed: int, dtype: str | None = None):
+  """Random weights in a config's geometry; `dtype`: initialised in it (the same values as an
+  fp32 init cast to it) and computed in it, instead of the config's dtypes."""
   import jax
 
   from bltjax import model
@@ -131,7 +138,21 @@ def load_random(config_path: str, seed: int):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   cfg = BLTConfig.from_dict(mod.get_config().model.to_dict())
+  if dtype is not None:
+    cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
   return cfg, model.init_params(cfg, jax.random.key(seed))
+
+
+def random_model(config_path: str, seed: int, patch_mean: float, texts: list[bytes],
+                 dtype: str | None = None):
+  """(cfg, params, description): random weights whose entropy threshold gives `patch_mean`-byte
+  patches on `texts` on average."""
+  cfg, params = load_random(config_path, seed, dtype)
+  theta, reached = calibrate(params, cfg, texts, patch_mean)
+  cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=theta))
+  return cfg, params, (f"random weights, {config_path} ({cfg.dtype}), entropy threshold "
+                       f"{theta:.4f} (held-out mean patch {reached:.2f} B, max "
+                       f"{cfg.patcher.max_patch_length})")
 
 
 def calibrate(params, cfg, texts: list[bytes], target: float) -> tuple[float, float]:
@@ -271,6 +292,28 @@ def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
   return out
 
 
+def warm_concurrently(calls: dict, threads: int, deadline: float | None, log) -> set:
+  """Runs the compile warm-ups `calls` (key -> no-argument callable), `threads` at a time (XLA
+  compiles outside the GIL), until `deadline` (time.monotonic()) at most; returns the keys whose
+  call finished. Calls still running then finish on their own; those not started never start."""
+  from concurrent.futures import ThreadPoolExecutor, wait
+
+  t = time.monotonic()
+  pool = ThreadPoolExecutor(threads)
+  futs = {pool.submit(f): key for key, f in calls.items()}
+  done, _ = wait(futs, timeout=None if deadline is None else max(0.0, deadline - t))
+  pool.shutdown(wait=False, cancel_futures=True)
+  ready = set()
+  for f in done:
+    if f.exception() is None:
+      ready.add(futs[f])
+    else:
+      log(f"{futs[f]}: warm-up failed: {f.exception()!r}")
+  log(f"compiled {len(ready)} of {len(calls)} programs, {threads} at a time, in "
+      f"{time.monotonic() - t:.1f}s")
+  return ready
+
+
 def param_bytes(params) -> int:
   import jax
 
@@ -280,10 +323,9 @@ def param_bytes(params) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  default_ckpt = str(ROOT / "runs" / "demo" / "blt" / "export")
   ap.add_argument("--checkpoint", default=None,
                   help="a trained BLT or BLT-D (default without --random-weights: `make demo`'s "
                        "BLT); with --random-weights: measures BLT-S acceptance on it")
@@ -291,6 +333,9 @@ def main(argv=None) -> int:
   ap.add_argument("--random-weights", action="store_true")
   ap.add_argument("--patch-mean", type=float, default=4.0,
                   help="random weights: mean patch length on held-out text (4 or 1.7)")
+  ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                  help="random weights: initialised and computed in this dtype (default: the "
+                       "config's)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--methods", default="")
   ap.add_argument("--docs", type=int, default=4, help="held-out documents per domain")
@@ -299,35 +344,89 @@ def main(argv=None) -> int:
   ap.add_argument("--max-new", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--json", default=None)
+  ap.add_argument("--bandwidth-gb-s", type=float, default=None,
+                  help="the roofline's weight-streaming bandwidth, measured elsewhere (e.g. an "
+                       "accelerator's HBM copy, benchmarks/accelerator.py); default: a CPU "
+                       "matrix-vector product over 8x the last-level cache, before each method")
+  ap.add_argument("--warm-threads", type=int, default=0,
+                  help="compile every method first, this many at a time (0: one by one, each "
+                       "right before it is measured)")
+  ap.add_argument("--global-rows", default="1,2,4,8,16",
+                  help="patch rows of the timed global-model passes ('' for none)")
   ap.add_argument("--ynn", choices=("on", "off"), default="on",
                   help="XLA:CPU's YNNPACK matmuls: on = XLA's default, off = XLA's own dot "
                        "emitter for every matmul (an experiment: measured no faster at batch 1 "
                        "since the caches became one [B*G, C, K] buffer per layer)")
   a = ap.parse_args(argv)
+  if a.random_weights and not a.config:
+    ap.error("--random-weights needs --config")
+  return a
+
+
+class Variants:
+  """Decoding weights (`layers.fuse_projections`) per method, built once: the model itself, or
+  with random weights BLT-D-Z on the same weights (`with_block`)."""
+
+  def __init__(self, params, cfg, random_weights: bool):
+    self.params, self.cfg, self.random_weights, self._made = params, cfg, random_weights, {}
+
+  def __call__(self, spec: Spec):
+    from bltjax import layers
+
+    z = None if spec.z is None or not self.random_weights else spec.z
+    if spec.z is not None and z is None and spec.z != self.cfg.diffusion.block_size:
+      raise ValueError(f"{spec}: the checkpoint's block size is {self.cfg.diffusion.block_size}")
+    if z not in self._made:  # counts come from the unfused `params`
+      pz, cz = (self.params, self.cfg) if z is None else with_block(self.params, self.cfg, z)
+      self._made[z] = layers.fuse_projections(pz), cz
+    return self._made[z]
+
+
+def main(argv=None) -> int:
+  a = parse_args(argv)
   if a.ynn == "off":  # XLA reads its flags when the backend starts: before the first import
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_experimental_ynn_fusion_type=").strip()
-  import jax
-
-  from bltjax import generation, layers, nfe, weights
+  from bltjax import weights
 
   if a.random_weights:
-    if not a.config:
-      ap.error("--random-weights needs --config")
-    cfg, params = load_random(a.config, a.seed)
-    theta, reached = calibrate(params, cfg, held_out_prompts(2, 2048), a.patch_mean)
-    cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=theta))
-    source = (f"random weights, {a.config}, entropy threshold {theta:.4f} (held-out mean patch "
-              f"{reached:.2f} B, max {cfg.patcher.max_patch_length})")
+    cfg, params, source = random_model(a.config, a.seed, a.patch_mean, held_out_prompts(2, 2048),
+                                       a.dtype)
   else:
-    ckpt = a.checkpoint or default_ckpt
+    ckpt = a.checkpoint or str(ROOT / "runs" / "demo" / "blt" / "export")
     if a.checkpoint is None and not Path(ckpt).is_dir():
       print(f"skipped: no trained BLT at {ckpt} (run `make demo` first)")
       return 0
     if not Path(ckpt).is_dir():
-      ap.error(f"--checkpoint {ckpt} does not exist (run `make demo` or pass a trained BLT)")
+      raise SystemExit(f"--checkpoint {ckpt} does not exist (run `make demo` or pass a trained "
+                       "BLT)")
     cfg, params = weights.load_checkpoint(ckpt)
     source = f"checkpoint {ckpt}"
+  prompts = held_out_prompts(a.docs, a.prompt_bytes)
+  rows = table(a, cfg, params, source, prompts, warm_threads=a.warm_threads)
+  if a.json:
+    Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
+  exact = [r for r in rows if r["method"] in ("blts", "bltdv")]
+  return 0 if all(r["identical_to_ar"] for r in exact) else 1
+
+
+def table(a: argparse.Namespace, cfg, params, source: str, prompts: list[bytes], *,
+          variants: Variants | None = None, bandwidth: float | None = None,
+          deadline: float | None = None, warm_threads: int = 0, on_row=None,
+          log=None) -> list[dict]:
+  """The table of `a.methods` (AR first) on `prompts`: one JSON row per method, printed as it
+  is measured and passed to `on_row`. `bandwidth` (bytes/s) overrides `a.bandwidth_gb_s` and the
+  CPU streaming probe; past `deadline` (time.monotonic()), or when the slowest method so far
+  would end after it, the remaining methods are recorded as {"skipped": "time"}.
+
+  `warm_threads` > 1 compiles every method's programs first, that many at a time (XLA compiles
+  outside the GIL), waiting until `deadline` at most; methods compiled by then are measured
+  whatever the deadline (a measurement is short next to a compile), the others obey it."""
+  import jax
+
+  from bltjax import generation, nfe, weights
+
+  log = log or (lambda msg: print(msg, flush=True))
   methods = a.methods.split(",") if a.methods else (RANDOM_METHODS if a.random_weights else (
     ["ar", "blts:4", "blts:8", "blts:16"] + (
       ["bltd:confidence:0.7", "bltd:confidence:0.3", "bltd:one_step", "bltdv:entropy:1.5",
@@ -337,35 +436,22 @@ def main(argv=None) -> int:
     specs.insert(0, parse_method("ar"))
   bpp = param_bytes(params)
   counts = nfe.param_counts(params)
-  prompts = held_out_prompts(a.docs, a.prompt_bytes)
   if a.prompts:
     prompts = prompts[:a.prompts]
   groups = [prompts[i:i + a.batch] for i in range(0, len(prompts), a.batch)]
+  bandwidth = bandwidth or (a.bandwidth_gb_s * 1e9 if a.bandwidth_gb_s else None)
   # The streaming rate of this 2-vCPU machine drifts during a run (33-56 GB/s seen), so it is
   # measured again right before each method and that method's roofline uses it.
-  stream = lambda: stream_bandwidth(8 * llc_bytes(), str(jax.tree_util.tree_leaves(  # noqa
-    params["global_transformer"])[0].dtype))
+  stream = lambda: bandwidth or stream_bandwidth(8 * llc_bytes(), str(  # noqa: E731
+    jax.tree_util.tree_leaves(params["global_transformer"])[0].dtype))
   bw = stream()
-  print(f"{source}\n{len(prompts)} held-out prompts x {a.max_new} new bytes, batch {a.batch}; "
-        f"params enc {counts.enc / 1e6:.1f} M, global {counts.glob / 1e6:.1f} M, dec "
-        f"{counts.dec / 1e6:.1f} M, entropy {counts.entropy / 1e6:.1f} M at {bpp} B; "
-        f"weight streaming {bw / 1e9:.2f} GB/s (matvec over {8 * llc_bytes() >> 20} MiB); "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
-        flush=True)
-
-  variants = {}
-
-  def model_for(spec: Spec):
-    if spec.z is None or not a.random_weights:
-      if spec.z is not None and spec.z != cfg.diffusion.block_size:
-        raise ValueError(f"{spec}: the checkpoint's block size is {cfg.diffusion.block_size}")
-      if None not in variants:  # decoding weights, as decode.py (counts come from `params`)
-        variants[None] = layers.fuse_projections(params), cfg
-      return variants[None]
-    if spec.z not in variants:
-      pz, cz = with_block(params, cfg, spec.z)
-      variants[spec.z] = layers.fuse_projections(pz), cz
-    return variants[spec.z]
+  probe = ("given" if bandwidth else f"matvec over {8 * llc_bytes() >> 20} MiB")
+  log(f"{source}\n{len(prompts)} held-out prompts x {a.max_new} new bytes, batch {a.batch}; "
+      f"params enc {counts.enc / 1e6:.1f} M, global {counts.glob / 1e6:.1f} M, dec "
+      f"{counts.dec / 1e6:.1f} M, entropy {counts.entropy / 1e6:.1f} M at {bpp} B; "
+      f"weight streaming {bw / 1e9:.2f} GB/s ({probe}); "
+      f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  model_for = variants or Variants(params, cfg, a.random_weights)
 
   def gen(spec: Spec, grp, budgets=None):
     pz, cz = model_for(spec)
@@ -373,7 +459,7 @@ def main(argv=None) -> int:
                                options=spec.opt, budgets=budgets,
                                stop_at_eos=not a.random_weights)
 
-  def run(spec: Spec):
+  def warm(spec: Spec):
     seen = set()
     for grp in groups:  # one compile per (batch, prompt-length) bucket, outside the timing
       key = (generation.bucket(len(grp), 1),
@@ -381,6 +467,9 @@ def main(argv=None) -> int:
       if key not in seen:
         seen.add(key)
         gen(spec, grp, budgets=[1] * len(grp))
+
+  def run(spec: Spec):
+    warm(spec)
     t = time.perf_counter()
     res = [gen(spec, grp) for grp in groups]
     return res, time.perf_counter() - t
@@ -410,42 +499,11 @@ def main(argv=None) -> int:
   # What one global pass costs by rows: the bytes roofline prices every pass at one read of
   # the weights, whatever its rows; a verification or a BLT-D block runs a few rows at once.
   g_bytes = counts.glob * bpp
-  g_rows = {m: global_pass_seconds(model_for(specs[0])[0], cfg, m) for m in (1, 2, 4, 8, 16)}
-  print(f"global pass ({g_bytes / 1e6:.0f} MB, roofline {g_bytes / bw * 1e3:.1f} ms): "
-        + ", ".join(f"{m} row{'s' * (m > 1)} {t * 1e3:.1f} ms" for m, t in g_rows.items()),
-        flush=True)
-  fmt = lambda v, w=6, d=3: f"{v:{w}.{d}f}" if v is not None else " " * (w - 1) + "-"  # noqa
-  print(f"{'method':28s} {'bytes/s':>8s} {'x AR':>5s} {'Eq8/AR':>6s} {'bytes/AR':>8s} "
-        f"{'roofl.':>6s} {'B/cycle':>7s} {'acc(a)':>6s} {'agr(b)':>6s}  output vs AR", flush=True)
-  ref = measure(specs[0])
-  ar_res = ref["res"]
-  patch_len = ref["bytes"] / max(1, sum(g.nfe_enc_global for g in ar_res))
-  rows, timing = [], {}
-  for spec in specs:
-    m = ref if spec is specs[0] else measure(spec)
-    res = m["res"]
-    same = all(x.new_ids == y.new_ids and x.reason == y.reason
-               for x, y in zip(ar_res, res, strict=True))
-    prefix = sum(common_prefix(x.new_ids, y.new_ids) for x, y in zip(ar_res, res)) / len(res)
-    bps = m["bytes"] / m["sec"]
-    row = dict(method=spec.name, setting=spec.label, bytes_per_s=bps,
-               x_ar_wall=bps / (ref["bytes"] / ref["sec"]), eq8_ratio=m["eq8"] / ref["eq8"],
-               bytes_ratio=m["per_byte"] / ref["per_byte"], roofline_efficiency=m["roof"],
-               bytes_per_cycle=m["bpc"], acceptance=m["acc"], agreement=m["agr"],
-               weight_mb_per_byte=m["per_byte"] / 1e6, cycle_ms=(m["cycle_s"] or 0) * 1e3,
-               decoder_steps_per_cycle=m["dec_steps"], identical_to_ar=same,
-               mean_common_prefix=prefix, batch=a.batch, stream_gb_s=m["bw"] / 1e9,
-               patch_mean=a.patch_mean if a.random_weights else None)
-    rows.append(row)
-    timing[spec] = m
-    name = f"{spec.name} {spec.label}".strip()
-    print(f"{name:28s} {bps:8.1f} {row['x_ar_wall']:5.2f} {row['eq8_ratio']:6.2f} "
-          f"{row['bytes_ratio']:8.2f} {m['roof']:6.3f} {fmt(m['bpc'], 7, 2)} {fmt(m['acc'])} "
-          f"{fmt(m['agr'])}  {'identical' if same else f'prefix {prefix:.1f} B'}", flush=True)
-  print(f"AR: {patch_len:.2f} generated bytes per patch, {ref['per_byte'] / 1e6:.1f} MB of "
-        f"weights per byte (roofline {ref['per_byte'] / ref['bw'] * 1e3:.2f} ms/byte at "
-        f"{ref['bw'] / 1e9:.1f} GB/s)")
-
+  g_rows = {m: global_pass_seconds(model_for(specs[0])[0], cfg, m)
+            for m in (int(x) for x in a.global_rows.split(",") if x)}
+  if g_rows:
+    log(f"global pass ({g_bytes / 1e6:.0f} MB, roofline {g_bytes / bw * 1e3:.1f} ms): "
+        + ", ".join(f"{m} row{'s' * (m > 1)} {t * 1e3:.1f} ms" for m, t in g_rows.items()))
   # BLT-S projected: its cycle time does not depend on acceptance (drafts are always k bytes).
   trained = {}
   if a.random_weights and a.checkpoint:
@@ -457,26 +515,69 @@ def main(argv=None) -> int:
         trained[spec.opt.draft_k] = (sum(len(g.new_ids) + (g.reason == "eos") for g in res)
                                      / sum(g.cycles for g in res))
   per_group = len(prompts) / len(groups)
+  fmt = lambda v, w=6, d=3: f"{v:{w}.{d}f}" if v is not None else " " * (w - 1) + "-"  # noqa
+  log(f"{'method':28s} {'bytes/s':>8s} {'x AR':>5s} {'Eq8/AR':>6s} {'bytes/AR':>8s} "
+      f"{'roofl.':>6s} {'B/cycle':>7s} {'acc(a)':>6s} {'agr(b)':>6s}  output vs AR")
+  ready = set()
+  if warm_threads > 1:
+    for spec in specs:  # the weights of every method, built once, before the threads
+      model_for(spec)
+    ready = warm_concurrently({spec: functools.partial(warm, spec) for spec in specs},
+                              warm_threads, deadline, log)
+  rows, ref, slowest = [], None, 0.0
   for spec in specs:
-    if spec.name != "blts" or not a.random_weights:
+    name = f"{spec.name} {spec.label}".strip()
+    now = time.monotonic()
+    if ref is not None and deadline is not None and spec not in ready and \
+       now + slowest > deadline:
+      row = dict(method=spec.name, setting=spec.label, batch=a.batch, skipped="time")
+      rows.append(row)
+      log(f"{name:28s} skipped: time")
+      if on_row:
+        on_row(row)
       continue
-    k, cyc = spec.opt.draft_k, timing[spec]["cycle_s"]
-    ar_bps = ref["bytes"] / ref["sec"]
-    line = f"BLT-S k={k}: cycle {cyc * 1e3:.1f} ms"
-    row = next(r for r in rows if r["method"] == "blts" and r["setting"] == spec.label)
-    for what, bpv in (("paper", PAPER_BYTES_PER_VERIFICATION.get(k)), ("trained", trained.get(k))):
-      if bpv is not None:
-        proj = per_group * bpv / cyc
-        row[f"projected_bytes_per_s_{what}"] = proj
-        row[f"projected_x_ar_{what}"] = proj / ar_bps
-        line += f"; at {what} {bpv:.2f} B/verification: {proj:.1f} B/s = {proj / ar_bps:.2f}x AR"
-    print(line)
-  if a.json:
-    for r in rows:  # the same for every row of a run (the JSON stays a list of method rows)
-      r["global_pass_ms_by_rows"] = {str(m): t * 1e3 for m, t in g_rows.items()}
-    Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
-  exact = [r for r in rows if r["method"] in ("blts", "bltdv")]
-  return 0 if all(r["identical_to_ar"] for r in exact) else 1
+    m = measure(spec)
+    if spec not in ready:
+      slowest = max(slowest, time.monotonic() - now)
+    ref = ref or m
+    res = m["res"]
+    same = all(x.new_ids == y.new_ids and x.reason == y.reason
+               for x, y in zip(ref["res"], res, strict=True))
+    prefix = sum(common_prefix(x.new_ids, y.new_ids) for x, y in zip(ref["res"], res)) / len(res)
+    bps, ar_bps = m["bytes"] / m["sec"], ref["bytes"] / ref["sec"]
+    row = dict(method=spec.name, setting=spec.label, bytes_per_s=bps,
+               x_ar_wall=bps / ar_bps, eq8_ratio=m["eq8"] / ref["eq8"],
+               bytes_ratio=m["per_byte"] / ref["per_byte"], roofline_efficiency=m["roof"],
+               bytes_per_cycle=m["bpc"], acceptance=m["acc"], agreement=m["agr"],
+               weight_mb_per_byte=m["per_byte"] / 1e6, cycle_ms=(m["cycle_s"] or 0) * 1e3,
+               decoder_steps_per_cycle=m["dec_steps"], identical_to_ar=same,
+               mean_common_prefix=prefix, batch=a.batch, stream_gb_s=m["bw"] / 1e9,
+               patch_mean=a.patch_mean if a.random_weights else None,
+               global_pass_ms_by_rows={str(k): t * 1e3 for k, t in g_rows.items()})
+    log(f"{name:28s} {bps:8.1f} {row['x_ar_wall']:5.2f} {row['eq8_ratio']:6.2f} "
+        f"{row['bytes_ratio']:8.2f} {m['roof']:6.3f} {fmt(m['bpc'], 7, 2)} {fmt(m['acc'])} "
+        f"{fmt(m['agr'])}  {'identical' if same else f'prefix {prefix:.1f} B'}")
+    if spec is specs[0]:
+      patch_len = m["bytes"] / max(1, sum(g.nfe_enc_global for g in res))
+      log(f"AR: {patch_len:.2f} generated bytes per patch, {m['per_byte'] / 1e6:.1f} MB of "
+          f"weights per byte (roofline {m['per_byte'] / m['bw'] * 1e3:.2f} ms/byte at "
+          f"{m['bw'] / 1e9:.1f} GB/s)")
+    if spec.name == "blts" and a.random_weights:
+      k, cyc = spec.opt.draft_k, m["cycle_s"]
+      line = f"  BLT-S k={k}: cycle {cyc * 1e3:.1f} ms"
+      for what, bpv in (("paper", PAPER_BYTES_PER_VERIFICATION.get(k)),
+                        ("trained", trained.get(k))):
+        if bpv is not None:
+          proj = per_group * bpv / cyc
+          row[f"projected_bytes_per_s_{what}"] = proj
+          row[f"projected_x_ar_{what}"] = proj / ar_bps
+          line += (f"; at {what} {bpv:.2f} B/verification: {proj:.1f} B/s = "
+                   f"{proj / ar_bps:.2f}x AR")
+      log(line)
+    rows.append(row)
+    if on_row:
+      on_row(row)
+  return rows
 
 
 if __name__ == "__main__":

@@ -25,8 +25,63 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def random_entropy(cfg, path, mesh, rules):
+  """Stands in for `train._load_entropy_model`: no export, a randomly initialised entropy model
+  (its patches are as real as any), placed as the loaded one would be."""
+  import jax
+
+  from bltjax import model, sharding
+
+  del path, rules
+  ent = model.init_params(cfg, jax.random.key(1))["entropy_model"]
+  frozen = {"entropy_model": jax.device_put(ent, sharding.replicated(mesh))}
+  return frozen, jax.tree.map(lambda x: x.sharding, frozen)
+
+
+def run(c, steps: int, log=None) -> tuple[dict, object]:
+  """`steps` timed Trainer steps (after one compile step) of config `c` on synthetic rows, one
+  device; returns (figures, the Trainer)."""
+  import jax
+  import numpy as np
+
+  from bltjax import sharding, train
+
+  if c.model.patcher.mode == "entropy":
+    c.train.entropy_checkpoint = "(random)"
+  train._load_entropy_model = random_entropy  # no export: a random patcher patches just as well
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_long_rows_"),
+                            devices=jax.devices()[:1])
+  state = tr.init_state()
+  seq_len, batch = c.train.seq_len, c.train.batch_size
+  rows = train.synthetic_batches(0, seq_len, batch)
+  step = tr.make_train_step()
+  losses, times, compile_s = [], [], 0.0
+  with sharding.use_mesh(tr.mesh):
+    for i in range(steps + 1):
+      b = tr.to_global(next(rows))
+      t = time.perf_counter()
+      state, m = step(state, tr.frozen, b)
+      jax.block_until_ready(m)
+      dt = time.perf_counter() - t
+      if i == 0:
+        compile_s = dt
+        if log:
+          log(f"compiled and ran the first step in {dt:.1f}s")
+      else:
+        times.append(dt)
+      losses.append(float(m["loss"]))
+  del state
+  cfg = tr.cfg
+  res = dict(seq_len=seq_len, batch=batch, steps=steps, remat=cfg.remat, dtype=cfg.dtype,
+             max_patches=tr.r.max_patches, compile_s=round(compile_s, 1),
+             step_s_median=round(statistics.median(times), 4),
+             bytes_per_s=round(batch * seq_len / statistics.median(times)),
+             loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4),
+             finite=bool(np.all(np.isfinite(losses))))
+  return res, tr
 
 
 def main(argv=None) -> int:
@@ -39,54 +94,19 @@ def main(argv=None) -> int:
   ap.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
   ap.add_argument("--json", default=None)
   a = ap.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark (set before JAX starts)
   sys.path.insert(0, str(REPO))
-  import jax
-  import numpy as np
   from absl import logging
 
   from benchmarks.train_memory import load_config
-  from bltjax import model, sharding, train
 
   logging.set_verbosity(logging.WARNING)
   c = load_config(a.config)
   c.train.seq_len, c.train.batch_size, c.train.grad_accum = a.seq_len, a.batch, 1
   if a.remat:
     c.model.remat = a.remat
-  if c.model.patcher.mode == "entropy":
-    c.train.entropy_checkpoint = "(random)"
-
-  def random_entropy(cfg, path, mesh, rules):
-    del path, rules
-    ent = model.init_params(cfg, jax.random.key(1))["entropy_model"]
-    frozen = {"entropy_model": jax.device_put(ent, sharding.replicated(mesh))}
-    return frozen, jax.tree.map(lambda x: x.sharding, frozen)
-
-  train._load_entropy_model = random_entropy  # no export: a random patcher patches just as well
-  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_long_rows_"),
-                            devices=jax.devices()[:1])
-  state = tr.init_state()
-  rows = train.synthetic_iterator(0, a.seq_len, a.batch)
-  step = tr.make_train_step()
-  losses, times, compile_s = [], [], 0.0
-  with sharding.use_mesh(tr.mesh):
-    for i in range(a.steps + 1):
-      batch = tr.to_global(next(rows))
-      t = time.perf_counter()
-      state, m = step(state, tr.frozen, batch)
-      jax.block_until_ready(m)
-      dt = time.perf_counter() - t
-      if i == 0:
-        compile_s = dt
-      else:
-        times.append(dt)
-      losses.append(float(m["loss"]))
-  cfg = tr.cfg
-  res = dict(config=a.config, seq_len=a.seq_len, batch=a.batch, steps=a.steps, remat=cfg.remat,
-             max_patches=tr.r.max_patches, compile_s=round(compile_s, 1),
-             step_s_median=round(statistics.median(times), 3),
-             bytes_per_s=round(a.batch * a.seq_len / statistics.median(times)),
-             loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4),
-             finite=bool(np.all(np.isfinite(losses))),
+  res, _ = run(c, a.steps)
+  res = dict(config=a.config, **res,
              peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
   print(json.dumps(res), flush=True)
   if a.json:

@@ -32,9 +32,8 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,6 +45,9 @@ from jax.sharding import PartitionSpec as P
 from bltjax import checkpoint, losses, model, optim, sharding, warm_start
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, ConfigError
 from bltjax.train_config import Resolved, resolve
+
+if TYPE_CHECKING:  # grain is imported where an iterator is built: a step needs none
+  import grain
 
 TRAINABLE = {"entropy": ("entropy_model",), "blt": model.BLT_KEYS}
 BATCH_KEYS = ("ids", "valid", "doc_ids", "start", "score")
@@ -114,9 +116,8 @@ class _SyntheticRows:
     return {"ids": ids, "valid": np.ones(s, bool), "doc_ids": doc}
 
 
-def synthetic_iterator(seed: int, seq_len: int, batch_size: int, process_index: int = 0,
-                       process_count: int = 1) -> grain.DatasetIterator:
-  """A checkpointable grain iterator over synthetic global batches (this process's rows)."""
+def _synthetic_batch_fn(seed: int, seq_len: int, batch_size: int, process_index: int,
+                        process_count: int):
   rows = _SyntheticRows(seed, seq_len)
   local = batch_size // process_count
   first = process_index * local
@@ -125,7 +126,25 @@ def synthetic_iterator(seed: int, seq_len: int, batch_size: int, process_index: 
     rs = [rows.row(int(i), first + r) for r in range(local)]
     return {k: np.stack([x[k] for x in rs]) for k in rs[0]}
 
+  return make
+
+
+def synthetic_iterator(seed: int, seq_len: int, batch_size: int, process_index: int = 0,
+                       process_count: int = 1) -> grain.DatasetIterator:
+  """A checkpointable grain iterator over synthetic global batches (this process's rows)."""
+  import grain
+
+  make = _synthetic_batch_fn(seed, seq_len, batch_size, process_index, process_count)
   return iter(grain.MapDataset.range(2**31 - 1).map(make).to_iter_dataset())
+
+
+def synthetic_batches(seed: int, seq_len: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of `synthetic_iterator` (one process), without grain (benchmarks)."""
+  make = _synthetic_batch_fn(seed, seq_len, batch_size, 0, 1)
+  i = 0
+  while True:
+    yield make(i)
+    i += 1
 
 
 def make_data_iterator(r: Resolved, process_index: int, process_count: int
