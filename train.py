@@ -79,10 +79,12 @@ def main(argv):
   except ValueError as e:
     _fail(str(e))
   try:
-    if _EXPORT_ONLY.value:
-      train.export_only(config, _WORKDIR.value)
-    else:
-      train.train_and_evaluate(config, _WORKDIR.value)
+    # One process failing must not leave the others waiting.
+    with multihost.fail_fast((ConfigError, CheckpointError, multihost.NotShared)):
+      if _EXPORT_ONLY.value:
+        train.export_only(config, _WORKDIR.value)
+      else:
+        train.train_and_evaluate(config, _WORKDIR.value)
   except (ConfigError, CheckpointError, multihost.NotShared) as e:  # raised before the first step
     _fail(str(e))
   except ValueError as e:

@@ -19,11 +19,13 @@ service tells the others, which exit with an error instead of waiting in a colle
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
+import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from bltjax import paths
 
@@ -113,40 +115,127 @@ def log_process(prefix: str = "[bltjax]", stream=None) -> None:
   print(process_line(prefix), file=stream or sys.stderr, flush=True)
 
 
+def _client():
+  """JAX's coordination-service client (None with one process)."""
+  from jax._src import distributed  # no public handle on the client in JAX 0.10-0.12
+
+  return getattr(distributed.global_state, "client", None)
+
+
+_COUNTER = [0]  # rounds of this process; the same sequence on every process names each round
+
+
+def _timeout_ms() -> int:
+  # Long: process 0 may be building the data set or writing an export meanwhile. A dead process
+  # ends the wait much sooner, through the heartbeat (module doc).
+  return int(float(os.environ.get("BLTJAX_BARRIER_TIMEOUT_S", "3600")) * 1000)
+
+
 def barrier(name: str) -> None:
-  """All processes wait here (a no-op with one process)."""
+  """All processes wait here (a no-op with one process).
+
+  Uses the coordination service, not a device collective: XLA:CPU's gloo gives up after 30 s
+  when one process reaches a collective later than another (e.g. while process 0 builds data).
+  """
   import jax
 
-  if jax.process_count() > 1:
+  if jax.process_count() == 1:
+    return
+  client = _client()
+  if client is None:  # pragma: no cover - a multi-process backend without jax.distributed
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+    return
+  _COUNTER[0] += 1  # a barrier id is used once; every process counts the same sequence
+  client.wait_at_barrier(f"bltjax/{name}/{_COUNTER[0]}", _timeout_ms())
 
 
-def all_true(flag: bool) -> list[bool]:
+def _gather(name: str, value: str) -> list[str]:
+  """Every process's `value` (in process order), through the coordination service's store."""
+  import jax
+
+  client, i, n = _client(), jax.process_index(), jax.process_count()
+  client.key_value_set(f"bltjax/{name}/{i}", value)
+  return [client.blocking_key_value_get(f"bltjax/{name}/{j}", _timeout_ms()) for j in range(n)]
+
+
+def all_true(flag: bool, name: str = "all_true") -> list[bool]:
   """Every process's `flag` (in process order); [flag] with one process."""
   import jax
-  import numpy as np
 
   if jax.process_count() == 1:
     return [bool(flag)]
-  from jax.experimental import multihost_utils
-
-  got = multihost_utils.process_allgather(np.int32(bool(flag)))
-  return [bool(x) for x in np.asarray(got).reshape(-1)]
+  _COUNTER[0] += 1
+  return [v == "1" for v in _gather(f"{name}/{_COUNTER[0]}", "1" if flag else "0")]
 
 
 def shared_token() -> str:
   """A random hex string that process 0 draws and every process receives."""
   import jax
-  import numpy as np
 
-  raw = np.frombuffer(uuid.uuid4().bytes[:8], np.int32).copy()
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+  token = uuid.uuid4().hex[:16]
+  if jax.process_count() == 1:
+    return token
+  _COUNTER[0] += 1
+  key = f"bltjax/token/{_COUNTER[0]}"
+  client = _client()
+  if jax.process_index() == 0:
+    client.key_value_set(key, token)
+    return token
+  return client.blocking_key_value_get(key, _timeout_ms())
 
-    raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
-  return raw.astype(np.uint32).tobytes().hex()
+
+def first_call_barrier(fn: Callable, name: str) -> Callable:
+  """`fn` (a jitted function), compiled ahead of its first call, then a barrier, then run.
+
+  With several processes, the first run of a program with cross-process collectives sets up a
+  gloo context, which fails when the processes arrive more than 30 s apart; compiling times
+  differ between processes (a loaded machine, a compilation-cache hit on one only). The barrier
+  lines them up after compiling. One process: `fn` itself.
+  """
+  import jax
+
+  if jax.process_count() == 1:
+    return fn
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      compiled = fn.lower(*args).compile()
+      barrier(f"compiled/{name}")
+    return compiled(*args)
+
+  return call
+
+
+@contextlib.contextmanager
+def fail_fast(expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+  """An exception in one of several processes ends that process at once (exit 1).
+
+  `expected` exceptions (errors every process meets alike, such as a bad config) pass through
+  to the caller's one-line error.
+
+  A normal exit waits at `jax.distributed`'s shutdown barrier for every process, while the others
+  wait for this one in a barrier or a collective: both would sit there for minutes. Ending with
+  `os._exit` stops the heartbeats instead, and the others stop after the heartbeat timeout.
+  """
+  try:
+    yield
+  except (SystemExit, *expected):
+    raise
+  except BaseException:
+    if "jax" in sys.modules:
+      import jax
+
+      if jax.process_count() > 1:
+        traceback.print_exc()
+        print(f"error: process {jax.process_index()} failed (above); ending it now, the other "
+              "processes stop when its heartbeats stop", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    raise
 
 
 class NotShared(RuntimeError):
@@ -170,9 +259,8 @@ def check_shared_dir(directory: paths.PathLike, what: str = "workdir",
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
     token.write_text(str(jax.process_count()))
-  barrier(f"bltjax-shared-write-{token.name}")
-  seen = all_true(token.exists())
-  barrier(f"bltjax-shared-read-{token.name}")
+  barrier(f"shared-write-{token.name}")
+  seen = all_true(token.exists(), "shared")
   if jax.process_index() == 0:
     token.unlink()
   if not all(seen):

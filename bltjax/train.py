@@ -497,7 +497,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
     if tc.init_from_blt and main:
       log(f"[bltjax.train] initialised from {tc.init_from_blt}: {tr.warm_start_counts}")
   step = int(jax.device_get(state["step"]))
-  train_step, eval_step = tr.make_train_step(), tr.make_eval_step()
+  # Several processes: compile, then line up, before each program's first cross-process run.
+  train_step = multihost.first_call_barrier(tr.make_train_step(), "train_step")
+  eval_step = multihost.first_call_barrier(tr.make_eval_step(), "eval_step")
   sets = eval_sets(r)
   bar = None
   if main and tc.progress:
