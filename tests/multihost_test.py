@@ -235,6 +235,25 @@ def _records(path: pathlib.Path) -> list[dict]:
           for x in path.read_text().splitlines()]
 
 
+def test_fold_merges_shards_in_input_order_each_id_once(tmp_path):
+  from bltjax import decode_shards, paths
+
+  inp = tmp_path / "in.jsonl"
+  inp.write_text("\n".join(json.dumps({"id": i, "prompt": "x"}) for i in ["a", 1, "b", 2, 3]))
+  out = paths.as_path(tmp_path / "out.jsonl")
+  out.write_text(json.dumps({"id": None, "line": 9, "error": "bad"}) + "\n" +
+                 json.dumps({"id": "a", "r": 0}) + "\n")
+  s0, s1 = decode_shards.shard_path(out, 0, 2), decode_shards.shard_path(out, 1, 2)
+  s0.write_text(json.dumps({"id": "b", "r": 2}) + "\n" + json.dumps({"id": 3, "r": 4}) + "\n")
+  s1.write_text(json.dumps({"id": "a", "r": 9}) + "\n" + json.dumps({"id": 2, "r": 3}) + "\n"
+                + '{"id": 1, "r": ')  # cut by a kill: id 1 is not done
+  assert decode_shards.done_ids(out) == {'"a"', '"b"', "2", "3"}
+  assert decode_shards.fold(out, decode_shards.input_order(paths.as_path(inp))) == 3
+  recs = [json.loads(x) for x in out.read_text().splitlines()]
+  assert [r["id"] for r in recs] == [None, "a", "b", 2, 3]  # kept, then input order
+  assert recs[1]["r"] == 0 and not decode_shards.shards(out)
+
+
 def test_decode_two_processes_sigkill_resume_match_one(tmp_path):
   import dataclasses
 
