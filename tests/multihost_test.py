@@ -295,3 +295,23 @@ def test_decode_two_processes_sigkill_resume_match_one(tmp_path):
   assert len(ids) == len(set(ids)) == len(lines) - 1  # each id exactly once
   key = lambda r: json.dumps(r["id"])  # noqa: E731
   assert sorted(got, key=key) == sorted([r for r in ref if "error" not in r], key=key)
+
+
+@pytest.mark.slow  # three more BLT-D compilations across processes (~5 min on 2 loaded cores)
+def test_bltd_two_processes_sigkill_restart_match_one_process(tmp_path):
+  bltd = "--config.model.diffusion.block_size=4"  # BLT-D loss (arXiv 2605.08044) on the tiny BLT
+  one, killed = tmp_path / "one", tmp_path / "killed"
+  r1 = Run(tmp_path, "one", _train_args("blt", one, bltd), 1, 4)
+  assert r1.wait() == [0], r1.output()
+  r3 = Run(tmp_path, "killed", _train_args("blt", killed, bltd, "--config.train.step_delay_s=0.3"),
+           2, 2)
+  _wait_for(r3, lambda: (killed / "checkpoints" / "4").is_dir()
+            and max(_steps(killed), default=0) >= 5)
+  r3.kill()
+  r4 = Run(tmp_path, "restarted", _train_args("blt", killed, bltd), 2, 2)
+  assert r4.wait() == [0, 0], r4.output()
+  assert "resumed from" in r4.output() and _steps(killed)[-1] == 12
+  cfg = weights.load_config(killed / "export")
+  assert cfg.diffusion is not None and cfg.diffusion.block_size == 4
+  np.testing.assert_allclose(_score(killed / "export"), _score(one / "export"), rtol=1e-4)
+  np.testing.assert_allclose(_eval_bpb(killed), _eval_bpb(one), rtol=1e-4)

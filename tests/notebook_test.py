@@ -74,8 +74,9 @@ def test_quickstart_notebook_in_a_fresh_venv(tmp_path):
   env_dir = tmp_path / "venv"
   venv.EnvBuilder(with_pip=True).create(env_dir)
   py = env_dir / "bin" / "python"
-  subprocess.run([str(py), "-m", "pip", "install", "-q", "nbclient", "nbformat", "ipykernel"],
-                 check=True)
+  # ensurepip's pip (23.x here) rejects "bltjax[eval] @ git+file://..."; Colab's pip is current.
+  subprocess.run([str(py), "-m", "pip", "install", "-q", "-U", "pip", "nbclient", "nbformat",
+                  "ipykernel"], check=True)
   run_dir = tmp_path / "nb"  # outside the clone: the notebook must install bltjax itself
   run_dir.mkdir()
   script = (
