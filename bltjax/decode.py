@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
       for e in errors:
         out.write(json.dumps(e) + "\n")
   target = out_path if pc == 1 else decode_shards.shard_path(out_path, pi, pc)
-  with paths.LineLog(target, flush_s=0.0) as out:
+  with paths.LineLog(target, flush_s=float("inf")) as out:  # flushed after each batch
     bar = tqdm(total=len(mine), unit="prompt", desc=f"decode[{a.method}]", file=sys.stderr,
                disable=pi != 0)
     for i in range(0, len(mine), a.batch_size):
