@@ -6,6 +6,8 @@ Thin entry point; the logic lives in `bltjax/decode.py` (importable from noteboo
 import sys
 
 from bltjax.decode import main
+from bltjax.multihost import fail_fast
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with fail_fast():  # several processes: one failing must not leave the others waiting
+    sys.exit(main())

@@ -1,8 +1,10 @@
 """Train the BLT entropy model or BLT: `python train.py --config configs/X.py --workdir DIR`.
 
-Resumes from the latest checkpoint in DIR. Several processes (multi-host / multi-process CPU):
-pass --num_processes, --process_id and --coordinator_address (or JAX_COORDINATOR_ADDRESS,
-BLTJAX_NUM_PROCESSES, BLTJAX_PROCESS_ID), or --distributed to let JAX detect the cluster.
+Resumes from the latest checkpoint in DIR (a local path or a URL such as gs://bucket/run).
+Several processes (multi-host / multi-process CPU): pass --num_processes, --process_id and
+--coordinator_address (or JAX_COORDINATOR_ADDRESS, BLTJAX_NUM_PROCESSES, BLTJAX_PROCESS_ID), or
+--distributed to let JAX detect the cluster; a TPU pod, SLURM or Open MPI job with several
+processes is detected without flags (docs/multihost.md).
 """
 
 import sys
@@ -17,6 +19,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index")
+_HEARTBEAT = flags.DEFINE_integer(
+  "heartbeat_timeout", None, "seconds without a heartbeat before the other processes stop with "
+  "an error when one process dies (default 100; env BLTJAX_HEARTBEAT_TIMEOUT_S)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -63,18 +68,28 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from bltjax import train  # After flag parsing: importing jax must not precede distributed init.
+  from bltjax import multihost, train  # After flag parsing: jax must not start before init.
   from bltjax.config import ConfigError
   from bltjax.weights import CheckpointError
 
   config = _CONFIG.value
-  train.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _DISTRIBUTED.value)
   try:
-    if _EXPORT_ONLY.value:
-      train.export_only(config, _WORKDIR.value)
-    else:
-      train.train_and_evaluate(config, _WORKDIR.value)
-  except (ConfigError, CheckpointError) as e:  # raised before the first step
+    multihost.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
+                                           _DISTRIBUTED.value, _HEARTBEAT.value)
+  except ValueError as e:
+    _fail(str(e))
+  try:
+    # One process failing must not leave the others waiting.
+    with multihost.fail_fast((ConfigError, CheckpointError, multihost.NotShared)):
+      if _EXPORT_ONLY.value:
+        train.export_only(config, _WORKDIR.value)
+      else:
+        train.train_and_evaluate(config, _WORKDIR.value)
+  except (ConfigError, CheckpointError, multihost.NotShared) as e:  # raised before the first step
+    _fail(str(e))
+  except ValueError as e:
+    if "--workdir" not in str(e):
+      raise
     _fail(str(e))
 
 

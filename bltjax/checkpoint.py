@@ -21,10 +21,12 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
+
+from bltjax import paths
 
 FORMAT = "bltjax-train/1"
 
@@ -47,14 +49,14 @@ class TrainCheckpointer:
   """A thin wrapper over orbax's V1 training checkpointer.
 
   Args:
-    directory: where step directories go (created if missing).
+    directory: where step directories go (created if missing); a local path or a URL (gs://).
     keep: keep the newest `keep` steps (older ones are deleted after each save).
     async_save: write in the background (the device -> host copy is still synchronous).
   """
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
     ocp = _ocp()
-    self.directory = Path(directory).absolute()
+    self.directory = paths.as_path(directory, "checkpoint directory")
     self._async = async_save
     self._pending = None
     self._last_saved: int | None = None
@@ -140,7 +142,7 @@ class TrainCheckpointer:
 
 
 def export_params(dst: str | os.PathLike, params: Any, cfg: Any,
-                  meta: Mapping[str, Any] | None = None) -> Path:
+                  meta: Mapping[str, Any] | None = None) -> epath.Path:
   """Writes `params` + `cfg` as a bltjax inference checkpoint (replacing an older export)."""
   from bltjax import weights
 

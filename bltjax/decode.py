@@ -9,6 +9,10 @@ bytes), agreement (position-wise draft = verifier)}, `bltd` adds `blocks` {block
 bytes_per_block, decoder_steps_per_block}. A malformed input line is
 reported on stderr and as an error record {"id", "line", "error"}; the other lines still decode.
 Each row samples from its own key (seed, id), so its output never depends on its batch.
+
+Several processes (`--num-processes`/`--process-id`/`--coordinator-address`, or a cluster that
+JAX detects): each decodes its share of the rows into a shard next to --output, and process 0
+folds the shards into --output in input order (`bltjax.decode_shards`; docs/multihost.md).
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                   "and the decode state (rows over data x fsdp, heads over tensor)")
   ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
                   help="cast weights on load")
+  ap.add_argument("--coordinator-address", default=None,
+                  help="several processes: host:port of process 0 (docs/multihost.md)")
+  ap.add_argument("--num-processes", type=int, default=None, help="several processes: how many")
+  ap.add_argument("--process-id", type=int, default=None, help="several processes: this one")
+  ap.add_argument("--heartbeat-timeout", type=int, default=None,
+                  help="seconds before the others stop when one process dies (default 100)")
   a = ap.parse_args(argv)
   for key in ("max_new_bytes", "batch_size", "max_context"):
     if getattr(a, key) <= 0:
@@ -79,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return a
 
 
-def read_prompts(path: Path, done_ids: set[str]) -> tuple[list[dict[str, Any]],
-                                                           list[dict[str, Any]]]:
+def read_prompts(path: Path, done_ids: set[str], quiet: bool = False
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """Returns (rows to decode, error records) in file order; never raises on a bad line."""
   rows, errors = [], []
   with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -101,7 +111,8 @@ def read_prompts(path: Path, done_ids: set[str]) -> tuple[list[dict[str, Any]],
       except (ValueError, binascii.Error) as e:
         rid = rec.get("id") if isinstance(locals().get("rec"), dict) else None
         errors.append({"id": rid, "line": lineno, "error": f"{where}: {e}"})
-        print(f"error: {where}: {e}", file=sys.stderr)
+        if not quiet:
+          print(f"error: {where}: {e}", file=sys.stderr)
         continue
       key = json.dumps(rec["id"])
       if key in done_ids:
@@ -111,17 +122,11 @@ def read_prompts(path: Path, done_ids: set[str]) -> tuple[list[dict[str, Any]],
 
 
 def done_ids_of(path: Path) -> set[str]:
-  out = set()
-  if path.exists():
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except ValueError:
-          continue  # a line cut by a crash: decode that id again
-        if "error" not in rec:
-          out.add(json.dumps(rec.get("id")))
-  return out
+  """Ids with a result in `path` or in shards a killed multi-process run left next to it (a
+  line cut by a crash does not count: that id is decoded again)."""
+  from bltjax import decode_shards, paths  # noqa: PLC0415
+
+  return decode_shards.done_ids(paths.as_path(path))
 
 
 def row_seed(seed: int, rid: Any) -> int:
@@ -137,9 +142,20 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import generation, nfe, weights  # noqa: PLC0415
+  from bltjax import decode_shards, generation, multihost, nfe, paths, weights  # noqa: PLC0415
 
-  out_path = Path(a.output)
+  try:
+    multihost.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id,
+                                           heartbeat_s=a.heartbeat_timeout)
+  except ValueError as e:
+    return _fail(str(e))
+  pi, pc = jax.process_index(), jax.process_count()
+  if pc > 1:
+    multihost.log_process("[decode]")
+  try:
+    out_path = paths.as_path(a.output, "--output")
+  except ValueError as e:
+    return _fail(str(e))
   # Unusable inputs stop here with one line (exit 2), before the output is touched.
   try:
     with open(a.input, "rb"):
@@ -148,19 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     return _fail(f"--input {a.input}: {e.strerror or e}")
   try:
     weights.load_config(a.checkpoint)
-  except (weights.CheckpointError, OSError) as e:
+  except (weights.CheckpointError, OSError, ValueError) as e:
     return _fail(f"--checkpoint: {e}")
+  if pi == 0:  # shards of a killed run: folded in (--resume) or dropped with the old output
+    if a.resume:
+      decode_shards.fold(out_path, decode_shards.input_order(paths.as_path(a.input)))
+    else:
+      for p in [out_path, *decode_shards.shards(out_path)]:
+        if p.exists():
+          p.unlink()
+  multihost.barrier("bltjax-decode-start")
   done = done_ids_of(out_path) if a.resume else set()
-  if not a.resume and out_path.exists():
-    out_path.unlink()
-  rows, errors = read_prompts(Path(a.input), done)
+  rows, errors = read_prompts(Path(a.input), done, quiet=pi != 0)
 
   shardings = mesh = None
   if a.mesh:
     from bltjax import sharding  # noqa: PLC0415
 
     shape = tuple(int(x) for x in a.mesh.split(","))
-    mesh = sharding.make_mesh(shape, key="--mesh")
+    # Several processes: each decodes its own rows on its own devices (the mesh is per host).
+    mesh = sharding.make_mesh(shape, jax.local_devices() if pc > 1 else None, key="--mesh")
     cfg0 = weights.load_config(a.checkpoint)
     shardings = sharding.param_shardings(cfg0, mesh)
   try:
@@ -193,19 +216,24 @@ def main(argv: list[str] | None = None) -> int:
         msg = (f"{r['where']}: prompt of {len(r['prompt'])} bytes exceeds --max-context "
                f"{a.max_context} minus --max-new-bytes {a.max_new_bytes} (use --truncate-left)")
         errors.append({"id": r["id"], "line": r["line"], "error": msg})
-        print(f"error: {msg}", file=sys.stderr)
+        if pi == 0:
+          print(f"error: {msg}", file=sys.stderr)
         continue
     ok_rows.append(r)
 
   from tqdm import tqdm  # noqa: PLC0415
 
-  with open(out_path, "a", encoding="utf-8") as out:
-    for e in errors:
-      out.write(json.dumps(e) + "\n")
-    out.flush()
-    bar = tqdm(total=len(ok_rows), unit="prompt", desc=f"decode[{a.method}]", file=sys.stderr)
-    for i in range(0, len(ok_rows), a.batch_size):
-      batch = ok_rows[i:i + a.batch_size]
+  mine = ok_rows[pi::pc]  # this process's share (all rows with one process)
+  if pi == 0 and errors:
+    with paths.LineLog(out_path) as out:
+      for e in errors:
+        out.write(json.dumps(e) + "\n")
+  target = out_path if pc == 1 else decode_shards.shard_path(out_path, pi, pc)
+  with paths.LineLog(target, flush_s=float("inf")) as out:  # flushed after each batch
+    bar = tqdm(total=len(mine), unit="prompt", desc=f"decode[{a.method}]", file=sys.stderr,
+               disable=pi != 0)
+    for i in range(0, len(mine), a.batch_size):
+      batch = mine[i:i + a.batch_size]
       t0 = time.perf_counter()
       prompts = [r["prompt"] for r in batch]
       res = generation.generate(params, cfg, prompts, method=a.method,
@@ -224,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
       out.flush()
       bar.update(len(batch))
     bar.close()
-  del jax
+  if pc > 1:
+    multihost.barrier("bltjax-decode-done")
+    if pi == 0:
+      decode_shards.fold(out_path, decode_shards.input_order(paths.as_path(a.input)))
+    multihost.barrier("bltjax-decode-folded")
   return 1 if errors and not ok_rows else 0
 
 

@@ -142,6 +142,8 @@ class State:
 
 def load_config(name: str):
   path = REPO / "configs" / f"{name}.py"
+  if not path.is_file():  # an installed bltjax: the copy that ships as package data
+    path = Path(__file__).resolve().parent / "_configs" / f"{name}.py"
   if not path.is_file():
     raise UsageError(f"{path}: no such config file")
   from bltjax.train_config import load_config_file

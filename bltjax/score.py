@@ -26,7 +26,6 @@ import json
 import math
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -117,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
   a = ap.parse_args(argv)
   if a.window < 1 or (a.stride is not None and not 1 <= a.stride <= a.window):
     ap.error("need --window >= 1 and 1 <= --stride <= --window")
-  from bltjax import weights
+  from bltjax import paths, weights
 
-  try:  # the file first: it is cheaper to check than the checkpoint
-    data = Path(a.file).read_bytes()
-  except OSError as e:
+  try:  # the file first: it is cheaper to check than the checkpoint (a path or a gs:// URL)
+    data = paths.as_path(a.file, "--file").read_bytes()
+  except (OSError, ValueError) as e:
     return _fail(f"--file {a.file}: {e.strerror or e}")
   try:
     cfg, params = weights.load_checkpoint(a.checkpoint)

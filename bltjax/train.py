@@ -16,7 +16,9 @@ stops the run (no checkpoint of the bad state), SIGTERM / SIGINT save and exit, 
 `train.ckpt_every` steps an async checkpoint (state + grain iterator) is written. Held-out bpb
 per domain every `train.eval_every` steps and at the end. Logs: WORKDIR/metrics.jsonl,
 TensorBoard events in WORKDIR/tb, a tqdm bar with ETA. The final parameters are exported as a
-bltjax inference checkpoint to WORKDIR/export (single-process runs; see `export_only`).
+bltjax inference checkpoint to WORKDIR/export (by all processes together in a multi-process run;
+`export_only` exports a workdir's latest checkpoint). WORKDIR may be a URL (gs://...); with several
+processes it must be one directory they all see (checked at start, docs/multihost.md).
 
 Longer than 600 lines: the training loop, its checkpoint/resume, multi-host set-up and signal
 handling share one state machine; issue-sized pieces of it are already in their own modules.
@@ -31,7 +33,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -39,10 +40,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax import checkpoint, losses, model, optim, sharding, warm_start
+from bltjax import checkpoint, losses, model, multihost, optim, paths, sharding, warm_start
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, ConfigError
 from bltjax.train_config import Resolved, resolve
 
@@ -60,21 +62,15 @@ LN2 = math.log(2.0)
 
 def maybe_initialize_distributed(coordinator_address: str | None = None,
                                  num_processes: int | None = None,
-                                 process_id: int | None = None, auto: bool = False) -> None:
-  """`jax.distributed.initialize` when this is one of several processes.
+                                 process_id: int | None = None, auto: bool = False) -> str | None:
+  """`jax.distributed.initialize` when this is one of several processes (`bltjax.multihost`).
 
   Explicit arguments win; otherwise `JAX_COORDINATOR_ADDRESS`, `BLTJAX_NUM_PROCESSES` and
-  `BLTJAX_PROCESS_ID` are read. `auto=True` lets JAX detect the cluster (TPU pods, SLURM).
+  `BLTJAX_PROCESS_ID` are read; `auto=True` lets JAX detect the cluster; without either, a
+  TPU pod / SLURM / Open MPI environment with several processes is detected.
   """
-  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if num_processes is None and os.environ.get("BLTJAX_NUM_PROCESSES"):
-    num_processes = int(os.environ["BLTJAX_NUM_PROCESSES"])
-  if process_id is None and os.environ.get("BLTJAX_PROCESS_ID"):
-    process_id = int(os.environ["BLTJAX_PROCESS_ID"])
-  if num_processes is not None and num_processes > 1:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif auto:
-    jax.distributed.initialize()
+  return multihost.maybe_initialize_distributed(coordinator_address, num_processes, process_id,
+                                                auto)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,15 +227,15 @@ def eval_sets(r: Resolved) -> dict[str, list[dict[str, np.ndarray]]]:
 
 
 class MetricWriter:
-  """JSONL (every process-0 record) + TensorBoard scalars in the workdir."""
+  """JSONL (every process-0 record) + TensorBoard scalars in the workdir (a path or a URL)."""
 
-  def __init__(self, workdir: Path, enabled: bool, tensorboard: bool):
+  def __init__(self, workdir: epath.Path, enabled: bool, tensorboard: bool):
     self.enabled = enabled
     self._tb = None
     self._f = None
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      self._f = open(workdir / "metrics.jsonl", "a", buffering=1)
+      self._f = paths.LineLog(workdir / "metrics.jsonl")
       if tensorboard:
         from tensorboardX import SummaryWriter
 
@@ -291,7 +287,7 @@ class Trainer:
 
   r: Resolved
   cfg: BLTConfig
-  workdir: Path
+  workdir: epath.Path
   mesh: jax.sharding.Mesh
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -303,7 +299,8 @@ class Trainer:
   warm_start_counts: dict[str, int] | None = None
 
   @classmethod
-  def create(cls, config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path,
+  def create(cls, config: ml_collections.ConfigDict | Mapping[str, Any],
+             workdir: str | os.PathLike,
              devices: list[Any] | None = None) -> Trainer:
     devices = devices if devices is not None else jax.devices()
     r = resolve(config, len(devices), jax.process_count())
@@ -331,8 +328,8 @@ class Trainer:
       "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
     }
     loss_fn = losses.get_loss_fn(cfg, tc.task, r.max_patches)
-    return cls(r, cfg, Path(workdir).absolute(), mesh, tx, sched, state_sh, abstract, frozen,
-               frozen_sh, loss_fn)
+    return cls(r, cfg, paths.as_path(workdir, "--workdir"), mesh, tx, sched, state_sh, abstract,
+               frozen, frozen_sh, loss_fn)
 
   # -- state ---------------------------------------------------------------------------------
 
@@ -438,7 +435,7 @@ class Trainer:
       out["eval/mean_bpb"] = float(np.mean(bpbs))
     return out
 
-  def export(self, params: Any, step: int) -> Path:
+  def export(self, params: Any, step: int) -> epath.Path:
     meta = {"task": self.r.train.task, "step": int(step), "train": dataclasses.asdict(self.r.train)}
     return checkpoint.export_params(self.workdir / "export", self.full_params(params), self.cfg,
                                     meta)
@@ -461,7 +458,7 @@ def _load_entropy_model(cfg: BLTConfig, path: str, mesh, rules) -> tuple[Any, An
 
   if not path:
     raise ConfigError("train.entropy_checkpoint: entropy patching needs a trained entropy model")
-  if not Path(path).is_dir():
+  if not paths.as_path(path, "train.entropy_checkpoint").is_dir():
     raise ConfigError(f"train.entropy_checkpoint: {path} is not a directory")
   ecfg = weights.load_config(path)
   if not _same_stack(ecfg.entropy, cfg.entropy):
@@ -483,7 +480,7 @@ def _fmt(m: Mapping[str, Any]) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
-                       workdir: str | Path, log=print) -> dict[str, Any]:
+                       workdir: str | os.PathLike, log=print) -> dict[str, Any]:
   """Trains to `train.steps` (resuming from WORKDIR/checkpoints), evaluates, exports.
 
   Returns:
@@ -496,6 +493,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
   pi, pc = jax.process_index(), jax.process_count()
   main = pi == 0
   counts = {k: v for k, v in _num_params(cfg, tc.task).items()}
+  log(multihost.process_line("[bltjax.train]"))  # every process: its index, its devices
+  # Checkpoints are written by every process into one directory: stop now, not at the first
+  # save, when the processes do not share it.
+  multihost.check_shared_dir(tr.workdir, "--workdir")
   if main:
     log(f"[bltjax.train] task={tc.task} mesh={dict(tr.mesh.shape)} processes={pc} "
         f"params={counts} max_patches={r.max_patches} patcher={cfg.patcher.mode} "
@@ -515,7 +516,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
     if tc.init_from_blt and main:
       log(f"[bltjax.train] initialised from {tc.init_from_blt}: {tr.warm_start_counts}")
   step = int(jax.device_get(state["step"]))
-  train_step, eval_step = tr.make_train_step(), tr.make_eval_step()
+  # Several processes: compile, then line up, before each program's first cross-process run.
+  train_step = multihost.first_call_barrier(tr.make_train_step(), "train_step")
+  eval_step = multihost.first_call_barrier(tr.make_eval_step(), "eval_step")
   sets = eval_sets(r)
   bar = None
   if main and tc.progress:
@@ -609,11 +612,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
       if not preempted:
         ckpt.save(step, state, data_iter, meta, wait=True)
         run_eval(step)
-        if tc.export and pc == 1:
+        if tc.export:  # every process writes its shards; process 0 publishes the directory
           export_path = tr.export(state["params"], step)
-        elif tc.export and main:
-          log("[bltjax.train] multi-process run: export with `python train.py --config ... "
-              f"--workdir {tr.workdir} --export_only` from a single process")
   finally:
     ckpt.close()
     if bar is not None:
@@ -627,9 +627,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | Mapping[str, Any],
           "params": state["params"]}
 
 
-def export_only(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str | Path,
-                log=print) -> Path:
-  """Exports the latest training checkpoint of `workdir` from this (single) process.
+def export_only(config: ml_collections.ConfigDict | Mapping[str, Any],
+                workdir: str | os.PathLike, log=print) -> epath.Path:
+  """Exports the latest training checkpoint of `workdir` (from one process or several).
 
   The checkpoint may come from any mesh or process count: restore re-shards onto this one.
   """

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from bltjax import paths
 from bltjax.config import BLTConfig
 
 FORMAT_VERSION = 1
@@ -40,9 +40,20 @@ class CheckpointError(ValueError):
   """A directory that is not a readable bltjax checkpoint; the message names the path."""
 
 
-def _tmp_sibling(dst: Path, tag: str) -> Path:
+Path = epath.Path  # local paths and URLs (gs://...) alike: `paths.as_path`
+
+
+def _tmp_sibling(dst: Path, tag: str, token: str | None = None) -> Path:
   # Same parent as dst so the final rename stays on one filesystem (atomic on POSIX).
-  return dst.parent / f".{dst.name}.{tag}-{uuid.uuid4().hex[:8]}"
+  return dst.parent / f".{dst.name}.{tag}-{token or uuid.uuid4().hex[:8]}"
+
+
+def _rmtree(p: Path) -> None:
+  try:
+    if p.exists():
+      p.rmtree()
+  except OSError:
+    pass
 
 
 def publish_dir(tmp: Path, dst: Path, overwrite: bool) -> None:
@@ -62,20 +73,26 @@ def publish_dir(tmp: Path, dst: Path, overwrite: bool) -> None:
     if not overwrite:
       raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace")
     old = _tmp_sibling(dst, "old")
-    os.rename(dst, old)
-  os.rename(tmp, dst)
+    dst.rename(old)
+  tmp.rename(dst)
   if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+    _rmtree(old)
 
 
-def staging_dir(dst: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
-  """Checks `dst` and returns (dst, fresh temp dir next to it) for a write-then-rename."""
-  dst = Path(dst).absolute()
+def staging_dir(dst: str | os.PathLike, overwrite: bool, token: str | None = None,
+                create: bool = True) -> tuple[Path, Path]:
+  """Checks `dst` and returns (dst, fresh temp dir next to it) for a write-then-rename.
+
+  `token` names the temp dir (every process of a multi-process save must agree on it); only the
+  process that `create`s makes the directories.
+  """
+  dst = paths.as_path(dst, "checkpoint")
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace")
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = _tmp_sibling(dst, "tmp")
-  tmp.mkdir()
+  tmp = _tmp_sibling(dst, "tmp", token)
+  if create:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
   return dst, tmp
 
 
@@ -127,32 +144,47 @@ def save_checkpoint(
       everything else under `meta`.
     overwrite: replace an existing `dst`.
 
+  Several processes (`jax.process_count() > 1`) must all call it with the same (global) arrays:
+  each writes its own shards, process 0 writes config.json and publishes the directory, and
+  barriers keep them in step, so `dst` appears once, complete. `dst` must be a directory every
+  process sees (a shared file system or a URL such as gs://).
+
   Returns:
-    The absolute path of `dst`.
+    The absolute path (or URL) of `dst`.
 
   Raises:
     FileExistsError: `dst` exists and `overwrite` is False.
   """
   import orbax.checkpoint as ocp  # Deferred: orbax import is slow and only needed here.
 
+  from bltjax import multihost  # noqa: PLC0415
+
   meta = dict(meta or {})
-  dst, tmp = staging_dir(dst, overwrite)
+  multi, main = jax.process_count() > 1, jax.process_index() == 0
+  token = multihost.shared_token() if multi else None
+  dst, tmp = staging_dir(dst, overwrite, token, create=main)
   if cfg.patcher.mode != "entropy":
     cfg = entropy_consistent(cfg, "entropy_model" in params)
   try:
-    doc = cfg.to_dict()
-    doc["format_version"] = FORMAT_VERSION
-    doc["converter_version"] = meta.pop("converter_version", CONVERTER_VERSION)
-    doc["source"] = meta.pop("source", "bltjax")
-    doc["meta"] = meta
-    (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if main:
+      doc = cfg.to_dict()
+      doc["format_version"] = FORMAT_VERSION
+      doc["converter_version"] = meta.pop("converter_version", CONVERTER_VERSION)
+      doc["source"] = meta.pop("source", "bltjax")
+      doc["meta"] = meta
+      (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    multihost.barrier(f"bltjax-export-staged-{token}")
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(tmp / PARAMS_DIR, jax.tree.map(_to_host, dict(params)))
     ckpt.wait_until_finished()
     ckpt.close()
-    publish_dir(tmp, dst, overwrite)
+    multihost.barrier(f"bltjax-export-written-{token}")
+    if main:
+      publish_dir(tmp, dst, overwrite)
+    multihost.barrier(f"bltjax-export-published-{token}")
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if main:
+      _rmtree(tmp)
     raise
   return dst
 
@@ -196,7 +228,7 @@ def _stored_config(src: Path) -> BLTConfig:
 def load_config(src: str | os.PathLike) -> BLTConfig:
   """Reads only the BLTConfig of a bltjax checkpoint directory (the one `load_checkpoint` gives:
   an entropy stack without parameters is dropped, see `entropy_consistent`)."""
-  src = Path(src).absolute()
+  src = paths.as_path(src, "checkpoint")
   cfg = _stored_config(src)
   if cfg.entropy is None or not (src / PARAMS_DIR).is_dir():
     return cfg
@@ -205,7 +237,7 @@ def load_config(src: str | os.PathLike) -> BLTConfig:
 
 def load_metadata(src: str | os.PathLike) -> dict[str, Any]:
   """The provenance fields of a checkpoint: format_version, converter_version, source, meta."""
-  doc = _read_doc(Path(src))
+  doc = _read_doc(paths.as_path(src, "checkpoint"))
   return {k: doc.get(k) for k in _RESERVED}
 
 
@@ -243,7 +275,7 @@ def _tree_meta(src: Path) -> Any:
 
 def tree_metadata(src: str | os.PathLike) -> Any:
   """The parameter tree of a bltjax checkpoint as orbax metadata (shape, dtype), no arrays read."""
-  src = Path(src).absolute()
+  src = paths.as_path(src, "checkpoint")
   _stored_config(src)
   return _tree_meta(src)
 
@@ -268,7 +300,7 @@ def load_checkpoint(
   """
   import orbax.checkpoint as ocp
 
-  src = Path(src).absolute()
+  src = paths.as_path(src, "checkpoint")
   cfg = _stored_config(src)
   tree_meta = _tree_meta(src)
   cfg = entropy_consistent(cfg, "entropy_model" in tree_meta, str(src), warn=True)

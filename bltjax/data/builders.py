@@ -167,18 +167,48 @@ def build(
 ) -> tfds.core.DatasetBuilder:
   """Prepares `builder_cls` from `raw_dir` into `data_dir` (array_record); no-op when present.
 
+  With several processes (`jax.process_count() > 1`) every process must call it: process 0
+  prepares, the others wait at a barrier and then open its copy; a process whose `data_dir` is
+  not shared with process 0 (a local disk per host) finds nothing there and prepares its own.
+
   Returns:
     The prepared builder; read it with `.as_data_source()[split]`.
   """
   tfds.disable_progress_bar()
   kwargs = {"config": config} if config else {}
-  builder = builder_cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
-  if builder.is_prepared():
-    return builder  # A prepared copy needs no raw dir (e.g. data/tfds shipped without data/raw).
-  raw = pathlib.Path(raw_dir)
-  if not raw.is_dir():
-    raise FileNotFoundError(f"manual_dir {raw}: not a directory (run `make data`)")
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(raw))
-  )
+
+  def open_builder():
+    return builder_cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
+
+  def prepare(builder):
+    raw = pathlib.Path(raw_dir)
+    if not raw.is_dir():
+      raise FileNotFoundError(f"manual_dir {raw}: not a directory (run `make data`)")
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(raw))
+    )
+
+  builder = open_builder()
+  index, count = _process_index_count()
+  if count > 1:
+    from bltjax import multihost  # noqa: PLC0415 - imports jax
+
+    if index == 0 and not builder.is_prepared():
+      prepare(builder)
+    multihost.barrier(f"bltjax-data-{builder_cls.__name__}-{config}")  # every process, always
+    if index != 0:
+      builder = open_builder()  # re-read what process 0 wrote
+  # A prepared copy needs no raw dir (e.g. data/tfds shipped without data/raw).
+  if not builder.is_prepared():
+    prepare(builder)
   return builder
+
+
+def _process_index_count() -> tuple[int, int]:
+  import sys
+
+  if "jax" not in sys.modules:  # no JAX in this program: one process (data tools, tests)
+    return 0, 1
+  import jax
+
+  return jax.process_index(), jax.process_count()

@@ -51,8 +51,13 @@ def repo_root() -> pathlib.Path:
 
 
 def fixture_raw_dir() -> pathlib.Path:
-  """The committed CI fixture, laid out like a materialised raw dir (docs/data.md)."""
-  return _REPO_ROOT / "tests" / "fixtures" / "corpus"
+  """The committed CI fixture, laid out like a materialised raw dir (docs/data.md).
+
+  In a clone: tests/fixtures/corpus; in an installed bltjax (no tests/), the copy that ships as
+  package data, `bltjax/_corpus` (a link to the same files in the repository).
+  """
+  repo = _REPO_ROOT / "tests" / "fixtures" / "corpus"
+  return repo if repo.is_dir() else pathlib.Path(__file__).resolve().parents[1] / "_corpus"
 
 
 def default_raw_dir() -> pathlib.Path:

@@ -34,6 +34,11 @@ Padding only appears at the end of a finite run (`data.num_epochs` set).
   weights     optional {domain: weight}: byte shares of the mix (default: proportional to size)
   num_epochs  None = repeat forever; an int ends the iterator after that many passes
   read_threads  grain read threads
+  shard_by    how several processes split the data: "documents" (each packs its own slice of
+              the shuffled documents; reads 1/process_count of the data) or "rows" (each packs
+              the whole stream and keeps its rows of every global batch: the global batches, and
+              so the run, do not depend on the process count, at process_count times the
+              reading and packing work)
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
   cfg.num_epochs = ml_collections.config_dict.placeholder(int)
   cfg.read_threads = 2
   cfg.download = False
+  cfg.shard_by = "documents"
   cfg.update(overrides)
   return cfg
 
@@ -400,15 +406,25 @@ def make_train_iterator(
   if not 0 <= seed < 2**32:
     raise ValueError(f"make_train_iterator: seed must be in [0, 2**32), got {seed}")
   pi, pc = _process_slice(process_index, process_count)
+  shard_by = _get(data_cfg, "shard_by", "documents")
+  if shard_by not in ("documents", "rows"):
+    raise ConfigError(f"data.shard_by: must be 'documents' or 'rows', got {shard_by!r}")
   docs = _document_dataset(train_sources(data_cfg), data_cfg, seed)
-  # Slice after the global shuffle: hosts see disjoint documents that together cover each epoch.
-  docs = docs[pi::pc]
+  rows = batch_size
+  if shard_by == "documents":
+    # Slice after the global shuffle: hosts see disjoint documents that together cover each epoch.
+    docs = docs[pi::pc]
+  else:
+    rows = batch_size * pc  # the global batch; this process keeps its block of rows below
   threads = int(_get(data_cfg, "read_threads", 2))
   ds = docs.map(doc_to_ids).to_iter_dataset(
     grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 4 * threads))
   )
   ds = PackBytesIterDataset(ds, seq_len)
-  ds = ds.batch(batch_size, batch_fn=functools.partial(_stack_rows, batch_size=batch_size))
+  ds = ds.batch(rows, batch_fn=functools.partial(_stack_rows, batch_size=rows))
+  if rows != batch_size:
+    first = pi * batch_size
+    ds = ds.map(lambda b: {k: v[first:first + batch_size] for k, v in b.items()})
   return iter(ds)
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from bltjax import paths
 from bltjax.eval import SUITES, suite_module
 from bltjax.eval.runner import UsageError
 
@@ -68,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings(a, suite, cfg) -> dict:
   s = {"suite": a.suite, "method": a.method, "checkpoint": a.checkpoint and
-       str(Path(a.checkpoint).resolve()), "limit": a.limit, "batch_size": a.batch_size,
+       str(paths.as_path(a.checkpoint)), "limit": a.limit, "batch_size": a.batch_size,
        "dtype": a.dtype, **suite.settings(a)}
   if suite.KIND == "generate":
     s.update(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
