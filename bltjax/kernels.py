@@ -37,6 +37,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bltjax import accel
 from bltjax.config import BLTConfig, TransformerConfig
 from bltjax.layers import AttnKernel, attend, local_mask
 
@@ -198,7 +199,21 @@ class LocalPattern(AttnKernel):
   seg_chunk: int | None = flax.struct.field(pytree_node=False, default=None)
   block: int | None = flax.struct.field(pytree_node=False, default=None)
 
+  impl: str = flax.struct.field(pytree_node=False, default="xla")  # `accel.resolve`
+
   def attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    args = (q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.doc_BxS, self.valid_BxS, self.window)
+    if self.impl == "pallas":
+      return accel.pallas_attend(*args)
+    if self.impl == "tpu_or_xla":
+      return accel.tpu_or_xla(*args, xla=self.xla_attend)
+    if self.impl == "cudnn":
+      return accel.cudnn_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
+                                self.valid_BxS, self.window, self.xla_attend)
+    return self.xla_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK)
+
+  def xla_attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    """The einsum kernels (the reference): blocked causal, segmented or dense local."""
     if self.block is not None:
       return causal_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
                            self.valid_BxS, self.block)
@@ -248,13 +263,19 @@ def local_plan(st: TransformerConfig, seq_len: int, segment: int | str | None = 
 
 
 def self_attention(st: TransformerConfig, pos_BxS, doc_BxS, valid_BxS,
-                   segment: int | str | None = "auto"):
-  """What a stack's `run_stack` attends under: the dense mask, the segment or the block pattern."""
+                   segment: int | str | None = "auto", attention: str = "xla"):
+  """What a stack's `run_stack` attends under: the dense mask, the segment or the block pattern.
+
+  `attention` (`BLTConfig.attention`): "xla" keeps these einsum kernels; the accelerator kernels
+  ("auto", "pallas", "cudnn"; `accel.resolve`) come as a `LocalPattern` whose xla fallback is the
+  same plan.
+  """
   plan = local_plan(st, pos_BxS.shape[1], segment)
-  if plan.segment is None and plan.block is None:
+  impl = accel.resolve(attention, pos_BxS.shape[1])
+  if plan.segment is None and plan.block is None and impl == "xla":
     return local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, st.window)
   return LocalPattern(pos_BxS, doc_BxS, valid_BxS, st.window, plan.segment, plan.chunk,
-                      plan.block)
+                      plan.block, impl)
 
 
 # ------------------------------------------------------------------------------------------------

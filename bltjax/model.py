@@ -102,7 +102,8 @@ class LocalEncoder(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
-    mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.cfg.attention)
     x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
     x = sharding.constrain_rows(x)
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
@@ -166,7 +167,8 @@ class GlobalTransformer(nn.Module):
 
   def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
     x = self.project_in(x_BxPxE)
-    mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP)  # [P, P] or blocks
+    mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP,  # [P, P], blocks
+                                  attention=self.cfg.attention)
     return run_stack(self.layers, x, pos_BxP, mask)[0]  # no final norm in the release
 
 
@@ -214,7 +216,8 @@ class LocalDecoder(nn.Module):
 
   def __call__(self, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg, lat_idx_BxS):
     kvs = self.latent_kv(o_BxPxDg)
-    mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.cfg.attention)
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
     h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
                         cross=lambda i, x: sharding.constrain_rows(
@@ -245,6 +248,7 @@ class EntropyModel(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"
+  attention: str = "xla"  # `BLTConfig.attention`
 
   def setup(self):
     c = self.cfg
@@ -267,7 +271,8 @@ class EntropyModel(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
     x = sharding.constrain_rows(self.embed(jnp.where(valid_BxS, ids_BxS, 0)))
-    mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.attention)
     return self.head(sharding.constrain_rows(run_stack(self.layers, x, pos_BxS, mask)[0]))
 
 
@@ -328,7 +333,7 @@ def blt_module(cfg: BLTConfig) -> BLT:
 @functools.lru_cache(maxsize=64)
 def entropy_module(cfg: BLTConfig) -> EntropyModel:
   return EntropyModel(cfg.entropy, cfg.vocab_size, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
-                      cfg.remat)
+                      cfg.remat, cfg.attention)
 
 
 def _init_boxed(cfg: BLTConfig, rng) -> Params:
