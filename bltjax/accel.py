@@ -89,7 +89,6 @@ def resolve(attention: str, seq_len: int) -> str:
 # Splash attention (TPU).
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(seq_len: int, n_heads: int, window: int | None, block: int, interpret: bool):
   sa = splash_module()
   shape = (seq_len, seq_len)
@@ -98,10 +97,10 @@ def _splash_kernel(seq_len: int, n_heads: int, window: int | None, block: int, i
   blocks = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                          block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                          block_q_dq=block, block_kv_dq=block)
-  # Concrete mask tables even when first built inside a trace, so the cache never holds tracers.
-  with jax.ensure_compile_time_eval():
-    return sa.make_splash_mha(sa.MultiHeadMask([mask] * n_heads), block_sizes=blocks,
-                              head_shards=1, q_seq_shards=1, interpret=interpret)
+  # Built inside the trace (its mask tables become constants of the program being traced);
+  # splash caches the numpy mask processing itself, so the layers share it.
+  return sa.make_splash_mha(sa.MultiHeadMask([mask] * n_heads), block_sizes=blocks,
+                            head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _over_rows(fn: Callable, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, seg_BxS):
