@@ -170,6 +170,17 @@ def tpu_or_xla(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, doc_BxS, valid_BxS, window: int 
     default=lambda q, k, v, d, m: xla(q, k, v))
 
 
+def by_backend(attention: str, tpu_fn: Callable, xla_fn: Callable, *args):
+  """`tpu_fn(*args)` for attention "pallas", and for "auto" where the program is lowered for TPU
+  (`platform_dependent`; a GPU host keeps xla); `xla_fn(*args)` otherwise. For the pooling's
+  scatter-free forms (`kernels.PatchRuns`), which equal the scatter forms."""
+  if attention == "pallas":
+    return tpu_fn(*args)
+  if attention == "auto" and jax.default_backend() != "gpu":
+    return jax.lax.platform_dependent(*args, tpu=tpu_fn, default=xla_fn)
+  return xla_fn(*args)
+
+
 # ------------------------------------------------------------------------------------------------
 # cuDNN flash attention (GPU) through jax.nn.dot_product_attention.
 
@@ -228,5 +239,5 @@ def cudnn_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, pos_BxS, doc_BxS, valid_BxS,
 
 
 __all__ = ["SPLASH_MIN_SEQ", "PAD_SEGMENT", "splash_module", "splash_layout", "resolve",
-           "splash_attend", "pallas_attend", "tpu_or_xla", "cudnn_unfit", "dpa_attend",
-           "dpa_fits", "cudnn_attend"]
+           "splash_attend", "pallas_attend", "tpu_or_xla", "by_backend", "cudnn_unfit",
+           "dpa_attend", "dpa_fits", "cudnn_attend"]

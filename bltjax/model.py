@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bltjax import hashing, kernels, patching, sharding
+from bltjax import accel, hashing, kernels, patching, sharding
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
 from bltjax.layers import (
   Block,
@@ -112,11 +112,10 @@ class LocalEncoder(nn.Module):
     """Max-pool init, projection to C queries per patch, cross-attention over the patch's bytes."""
     c = self.cfg
     b, s, d = h_BxSxD.shape
-    seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, num_patches)  # pads go to a dropped segment
-    pooled = jax.vmap(lambda h, i: jax.ops.segment_max(h, i, num_segments=num_patches + 1))(
-      h_BxSxD, seg_BxS)[:, :num_patches]
-    count = jax.vmap(lambda i: jnp.bincount(i, length=num_patches + 1))(seg_BxS)[:, :num_patches]
-    pooled = jnp.where(count[..., None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+    # Scatter-free reductions where the program runs on TPU (`accel.by_backend`).
+    pool = lambda scan: lambda h, i, m: kernels.max_pool(h, i, m, num_patches, scan)  # noqa: E731
+    pooled = accel.by_backend(c.attention, pool(True), pool(False), h_BxSxD, patch_ids_BxS,
+                              valid_BxS)
     q_BxPxE = self.patch_embedding_projection(pooled)
     k = c.cross_attn_k
     q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
@@ -126,7 +125,9 @@ class LocalEncoder(nn.Module):
       return out.reshape(b, num_patches, k * d)
     k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
     q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, num_patches, k, *k_BxSxHxK.shape[2:])
-    o = kernels.patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS)
+    att = lambda scan: lambda *a: kernels.patch_attend(*a, scan=scan)  # noqa: E731
+    o = accel.by_backend(c.attention, att(True), att(False), q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK,
+                         patch_ids_BxS, valid_BxS)
     out = xa.output(q_BxQxD, o.reshape(b, num_patches * k, *o.shape[3:]))
     return out.reshape(b, num_patches, k * d)
 

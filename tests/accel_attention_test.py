@@ -268,6 +268,61 @@ def test_splash_compiles_for_tpu(window):
 # Scatter-free pooling.
 
 
+def _pool_case(s: int, p: int, seed: int):
+  """Two rows (the second right-padded), p patch slots: random starts, the last slots empty, and
+  one patch made only of padding in row 1."""
+  _, _, valid, _ = packed_rows(s)
+  rng = np.random.default_rng(seed)
+  starts = np.sort(rng.choice(np.arange(1, s), p - 3, replace=False))
+  pid = np.searchsorted(starts, np.arange(s), side="right")  # p - 2 patches used: 2 empty
+  pid = np.broadcast_to(pid, (2, s)).astype(np.int32).copy()
+  return jnp.asarray(pid), valid
+
+
+@pytest.mark.parametrize("s,p", [(16, 6), (40, 12), (33, 30)])
+def test_scan_max_pool_equals_scatter(s, p):
+  pid, valid = _pool_case(s, p, seed=s)
+  h = _rand(jax.random.key(p), 2, s, 8)
+  r = _rand(jax.random.key(p + 1), 2, p, 8)
+  fast = lambda h: kernels.max_pool(h, pid, valid, p, scan=True)  # noqa: E731
+  ref = lambda h: kernels.max_pool(h, pid, valid, p, scan=False)  # noqa: E731
+  np.testing.assert_array_equal(jit(fast)(h), jit(ref)(h))  # a max is exact
+  np.testing.assert_array_equal(np.asarray(jit(fast)(h))[:, p - 2:], 0.0)  # empty patches
+  g = lambda f: jit(jax.grad(lambda h: jnp.sum(f(h) * r)))(h)  # noqa: E731
+  np.testing.assert_array_equal(g(fast), g(ref))
+
+
+@pytest.mark.parametrize("s,p,c", [(16, 6, 2), (40, 12, 1), (33, 9, 3)])
+def test_scan_patch_attend_equals_scatter(s, p, c):
+  pid, valid = _pool_case(s, p, seed=s + 1)
+  ks = jax.random.split(jax.random.key(s), 4)
+  h, kd = 2, 4
+  q, k, v = _rand(ks[0], 2, p, c, h, kd), _rand(ks[1], 2, s, h, kd), _rand(ks[2], 2, s, h, kd)
+  r = _rand(ks[3], 2, p, c, h, kd)
+  fast = lambda q, k, v: kernels.patch_attend(q, k, v, pid, valid, scan=True)  # noqa: E731
+  ref = lambda q, k, v: kernels.patch_attend(q, k, v, pid, valid, scan=False)  # noqa: E731
+  np.testing.assert_allclose(jit(fast)(q, k, v), jit(ref)(q, k, v), atol=VAL_ATOL, rtol=0)
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * r)  # noqa: E731
+  g_fast = jit(jax.grad(loss(fast), argnums=(0, 1, 2)))(q, k, v)
+  g_ref = jit(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(g_fast, g_ref, strict=True):
+    np.testing.assert_allclose(a, b, atol=GRAD_ATOL, rtol=0)
+
+
+def test_scan_pooling_has_no_scatter():
+  s, p = 40, 12
+  pid, valid = _pool_case(s, p, seed=2)
+  h = _rand(jax.random.key(0), 2, s, 8)
+  q, kv = _rand(jax.random.key(1), 2, p, 2, 2, 4), _rand(jax.random.key(2), 2, s, 2, 4)
+
+  def f(h, q, kv):
+    pooled = kernels.max_pool(h, pid, valid, p, scan=True)
+    return jnp.sum(pooled) + jnp.sum(kernels.patch_attend(q, kv, kv, pid, valid, scan=True))
+
+  text = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(h, q, kv).as_text()
+  assert "scatter" not in text
+
+
 def test_dataclass_pattern_keeps_impl_static():
   pos, doc, valid, _ = packed_rows(8)
   pat = kernels.LocalPattern(pos, doc, valid, 4, impl="pallas")
