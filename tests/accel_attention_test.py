@@ -222,6 +222,27 @@ def test_model_with_pallas_equals_xla():
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_bltd_forward_with_pallas_equals_xla():
+  """BLT-D's clean stream (`diffusion._layer`) and pooling take the switch too: block and clean
+  logits with attention="pallas" equal "xla" (documents that reuse an id, padding)."""
+  from bltjax import diffusion
+  from tests import diffusion_test as dt
+  cfg, params, b = dt.setup()
+
+  def run(c):
+    return jit(lambda pp, bb: diffusion.bltd_forward(
+      pp, c, bb, jax.random.key(2), max_patches=dt.S + 1, t=0.6))(params, b)
+
+  got, want = run(cfg.replace(attention="pallas")), run(cfg.replace(attention="xla"))
+  sel = np.asarray(want["blocks"]["valid_BxMxZ"])
+  assert sel.sum() > 4
+  np.testing.assert_allclose(np.asarray(got["block_logits_BxMxZxV"])[sel],
+                             np.asarray(want["block_logits_BxMxZxV"])[sel], atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["clean_logits_BxSxV"])[b["valid"]],
+                             np.asarray(want["clean_logits_BxSxV"])[b["valid"]], atol=2e-5,
+                             rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # Lowering for TPU ahead of time (needs libtpu; no TPU).
 
@@ -262,6 +283,40 @@ def test_splash_compiles_for_tpu(window):
       row(b, s, dt=bool))
     text = lowered.compile().as_text()
   assert "tpu_custom_call" in text
+
+
+def test_blt_training_gradient_compiles_for_tpu_with_auto():
+  """The tiny BLT's loss gradient, attention="auto", lowered for one TPU v5e chip from this CPU
+  host: the splash kernels (Mosaic custom calls) replace the einsum attention, and the
+  encoder's pooling has no segment-max scatter left (the hash-table and byte-embedding gathers
+  keep their scatter-add gradients, as on any backend)."""
+  devices = _tpu_devices()
+  s = 256
+  cfg = tiny_config(window=64, mode="static", max_patch_length=None).replace(
+    patcher=dataclasses.replace(tiny_config().patcher, mode="static", patch_size=2.0),
+    dtype="bfloat16", entropy=None)
+  params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+  dev = jax.sharding.SingleDeviceSharding(devices[0])
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev)  # noqa: E731
+  ids = jax.ShapeDtypeStruct((2, s), jnp.int32, sharding=dev)
+  start = jax.ShapeDtypeStruct((2, s + 1), bool, sharding=dev)
+
+  def loss(p, ids, start):
+    return jnp.mean(model.forward(p, cfg, ids, start, max_patches=s // 2 + 2)[..., 7])
+
+  with jax.default_matmul_precision("default"):
+    text = jax.jit(jax.grad(loss)).lower(jax.tree.map(spec, params), ids, start).compile(
+      ).as_text()
+  ops = _hlo_ops(text)
+  assert sum('custom_call_target="tpu_custom_call"' in ln for ln in ops) >= 6  # fwd, dq, dkv x 2+
+  assert _max_scatters(text) == 1  # byte_arrays' per-patch EOS flag (int32), not the pooling
+
+
+def _max_scatters(hlo: str) -> int:
+  """Scatters of an HLO module whose combiner takes a maximum (segment_max)."""
+  bodies = dict(re.findall(r"^%?([\w.\-]+) \([^\n]*\{\n(.*?)^\}", hlo, re.S | re.M))
+  maxes = {name for name, body in bodies.items() if " maximum(" in body}
+  return sum(m in maxes for m in re.findall(r" scatter\(.*?to_apply=%?([\w.\-]+)", hlo))
 
 
 # ------------------------------------------------------------------------------------------------
