@@ -234,7 +234,7 @@ def cudnn_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, pos_BxS, doc_BxS, valid_BxS,
       return jnp.where(valid_BxS[:, :, None, None], o, 0)  # padded queries: 0 either way
     except (NotImplementedError, RuntimeError, ValueError) as e:  # cuDNN absent / shape refused
       why = f"{type(e).__name__}: {e}"
-  _warn(f"model.attention=cudnn: {why}; using xla")
+  _warn(f"model.attention (cuDNN): {why}; this attention uses xla")
   return xla(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK)
 
 
