@@ -191,6 +191,8 @@ class DiffusionConfig:
     return self.block_size > 0
 
 
+ATTENTION_KERNELS = ("auto", "xla", "pallas", "cudnn")
+
 # The global stack's config key. Not `global`: a Python keyword breaks ml_collections' override
 # paths (`--config.model.global.dim=...` cannot parse). The dataclass field stays `global_`.
 GLOBAL_KEY = "global_model"
@@ -215,6 +217,9 @@ class BLTConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots" (jax.checkpoint policy for each block)
+  # Self-attention kernel of the training/prefill stacks (docs/kernels.md): "auto" (Pallas splash
+  # on TPU, cuDNN on GPU where its masks fit, else xla) | "xla" | "pallas" | "cudnn".
+  attention: str = "auto"
 
   def __post_init__(self):
     if self.decoder.dim != self.encoder.dim:
@@ -234,6 +239,8 @@ class BLTConfig:
         _fail(key, f"must be float32, bfloat16 or float16, got {getattr(self, key)!r}")
     if self.remat not in ("none", "full", "dots"):
       _fail("remat", f"must be none, full or dots, got {self.remat!r}")
+    if self.attention not in ATTENTION_KERNELS:
+      _fail("attention", f"must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
     if self.vocab_size != VOCAB_SIZE:
       _fail("vocab_size", f"bltjax implements the 260-id byte vocabulary, got {self.vocab_size}")
     if self.patcher.mode == "entropy" and self.entropy is None:

@@ -59,7 +59,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bltjax import kernels, layers, losses, model, patching
+from bltjax import accel, kernels, layers, losses, model, patching
 from bltjax.config import BOS_ID, EOS_ID, MASK_ID, OFFSET, BLTConfig
 from bltjax.kernels import AttnPlan
 from bltjax.layers import dtype_of
@@ -186,8 +186,10 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     if stack == "local_decoder":
       hc = mod.cross(i, hc, kv_i, c["lat_BxS"])
     q, k, v = blk.attn_in(hc, c["pos_BxS"])
-    o = kernels.local_attend(q, k, v, c["pos_BxS"], c["doc_BxS"], c["valid_BxS"], tc.window,
-                     plan.clean_segment, plan.clean_chunk)
+    # The clean stream is BLT's own local attention: same kernels, same `attention` switch.
+    o = kernels.LocalPattern(c["pos_BxS"], c["doc_BxS"], c["valid_BxS"], tc.window,
+                             plan.clean_segment, plan.clean_chunk,
+                             impl=accel.resolve(cfg.attention, q.shape[1])).attend(q, k, v)
     hc = blk.attn_out(hc, o)
     if hb is None:
       return hc, None

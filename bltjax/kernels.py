@@ -37,6 +37,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bltjax import accel
 from bltjax.config import BLTConfig, TransformerConfig
 from bltjax.layers import AttnKernel, attend, local_mask
 
@@ -198,7 +199,21 @@ class LocalPattern(AttnKernel):
   seg_chunk: int | None = flax.struct.field(pytree_node=False, default=None)
   block: int | None = flax.struct.field(pytree_node=False, default=None)
 
+  impl: str = flax.struct.field(pytree_node=False, default="xla")  # `accel.resolve`
+
   def attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    args = (q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.doc_BxS, self.valid_BxS, self.window)
+    if self.impl == "pallas":
+      return accel.pallas_attend(*args)
+    if self.impl == "tpu_or_xla":
+      return accel.tpu_or_xla(*args, xla=self.xla_attend)
+    if self.impl == "cudnn":
+      return accel.cudnn_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
+                                self.valid_BxS, self.window, self.xla_attend)
+    return self.xla_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK)
+
+  def xla_attend(self, q_BxSxHxK, k_BxSxGxK, v_BxSxGxK):
+    """The einsum kernels (the reference): blocked causal, segmented or dense local."""
     if self.block is not None:
       return causal_attend(q_BxSxHxK, k_BxSxGxK, v_BxSxGxK, self.pos_BxS, self.doc_BxS,
                            self.valid_BxS, self.block)
@@ -248,13 +263,19 @@ def local_plan(st: TransformerConfig, seq_len: int, segment: int | str | None = 
 
 
 def self_attention(st: TransformerConfig, pos_BxS, doc_BxS, valid_BxS,
-                   segment: int | str | None = "auto"):
-  """What a stack's `run_stack` attends under: the dense mask, the segment or the block pattern."""
+                   segment: int | str | None = "auto", attention: str = "xla"):
+  """What a stack's `run_stack` attends under: the dense mask, the segment or the block pattern.
+
+  `attention` (`BLTConfig.attention`): "xla" keeps these einsum kernels; the accelerator kernels
+  ("auto", "pallas", "cudnn"; `accel.resolve`) come as a `LocalPattern` whose xla fallback is the
+  same plan.
+  """
   plan = local_plan(st, pos_BxS.shape[1], segment)
-  if plan.segment is None and plan.block is None:
+  impl = accel.resolve(attention, pos_BxS.shape[1])
+  if plan.segment is None and plan.block is None and impl == "xla":
     return local_mask(pos_BxS, pos_BxS, doc_BxS, doc_BxS, valid_BxS, st.window)
   return LocalPattern(pos_BxS, doc_BxS, valid_BxS, st.window, plan.segment, plan.chunk,
-                      plan.block)
+                      plan.block, impl)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,14 +294,141 @@ def patch_mask(patch_ids_BxS, valid_BxS, num_patches: int, k: int):
   return (patch_ids_BxS[:, None, :] == qpatch[None, :, None]) & valid_BxS[:, None, :]
 
 
-def patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS) -> jnp.ndarray:
+def _take(x_BxNx, idx_BxM):
+  """x[b, idx[b, m]] along axis 1: [B, M, ...]."""
+  return jnp.take_along_axis(x_BxNx, idx_BxM.reshape(idx_BxM.shape + (1,) * (x_BxNx.ndim - 2)),
+                             axis=1)
+
+
+def _segment_scan(x_BxSx, ids_BxS, op, reverse: bool = False):
+  """Inclusive scan of op along axis 1 that restarts wherever the id changes."""
+  ids = jnp.broadcast_to(ids_BxS.reshape(ids_BxS.shape + (1,) * (x_BxSx.ndim - 2)), x_BxSx.shape)
+
+  def combine(a, b):
+    (xa, ia), (xb, ib) = a, b
+    return jnp.where(ia == ib, op(xa, xb), xb), ib
+
+  return jax.lax.associative_scan(combine, (x_BxSx, ids), axis=1, reverse=reverse)[0]
+
+
+def _expand(m_BxN, x):
+  return m_BxN.reshape(m_BxN.shape + (1,) * (x.ndim - 2))
+
+
+# Gathers between bytes and patches whose backward passes are gathers and scans too: the
+# transpose of a plain gather is a scatter-add (what `PatchRuns` is there to avoid).
+@jax.custom_vjp
+def _patch_to_bytes(x_BxPx, ids_BxS, last_BxP, has_BxP):
+  return _take(x_BxPx, ids_BxS)
+
+
+def _patch_to_bytes_fwd(x_BxPx, ids_BxS, last_BxP, has_BxP):
+  return _take(x_BxPx, ids_BxS), (ids_BxS, last_BxP, has_BxP)
+
+
+def _patch_to_bytes_bwd(res, ct_BxSx):
+  ids_BxS, last_BxP, has_BxP = res  # the sum of each patch's bytes' cotangents
+  ct = _bytes_to_patch(_segment_scan(ct_BxSx, ids_BxS, jnp.add), ids_BxS, last_BxP, has_BxP)
+  return ct, None, None, None
+
+
+_patch_to_bytes.defvjp(_patch_to_bytes_fwd, _patch_to_bytes_bwd)
+
+
+@jax.custom_vjp
+def _bytes_to_patch(x_BxSx, ids_BxS, last_BxP, has_BxP):
+  """x at each patch's last byte, 0 for a patch without bytes (their last_BxP collide)."""
+  return jnp.where(_expand(has_BxP, x_BxSx), _take(x_BxSx, last_BxP), 0)
+
+
+def _bytes_to_patch_fwd(x_BxSx, ids_BxS, last_BxP, has_BxP):
+  return _bytes_to_patch(x_BxSx, ids_BxS, last_BxP, has_BxP), (ids_BxS, last_BxP, has_BxP)
+
+
+def _bytes_to_patch_bwd(res, ct_BxPx):
+  ids_BxS, last_BxP, has_BxP = res  # byte t gets its patch's cotangent iff it is the last byte
+  s = ids_BxS.shape[1]
+  is_last = jnp.arange(s, dtype=jnp.int32)[None, :] == _take(last_BxP, ids_BxS)
+  return (jnp.where(_expand(is_last, ct_BxPx), _take(ct_BxPx, ids_BxS), 0), None, None, None)
+
+
+_bytes_to_patch.defvjp(_bytes_to_patch_fwd, _bytes_to_patch_bwd)
+
+
+class PatchRuns:
+  """Reductions over each patch's bytes without scatters, forward or backward (TPU executes
+  scatters serially).
+
+  Patches are contiguous byte ranges: patch ids never decrease along a row (`byte_arrays`).
+  A segmented inclusive scan (`lax.associative_scan`, log S steps) carries each patch's running
+  reduction, read at the patch's last byte; a reverse scan completes it at every byte. Patch
+  bounds come from `searchsorted`. Invalid bytes enter as the reduction's identity.
+  """
+
+  def __init__(self, patch_ids_BxS, valid_BxS, num_patches: int):
+    s = patch_ids_BxS.shape[1]
+    self.ids_BxS = jnp.clip(patch_ids_BxS, 0, num_patches - 1).astype(jnp.int32)
+    self.valid_BxS = valid_BxS
+    p_P = jnp.arange(num_patches, dtype=jnp.int32)
+    bound = lambda side: jax.vmap(lambda ids: jnp.searchsorted(ids, p_P, side=side))(
+      self.ids_BxS).astype(jnp.int32)
+    start_BxP, end_BxP = bound("left"), bound("right")
+    self.last_BxP = jnp.clip(end_BxP - 1, 0, s - 1)
+    self.has_BxP = end_BxP > start_BxP  # the patch has bytes (valid or not)
+    cv = jnp.pad(jnp.cumsum(valid_BxS.astype(jnp.int32), axis=1), [(0, 0), (1, 0)])
+    self.count_BxP = _take(cv, end_BxP) - _take(cv, start_BxP)  # valid bytes per patch
+
+  def _masked(self, x_BxSx, identity):
+    return jnp.where(_expand(self.valid_BxS, x_BxSx), x_BxSx, identity)
+
+  def per_patch(self, x_BxSx, op, identity):
+    """[B, P, ...]: op-reduction of each patch's valid bytes (identity where there are none)."""
+    run = _segment_scan(self._masked(x_BxSx, identity), self.ids_BxS, op)
+    out = _bytes_to_patch(run, self.ids_BxS, self.last_BxP, self.has_BxP)
+    return jnp.where(_expand(self.count_BxP > 0, out), out, identity)
+
+  def at_byte(self, x_BxSx, op, identity):
+    """[B, S, ...]: at each byte, the reduction of its patch's valid bytes."""
+    x = self._masked(x_BxSx, identity)
+    fwd = _segment_scan(x, self.ids_BxS, op)
+    rev = _segment_scan(x, self.ids_BxS, op, reverse=True)  # inclusive from the right
+    nxt_same = jnp.pad(self.ids_BxS[:, 1:] == self.ids_BxS[:, :-1], [(0, 0), (0, 1)])
+    rev_excl = jnp.pad(rev[:, 1:], [(0, 0), (0, 1)] + [(0, 0)] * (x.ndim - 2))
+    return op(fwd, jnp.where(_expand(nxt_same, x), rev_excl, identity))
+
+  def to_bytes(self, x_BxPx):
+    """[B, S, ...]: each byte's patch row of x (its backward sums by patch with scans)."""
+    return _patch_to_bytes(x_BxPx, self.ids_BxS, self.last_BxP, self.has_BxP)
+
+
+def max_pool(h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int, scan: bool = False):
+  """Max of each patch's valid byte states, 0 for a patch without one: [B, P, D].
+
+  `scan`: scatter-free (`PatchRuns`, for TPU); otherwise `segment_max`. Same values."""
+  if scan:
+    runs = PatchRuns(patch_ids_BxS, valid_BxS, num_patches)
+    pooled, count = runs.per_patch(h_BxSxD, jnp.maximum, -jnp.inf), runs.count_BxP
+  else:
+    seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, num_patches)  # pads go to a dropped segment
+    pooled = jax.vmap(lambda h, i: jax.ops.segment_max(h, i, num_segments=num_patches + 1))(
+      h_BxSxD, seg_BxS)[:, :num_patches]
+    count = jax.vmap(lambda i: jnp.bincount(i, length=num_patches + 1))(seg_BxS)[:, :num_patches]
+  return jnp.where(count[..., None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+
+
+def patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS,
+                 scan: bool = False) -> jnp.ndarray:
   """Pooling cross-attention as a per-patch segment softmax: [B, P, C, H, K].
 
   Equals `attend` under `patch_mask` (patches without a byte give 0) in O(S·C·H) memory: each
-  byte scores only its own patch's C queries; max, sum and the weighted values reduce by patch.
+  byte scores only its own patch's C queries; max, sum and the weighted values reduce by patch,
+  by segment scatters or (`scan`, for TPU) by `PatchRuns`.
   """
   p = q_BxPxCxHxK.shape[1]
   seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, p)  # pads go to a dropped segment
+  if scan:
+    return _patch_attend_scan(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK,
+                              PatchRuns(patch_ids_BxS, valid_BxS, p))
   by_patch = lambda x, op: jax.vmap(lambda xx, i: op(xx, i, num_segments=p + 1))(x, seg_BxS)
   at_byte = lambda x_BxPx: jnp.take_along_axis(x_BxPx, seg_BxS[:, :, None, None], axis=1)
   q_BxSxCxHxK = jnp.take_along_axis(
@@ -295,6 +443,20 @@ def patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS) ->
   prob = (e / jnp.where(den > 0, den, 1.0)).astype(v_BxSxHxK.dtype)  # rounded like `attend`
   pv = prob[..., None].astype(jnp.float32) * v_BxSxHxK[:, :, None].astype(jnp.float32)
   return by_patch(pv, jax.ops.segment_sum)[:, :p].astype(v_BxSxHxK.dtype)
+
+
+def _patch_attend_scan(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, runs: PatchRuns) -> jnp.ndarray:
+  """`patch_attend`'s segment softmax with `PatchRuns` (no scatter, forward or backward)."""
+  q_BxSxCxHxK = runs.to_bytes(q_BxPxCxHxK)
+  sc = jnp.einsum("bschk,bshk->bsch", q_BxSxCxHxK, k_BxSxHxK,
+                  preferred_element_type=jnp.float32) / math.sqrt(k_BxSxHxK.shape[-1])
+  vmask = runs.valid_BxS[:, :, None, None]
+  mx = jax.lax.stop_gradient(runs.at_byte(sc, jnp.maximum, -jnp.inf))
+  e = jnp.where(vmask, jnp.exp(sc - jnp.where(vmask, mx, 0.0)), 0.0)
+  den = runs.at_byte(e, jnp.add, 0.0)
+  prob = (e / jnp.where(den > 0, den, 1.0)).astype(v_BxSxHxK.dtype)  # rounded like `attend`
+  pv = prob[..., None].astype(jnp.float32) * v_BxSxHxK[:, :, None].astype(jnp.float32)
+  return runs.per_patch(pv, jnp.add, 0.0).astype(v_BxSxHxK.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,5 +584,6 @@ def make_plan(cfg: BLTConfig, seq_len: int, num_blocks: int, clean_segment: int 
 
 __all__ = ["CHUNK_BUDGET_BYTES", "CAUSAL_BLOCK", "map_chunks", "local_attend", "causal_attend",
            "LocalPattern", "LocalPlan", "causal_block", "local_plan", "self_attention",
-           "pool_is_segmented", "patch_mask", "patch_attend", "block_attend", "block_prefix_attend",
-           "block_dense_prefix_attend", "AttnPlan", "make_plan"]
+           "pool_is_segmented", "patch_mask", "PatchRuns", "max_pool", "patch_attend",
+           "block_attend", "block_prefix_attend", "block_dense_prefix_attend", "AttnPlan",
+           "make_plan"]

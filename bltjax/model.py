@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bltjax import hashing, kernels, patching, sharding
+from bltjax import accel, hashing, kernels, patching, sharding
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
 from bltjax.layers import (
   Block,
@@ -102,7 +102,8 @@ class LocalEncoder(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
-    mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.cfg.attention)
     x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
     x = sharding.constrain_rows(x)
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
@@ -111,11 +112,10 @@ class LocalEncoder(nn.Module):
     """Max-pool init, projection to C queries per patch, cross-attention over the patch's bytes."""
     c = self.cfg
     b, s, d = h_BxSxD.shape
-    seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, num_patches)  # pads go to a dropped segment
-    pooled = jax.vmap(lambda h, i: jax.ops.segment_max(h, i, num_segments=num_patches + 1))(
-      h_BxSxD, seg_BxS)[:, :num_patches]
-    count = jax.vmap(lambda i: jnp.bincount(i, length=num_patches + 1))(seg_BxS)[:, :num_patches]
-    pooled = jnp.where(count[..., None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+    # Scatter-free reductions where the program runs on TPU (`accel.by_backend`).
+    pool = lambda scan: lambda h, i, m: kernels.max_pool(h, i, m, num_patches, scan)  # noqa: E731
+    pooled = accel.by_backend(c.attention, pool(True), pool(False), h_BxSxD, patch_ids_BxS,
+                              valid_BxS)
     q_BxPxE = self.patch_embedding_projection(pooled)
     k = c.cross_attn_k
     q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
@@ -125,7 +125,9 @@ class LocalEncoder(nn.Module):
       return out.reshape(b, num_patches, k * d)
     k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
     q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, num_patches, k, *k_BxSxHxK.shape[2:])
-    o = kernels.patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS)
+    att = lambda scan: lambda *a: kernels.patch_attend(*a, scan=scan)  # noqa: E731
+    o = accel.by_backend(c.attention, att(True), att(False), q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK,
+                         patch_ids_BxS, valid_BxS)
     out = xa.output(q_BxQxD, o.reshape(b, num_patches * k, *o.shape[3:]))
     return out.reshape(b, num_patches, k * d)
 
@@ -166,7 +168,8 @@ class GlobalTransformer(nn.Module):
 
   def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
     x = self.project_in(x_BxPxE)
-    mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP)  # [P, P] or blocks
+    mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP,  # [P, P], blocks
+                                  attention=self.cfg.attention)
     return run_stack(self.layers, x, pos_BxP, mask)[0]  # no final norm in the release
 
 
@@ -214,7 +217,8 @@ class LocalDecoder(nn.Module):
 
   def __call__(self, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg, lat_idx_BxS):
     kvs = self.latent_kv(o_BxPxDg)
-    mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.cfg.attention)
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
     h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
                         cross=lambda i, x: sharding.constrain_rows(
@@ -245,6 +249,7 @@ class EntropyModel(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"
+  attention: str = "xla"  # `BLTConfig.attention`
 
   def setup(self):
     c = self.cfg
@@ -267,7 +272,8 @@ class EntropyModel(nn.Module):
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
     x = sharding.constrain_rows(self.embed(jnp.where(valid_BxS, ids_BxS, 0)))
-    mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS)
+    mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS,
+                                  attention=self.attention)
     return self.head(sharding.constrain_rows(run_stack(self.layers, x, pos_BxS, mask)[0]))
 
 
@@ -328,7 +334,7 @@ def blt_module(cfg: BLTConfig) -> BLT:
 @functools.lru_cache(maxsize=64)
 def entropy_module(cfg: BLTConfig) -> EntropyModel:
   return EntropyModel(cfg.entropy, cfg.vocab_size, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
-                      cfg.remat)
+                      cfg.remat, cfg.attention)
 
 
 def _init_boxed(cfg: BLTConfig, rng) -> Params:
