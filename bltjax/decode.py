@@ -65,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                   help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1: weights "
                   "and the decode state (rows over data x fsdp, heads over tensor)")
   ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
-                  help="cast weights on load")
+                  help="weights, compute and cache dtype (default: the checkpoint's); bfloat16 "
+                  "computes in bf16, so blts/bltdv may differ from ar in a few bytes (--exact)")
+  ap.add_argument("--exact", action="store_true",
+                  help="fp32 compute and caches over the weights as loaded (bf16 weights are "
+                  "upcast at each matmul): blts and bltdv greedy give ar greedy's bytes")
   a = ap.parse_args(argv)
   for key in ("max_new_bytes", "batch_size", "max_context"):
     if getattr(a, key) <= 0:
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import generation, nfe, weights  # noqa: PLC0415
+  from bltjax import generation, nfe, precision, weights  # noqa: PLC0415
 
   out_path = Path(a.output)
   # Unusable inputs stop here with one line (exit 2), before the output is touched.
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
   except (weights.CheckpointError, OSError) as e:
     return _fail(f"--checkpoint: {e}")
+  cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)  # compute and cache dtype
   opt = generation.Options(draft_k=a.draft_k, draft_tau=a.draft_tau, rule=a.rule,
                            alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
                            block_latent=a.block_latent, temperature=a.temperature,

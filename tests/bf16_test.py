@@ -1,0 +1,185 @@
+"""bf16 end to end (bltjax/precision.py): the precision modes set weights, compute and cache
+dtypes; bf16-compute training tracks fp32; every decoding method runs in bf16; exact mode (fp32
+compute over bf16 weights) keeps BLT-S and BLT-DV greedy byte-identical to AR greedy.
+
+Tolerances from bf16's unit roundoff u = 2^-8 (8 significand bits, round to nearest: relative
+error <= 2^-9 per rounding, 2^-8 between two roundings). A tiny stack rounds each activation a
+few tens of times; independent errors add in quadrature, so a forward drifts by a few u: loss
+within 2e-2 relative (~5u), logits within 5e-2 relative norm, gradients (the backward rounds as
+often again and divides by small norms) within 1e-1 relative norm. fp32 differs by ~1e-6.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bltjax import engine, generation, losses, model, optim, precision, train
+from bltjax.generation import Options
+from bltjax.train_config import resolve
+from tests import tiny_train_config
+from tests.model_fixtures import PROMPTS, bltd_setup
+
+LOSS_RTOL, LOGIT_RTOL, GRAD_RTOL = 2e-2, 5e-2, 1e-1
+MAX_NEW = 24
+
+
+def _rel(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _cache_dtypes(state) -> set:
+  return {state.enc.k[0].dtype, state.dec.k[0].dtype, state.glob_k[0].dtype, state.lat_k.dtype,
+          state.patch_k.dtype, state.pend_k.dtype}
+
+
+def test_precision_modes_set_weight_compute_and_cache_dtypes():
+  cfg, params = bltd_setup()
+  same_cfg, same = precision.apply(cfg, params)
+  assert same_cfg is cfg and same is params  # no flag: the checkpoint as stored
+  spec = engine.CacheSpec(max_patches=8, max_len=32, patch_cap=8, max_q=1)
+  for dtype, exact, compute in (("bfloat16", False, jnp.bfloat16),
+                                ("bfloat16", True, jnp.float32),
+                                ("float32", False, jnp.float32)):
+    c, p = precision.apply(cfg, params, dtype, exact=exact)
+    assert c.param_dtype == dtype and c.dtype == jnp.dtype(compute).name
+    assert {x.dtype for x in jax.tree.leaves(p)} == {jnp.dtype(dtype)}
+    st = engine.empty_state(p, c, 2, spec)
+    assert _cache_dtypes(st) == {jnp.dtype(compute)}
+    assert st.logits.dtype == jnp.float32 and st.H_last.dtype == jnp.float32
+    assert st.ent.k[0].dtype == jnp.float32  # the entropy model computes in fp32 always
+  # The benchmark's spelling of exact mode: bf16 params, cfg.dtype replaced by float32.
+  c16, p16 = precision.apply(cfg, params, "bfloat16")
+  assert precision.apply(cfg, params, "bfloat16", exact=True)[0] == dataclasses.replace(
+    c16, dtype="float32")
+  with pytest.raises(ValueError, match="dtype"):
+    precision.apply(cfg, params, "int8")
+
+
+def _dot_operand_dtypes(fn, *args) -> set:
+  """(dtype, shape) of both operands of every dot_general in fn's jaxpr (sub-jaxprs included)."""
+  seen = set()
+
+  def subs(v):  # jaxprs nested in an equation's params (jit, scan, cond, custom_vjp, remat)
+    if isinstance(v, (list, tuple)):
+      for x in v:
+        yield from subs(x)
+    elif hasattr(v, "eqns"):
+      yield v
+    elif hasattr(getattr(v, "jaxpr", None), "eqns"):
+      yield v.jaxpr
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        seen.add(tuple((str(v.aval.dtype), v.aval.shape) for v in eqn.invars))
+      for sub in subs(list(eqn.params.values())):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return seen
+
+
+def test_bf16_compute_training_tracks_fp32():
+  """fp32 params, model.dtype=bfloat16: every matmul of the loss and its gradient reads bf16, the
+  logits and loss are fp32; loss and gradients stay within bf16's precision of the fp32 run, and
+  a few Adam steps learn alike."""
+  r = resolve(tiny_train_config.get_config("blt"), 8)
+  params = jax.tree.map(jnp.asarray, tiny_train_config.random_params(r.model, model.BLT_KEYS))
+  rows = train._SyntheticRows(0, 32)
+  batches = [{k: jnp.asarray(np.stack([rows.row(i, j)[k] for j in range(8)]))
+              for k in rows.row(0, 0)} for i in range(4)]
+  tx, _ = optim.make_optimizer(r.train)
+
+  def run(cfg):
+    loss_fn = losses.get_loss_fn(cfg, "blt", r.max_patches)
+
+    def loss(p, b):
+      return loss_fn(p, cfg, dict(b, start=losses.train_patch_starts(p, cfg, b)), None)[0]
+
+    @jax.jit
+    def step(p, o, b):
+      val, g = jax.value_and_grad(loss)(p, b)
+      u, o = tx.update(g, o, p)
+      return optax.apply_updates(p, u), o, val, g
+
+    p, o, vals, grads = params, tx.init(params), [], []
+    for b in batches:
+      p, o, val, g = step(p, o, b)
+      vals.append(float(val))
+      grads.append(g)
+    return loss, np.array(vals), grads[0]  # the first step's: both runs at the same params
+
+  loss32, l32, g32 = run(r.model)
+  cfg16 = r.model.replace(dtype="bfloat16")
+  loss16, l16, g16 = run(cfg16)
+  # Structure: bf16 matmuls (both operands) in the forward and backward; fp32 logits and loss.
+  # Only the logit head's backward reads an fp32 operand: the cotangent of its fp32 logits
+  # (Einsum out_dtype), against the [D, 260] kernel or its bf16 input.
+  ops = _dot_operand_dtypes(jax.value_and_grad(loss16), params, batches[0])
+  mixed = [o for o in ops if {dt for dt, _ in o} != {"bfloat16"}]
+  assert len(ops) > len(mixed) > 0
+  for o in mixed:
+    assert any(shape[-1] == 260 and dt == "float32" for dt, shape in o), o
+  logits = jax.eval_shape(lambda p, b: model.forward(p, cfg16, b["ids"]), params, batches[0])
+  assert logits.dtype == jnp.float32
+  assert np.all(np.isfinite(l16))
+  np.testing.assert_allclose(l16, l32, rtol=LOSS_RTOL)
+  assert l16[-1] < l16[0] and l32[-1] < l32[0]  # both learn the bigram chain
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g16), jax.tree.leaves(g32)):
+    assert a.dtype == jnp.float32, path  # gradients in the params' dtype
+    assert _rel(a, b) < GRAD_RTOL, (jax.tree_util.keystr(path), _rel(a, b))
+  del loss32
+
+
+@pytest.fixture(scope="module")
+def decoded():
+  """Greedy bytes of every method over the tests' tiny BLT-D, in bf16 and exact mode."""
+  cfg, params = bltd_setup()
+  out = {}
+  for mode, exact in (("bf16", False), ("exact", True)):
+    c, p = precision.apply(cfg, params, "bfloat16", exact=exact)
+    methods = ("ar", "blts", "bltd", "bltdv") if mode == "bf16" else ("ar", "blts", "bltdv")
+    for m in methods:
+      res = generation.generate(p, c, PROMPTS, method=m, max_new=MAX_NEW,
+                                options=Options(draft_k=4), stop_at_eos=False)
+      out[(m, mode)] = [g.new_ids for g in res]
+  return out
+
+
+def test_bf16_logits_match_fp32_compute():
+  """The same bf16 weights and patches: bf16-compute logits are within bf16's precision of
+  fp32-compute ones (the exact mode's), and the cached prefill's next-byte logits too."""
+  cfg, params = bltd_setup()
+  c16, p16 = precision.apply(cfg, params, "bfloat16")
+  c32 = dataclasses.replace(c16, dtype="float32")
+  ids = jnp.asarray([[1] + [b + 4 for b in PROMPTS[2][:60]]], jnp.int32)
+  start = model.patch(p16, c32, ids)
+  l16 = model.forward(p16, c16, ids, start)
+  l32 = model.forward(p16, c32, ids, start)
+  assert l16.dtype == jnp.float32
+  assert _rel(l16, l32) < LOGIT_RTOL, _rel(l16, l32)
+  spec = engine.CacheSpec(max_patches=64, max_len=96, patch_cap=64, max_q=1)
+  n = jnp.asarray([ids.shape[1]], jnp.int32)
+  s16 = engine.prefill(p16, c16, ids, n, spec)
+  s32 = engine.prefill(p16, c32, ids, n, spec)
+  assert _cache_dtypes(s16) == {jnp.dtype(jnp.bfloat16)}
+  assert _rel(s16.logits, s32.logits) < LOGIT_RTOL
+
+
+def test_every_method_decodes_in_bf16(decoded):
+  """AR, BLT-S, BLT-D and BLT-DV all decode in bf16 compute (bf16 caches) to MAX_NEW bytes."""
+  for m in ("ar", "blts", "bltd", "bltdv"):
+    assert [len(x) for x in decoded[(m, "bf16")]] == [MAX_NEW] * len(PROMPTS), m
+    assert all(0 <= i < 260 for x in decoded[(m, "bf16")] for i in x), m
+
+
+def test_exact_mode_blts_and_bltdv_equal_ar(decoded):
+  """fp32 compute and caches over bf16 weights: BLT-S and BLT-DV give AR greedy's bytes."""
+  ar = decoded[("ar", "exact")]
+  assert decoded[("blts", "exact")] == ar
+  assert decoded[("bltdv", "exact")] == ar
