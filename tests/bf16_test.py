@@ -10,6 +10,7 @@ often again and divides by small norms) within 1e-1 relative norm. fp32 differs 
 """
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from bltjax import engine, generation, losses, model, optim, precision, train
+from bltjax import decode, engine, generation, losses, model, optim, precision, score, train
+from bltjax import weights as weights_io
 from bltjax.generation import Options
 from bltjax.train_config import resolve
 from tests import tiny_train_config
@@ -182,3 +184,62 @@ def test_exact_mode_blts_and_bltdv_equal_ar(decoded):
   ar = decoded[("ar", "exact")]
   assert decoded[("blts", "exact")] == ar
   assert decoded[("bltdv", "exact")] == ar
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  """The tiny BLT-D saved in fp32."""
+  cfg, params = bltd_setup()
+  path = tmp_path_factory.mktemp("ckpt") / "tiny_bltd"
+  weights_io.save_checkpoint(path, params, cfg)
+  return path
+
+
+def test_decode_cli_exact_mode(ckpt, tmp_path, monkeypatch):
+  """decode.py --dtype bfloat16 --exact: bf16 weights, fp32 compute reach `generate`, and blts
+  and bltdv write ar's completions."""
+  seen = []
+  real = generation.generate
+
+  def spy(params, cfg, *a, **kw):
+    seen.append((cfg.param_dtype, cfg.dtype, {x.dtype for x in jax.tree.leaves(params)}))
+    return real(params, cfg, *a, **kw)
+
+  monkeypatch.setattr(generation, "generate", spy)
+  inp = tmp_path / "in.jsonl"
+  inp.write_text("".join(json.dumps({"id": i, "prompt": p.decode("latin-1")}) + "\n"
+                         for i, p in enumerate(PROMPTS[:2])))
+  got = {}
+  for m in ("ar", "blts", "bltdv"):
+    out = tmp_path / f"{m}.jsonl"
+    assert decode.main(["--checkpoint", str(ckpt), "--input", str(inp), "--output", str(out),
+                        "--method", m, "--max-new-bytes", "16", "--max-context", "256",
+                        "--draft-k", "4", "--dtype", "bfloat16", "--exact"]) == 0
+    got[m] = [json.loads(x)["completion_b64"] for x in out.read_text().splitlines()]
+  assert seen and all(s == ("bfloat16", "float32", {jnp.dtype(jnp.bfloat16)}) for s in seen)
+  assert got["blts"] == got["ar"] and got["bltdv"] == got["ar"]
+
+
+def test_score_cli_bf16(ckpt, tmp_path, capsys):
+  """score --dtype bfloat16: the same bits per byte as fp32 within bf16's precision."""
+  f = tmp_path / "text.txt"
+  f.write_bytes(PROMPTS[2])
+  res = {}
+  for dtype in ("float32", "bfloat16"):
+    assert score.main(["--checkpoint", str(ckpt), "--file", str(f), "--dtype", dtype]) == 0
+    res[dtype] = json.loads(capsys.readouterr().out)
+  assert res["bfloat16"]["bytes"] == res["float32"]["bytes"]
+  np.testing.assert_allclose(res["bfloat16"]["bpb"], res["float32"]["bpb"], rtol=LOSS_RTOL)
+
+
+def test_eval_cli_records_exact_mode():
+  """eval --exact is parsed and kept in the run's settings (resume refuses a mode change)."""
+  from bltjax.eval import __main__ as ev
+  from bltjax.eval import suite_module
+
+  a = ev.parser().parse_args(["--suite", "bpb", "--output", "x", "--dtype", "bfloat16",
+                              "--exact"])
+  s = ev.settings(a, suite_module("bpb"), None)
+  assert s["dtype"] == "bfloat16" and s["exact"] is True
+  b = ev.parser().parse_args(["--suite", "bpb", "--output", "x"])
+  assert "exact" not in ev.settings(b, suite_module("bpb"), None)
