@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -59,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--methods", default="blts,bltdv")
   ap.add_argument("--json", default=None, help="write the rows here")
   a = ap.parse_args(argv)
+
+  import jax  # noqa: PLC0415
 
   from bltjax import generation, precision, weights  # noqa: PLC0415
   from bltjax.generation import Options  # noqa: PLC0415
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['mean_bytes']:7.1f} {r['equal_ar_fp32']:9.2f}")
   if a.json:
     meta = {"source": source, "prompt_bytes": a.prompt_bytes, "max_new": a.max_new,
-            "draft_k": a.draft_k, "argv": sys.argv[1:], "pid": os.getpid()}
+            "draft_k": a.draft_k, "argv": sys.argv[1:],
+            "backend": f"jax {jax.__version__} on {jax.devices()[0].device_kind}"}
     pathlib.Path(a.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
   return 0
 
