@@ -252,8 +252,8 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   """The state before BOS: every cache empty, slot 0 starts patch 0."""
   dt = cache_dtype(cfg)
   e, d, g = cfg.encoder, cfg.decoder, cfg.global_
-  ring = lambda st: _empty_ring(st.n_layers, b, st.kv_heads, spec.ring(st.window),  # noqa
-                                st.head_dim, dt)
+  ring = lambda st, dtype=dt: _empty_ring(st.n_layers, b, st.kv_heads,  # noqa: E731
+                                          spec.ring(st.window), st.head_dim, dtype)
   hx = cfg.cross_attn_nheads or e.n_heads
   hd = cfg.cross_attn_nheads or d.n_heads
   c = cfg.cross_attn_k
@@ -261,10 +261,8 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   lat = jnp.zeros((d.n_layers, b, c, hd, d.dim // hd), dt)
   gk = (jnp.zeros((b * g.kv_heads, spec.max_patches, g.head_dim), dt),) * g.n_layers
   pend = jnp.zeros((g.n_layers, b, g.kv_heads, g.head_dim), dt)
-  ent = cfg.entropy
   return State(
-    ent=_empty_ring(ent.n_layers, b, ent.kv_heads, spec.ring(ent.window), ent.head_dim,
-                    jnp.float32) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
+    ent=ring(cfg.entropy, jnp.float32) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
     glob_k=gk, glob_v=gk, pend_k=pend, pend_v=pend,
     pend_idx=jnp.full((b,), spec.max_patches, jnp.int32), n_closed=zb(),
     patch_max=jnp.zeros((b, e.dim), dt), patch_k=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx),

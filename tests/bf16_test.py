@@ -9,6 +9,7 @@ within 2e-2 relative (~5u), logits within 5e-2 relative norm, gradients (the bac
 often again and divides by small norms) within 1e-1 relative norm. fp32 differs by ~1e-6.
 """
 
+import base64
 import dataclasses
 import json
 
@@ -139,17 +140,12 @@ def test_bf16_compute_training_tracks_fp32():
 
 @pytest.fixture(scope="module")
 def decoded():
-  """Greedy bytes of every method over the tests' tiny BLT-D, in bf16 and exact mode."""
-  cfg, params = bltd_setup()
-  out = {}
-  for mode, exact in (("bf16", False), ("exact", True)):
-    c, p = precision.apply(cfg, params, "bfloat16", exact=exact)
-    methods = ("ar", "blts", "bltd", "bltdv") if mode == "bf16" else ("ar", "blts", "bltdv")
-    for m in methods:
-      res = generation.generate(p, c, PROMPTS, method=m, max_new=MAX_NEW,
-                                options=Options(draft_k=4), stop_at_eos=False)
-      out[(m, mode)] = [g.new_ids for g in res]
-  return out
+  """Greedy ids of every method over the tests' tiny BLT-D in the default bf16 mode."""
+  c, p = precision.apply(*bltd_setup(), "bfloat16")
+  return {m: [g.new_ids for g in generation.generate(p, c, PROMPTS, method=m, max_new=MAX_NEW,
+                                                     options=Options(draft_k=4),
+                                                     stop_at_eos=False)]
+          for m in ("ar", "blts", "bltd", "bltdv")}
 
 
 def test_bf16_logits_match_fp32_compute():
@@ -173,17 +169,10 @@ def test_bf16_logits_match_fp32_compute():
 
 
 def test_every_method_decodes_in_bf16(decoded):
-  """AR, BLT-S, BLT-D and BLT-DV all decode in bf16 compute (bf16 caches) to MAX_NEW bytes."""
+  """AR, BLT-S, BLT-D and BLT-DV all decode in bf16 compute (bf16 caches) to MAX_NEW ids."""
   for m in ("ar", "blts", "bltd", "bltdv"):
-    assert [len(x) for x in decoded[(m, "bf16")]] == [MAX_NEW] * len(PROMPTS), m
-    assert all(0 <= i < 260 for x in decoded[(m, "bf16")] for i in x), m
-
-
-def test_exact_mode_blts_and_bltdv_equal_ar(decoded):
-  """fp32 compute and caches over bf16 weights: BLT-S and BLT-DV give AR greedy's bytes."""
-  ar = decoded[("ar", "exact")]
-  assert decoded[("blts", "exact")] == ar
-  assert decoded[("bltdv", "exact")] == ar
+    assert [len(x) for x in decoded[m]] == [MAX_NEW] * len(PROMPTS), m
+    assert all(0 <= i < 260 for x in decoded[m] for i in x), m
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +184,9 @@ def ckpt(tmp_path_factory):
   return path
 
 
-def test_decode_cli_exact_mode(ckpt, tmp_path, monkeypatch):
-  """decode.py --dtype bfloat16 --exact: bf16 weights, fp32 compute reach `generate`, and blts
-  and bltdv write ar's completions."""
+def test_exact_mode_blts_and_bltdv_equal_ar(ckpt, tmp_path, monkeypatch):
+  """decode.py --dtype bfloat16 --exact: bf16 weights and fp32 compute reach `generate`, and
+  BLT-S and BLT-DV write AR greedy's bytes."""
   seen = []
   real = generation.generate
 
@@ -207,16 +196,18 @@ def test_decode_cli_exact_mode(ckpt, tmp_path, monkeypatch):
 
   monkeypatch.setattr(generation, "generate", spy)
   inp = tmp_path / "in.jsonl"
-  inp.write_text("".join(json.dumps({"id": i, "prompt": p.decode("latin-1")}) + "\n"
-                         for i, p in enumerate(PROMPTS[:2])))
+  inp.write_text("".join(json.dumps({"id": i, "prompt_b64": base64.b64encode(p).decode()}) + "\n"
+                         for i, p in enumerate(PROMPTS)))
   got = {}
   for m in ("ar", "blts", "bltdv"):
     out = tmp_path / f"{m}.jsonl"
     assert decode.main(["--checkpoint", str(ckpt), "--input", str(inp), "--output", str(out),
-                        "--method", m, "--max-new-bytes", "16", "--max-context", "256",
+                        "--method", m, "--max-new-bytes", str(MAX_NEW), "--max-context", "256",
                         "--draft-k", "4", "--dtype", "bfloat16", "--exact"]) == 0
     got[m] = [json.loads(x)["completion_b64"] for x in out.read_text().splitlines()]
-  assert seen and all(s == ("bfloat16", "float32", {jnp.dtype(jnp.bfloat16)}) for s in seen)
+  assert len(seen) == 3 and all(s == ("bfloat16", "float32", {jnp.dtype(jnp.bfloat16)})
+                                for s in seen), seen
+  assert len(got["ar"]) == len(PROMPTS) and any(got["ar"])
   assert got["blts"] == got["ar"] and got["bltdv"] == got["ar"]
 
 
