@@ -4,9 +4,12 @@ compute over bf16 weights) keeps BLT-S and BLT-DV greedy byte-identical to AR gr
 
 Tolerances from bf16's unit roundoff u = 2^-8 (8 significand bits, round to nearest: relative
 error <= 2^-9 per rounding, 2^-8 between two roundings). A tiny stack rounds each activation a
-few tens of times; independent errors add in quadrature, so a forward drifts by a few u: loss
-within 2e-2 relative (~5u), logits within 5e-2 relative norm, gradients (the backward rounds as
-often again and divides by small norms) within 1e-1 relative norm. fp32 differs by ~1e-6.
+few tens of times; independent errors add in quadrature, so one logit drifts by a few u: logits
+within 5e-2 relative norm. The loss is a mean over ~250 targets, which averages those errors
+down by ~sqrt(250): within 1e-3 relative (measured 3.6e-5 over 4 Adam steps). Gradients round in
+the backward as often again and are not averaged as much: within 5e-2 relative norm per leaf
+(~13u; measured at most 1.4e-2). Bits per byte under bf16 weights *and* compute (the weights'
+rounding changes the model): within 2e-2. fp32 differs by ~1e-6.
 """
 
 import base64
@@ -26,7 +29,7 @@ from bltjax.train_config import resolve
 from tests import tiny_train_config
 from tests.model_fixtures import PROMPTS, bltd_setup
 
-LOSS_RTOL, LOGIT_RTOL, GRAD_RTOL = 2e-2, 5e-2, 1e-1
+LOSS_RTOL, LOGIT_RTOL, GRAD_RTOL, BPB_RTOL = 1e-3, 5e-2, 5e-2, 2e-2
 MAX_NEW = 24
 
 
@@ -220,7 +223,7 @@ def test_score_cli_bf16(ckpt, tmp_path, capsys):
     assert score.main(["--checkpoint", str(ckpt), "--file", str(f), "--dtype", dtype]) == 0
     res[dtype] = json.loads(capsys.readouterr().out)
   assert res["bfloat16"]["bytes"] == res["float32"]["bytes"]
-  np.testing.assert_allclose(res["bfloat16"]["bpb"], res["float32"]["bpb"], rtol=LOSS_RTOL)
+  np.testing.assert_allclose(res["bfloat16"]["bpb"], res["float32"]["bpb"], rtol=BPB_RTOL)
 
 
 def test_eval_cli_records_exact_mode():
