@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
   except (weights.CheckpointError, OSError) as e:
     return _fail(f"--checkpoint: {e}")
   cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)  # compute and cache dtype
+  if a.exact:
+    precision.use_exact_matmuls()
   opt = generation.Options(draft_k=a.draft_k, draft_tau=a.draft_tau, rule=a.rule,
                            alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
                            block_latent=a.block_latent, temperature=a.temperature,

@@ -15,7 +15,8 @@ into the precision asked for:
                            greedy's bytes, docs/decoding.md)
 
 In Python the same modes are `cfg.replace(dtype=..., param_dtype=...)` with params of that dtype:
-exact mode is `dataclasses.replace(cfg, dtype="float32")` over bf16 params.
+exact mode is `dataclasses.replace(cfg, dtype="float32")` over bf16 params, with
+`use_exact_matmuls()` on TPU / GPU (whose default fp32 matmul precision is reduced).
 """
 
 from __future__ import annotations
@@ -58,9 +59,16 @@ def apply(cfg: BLTConfig, params: Any, dtype: str | None = None, *, exact: bool 
   return cfg, params
 
 
+def use_exact_matmuls() -> None:
+  """fp32 matmuls at full precision, process-wide: JAX's default runs them as one bf16 pass on TPU
+  and as TF32 on recent GPUs, which would round exact mode's activations to ~bf16 again. The
+  command lines call it with --exact; the tests set the same (tests/conftest.py)."""
+  jax.config.update("jax_default_matmul_precision", "highest")
+
+
 def describe(cfg: BLTConfig) -> str:
   """One line for logs and run settings: weights / compute (= caches)."""
   return f"weights {cfg.param_dtype}, compute and caches {cfg.dtype}"
 
 
-__all__ = ["DTYPES", "EXACT_DTYPE", "apply", "describe"]
+__all__ = ["DTYPES", "EXACT_DTYPE", "apply", "use_exact_matmuls", "describe"]

@@ -135,6 +135,8 @@ def _main(a) -> int:
     except (ValueError, OSError) as e:
       raise UsageError(f"--checkpoint {a.checkpoint}: {e}") from e
     cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)
+    if a.exact:
+      precision.use_exact_matmuls()
     counts = nfe.param_counts(params)
     ctx.cfg, ctx.params, ctx.opt, ctx.counts = cfg, params, opt, counts
     extra["param_counts"] = {"enc": counts.enc, "glob": counts.glob, "dec": counts.dec}
