@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, params = bltd_setup()
     source = "random tiny BLT-D (tests/model_fixtures.py bltd_setup)"
+  precision.use_exact_matmuls()  # fp32 matmuls in fp32 on TPU / GPU too (bf16 ones unchanged)
   methods = [m for m in a.methods.split(",") if m]
   ps = prompts(a.prompts, a.prompt_bytes)
   opt = Options(draft_k=a.draft_k)
