@@ -120,7 +120,7 @@ def test_bf16_compute_training_tracks_fp32():
       grads.append(g)
     return loss, np.array(vals), grads[0]  # the first step's: both runs at the same params
 
-  loss32, l32, g32 = run(r.model)
+  _, l32, g32 = run(r.model)
   cfg16 = r.model.replace(dtype="bfloat16")
   loss16, l16, g16 = run(cfg16)
   # Structure: every matmul of the forward reads bf16 operands (its output may be fp32: scores,
@@ -138,7 +138,6 @@ def test_bf16_compute_training_tracks_fp32():
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g16), jax.tree.leaves(g32)):
     assert a.dtype == jnp.float32, path  # gradients in the params' dtype
     assert _rel(a, b) < GRAD_RTOL, (jax.tree_util.keystr(path), _rel(a, b))
-  del loss32
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +226,8 @@ def test_score_cli_bf16(ckpt, tmp_path, capsys):
 
 
 def test_eval_cli_records_exact_mode():
-  """eval --exact is parsed and kept in the run's settings (resume refuses a mode change)."""
+  """eval --exact is parsed and kept in the run's settings (which a resumed run must match);
+  absent when not given, so runs from before the flag still resume."""
   from bltjax.eval import __main__ as ev
   from bltjax.eval import suite_module
 
