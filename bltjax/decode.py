@@ -69,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                   help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1: weights "
                   "and the decode state (rows over data x fsdp, heads over tensor)")
   ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
-                  help="cast weights on load")
+                  help="weights, compute and cache dtype (default: the checkpoint's); bfloat16 "
+                  "computes in bf16, so blts/bltdv may differ from ar in a few bytes (--exact)")
+  ap.add_argument("--exact", action="store_true",
+                  help="fp32 compute and caches over the weights as loaded (bf16 weights are "
+                  "upcast at each matmul): blts and bltdv greedy give ar greedy's bytes")
   ap.add_argument("--coordinator-address", default=None,
                   help="several processes: host:port of process 0 (docs/multihost.md)")
   ap.add_argument("--num-processes", type=int, default=None, help="several processes: how many")
@@ -142,7 +146,15 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import decode_shards, generation, multihost, nfe, paths, weights  # noqa: PLC0415
+  from bltjax import (  # noqa: PLC0415
+    decode_shards,
+    generation,
+    multihost,
+    nfe,
+    paths,
+    precision,
+    weights,
+  )
 
   try:
     multihost.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id,
@@ -190,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
   except (weights.CheckpointError, OSError) as e:
     return _fail(f"--checkpoint: {e}")
+  cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)  # compute and cache dtype
+  if a.exact:
+    precision.use_exact_matmuls()
   opt = generation.Options(draft_k=a.draft_k, draft_tau=a.draft_tau, rule=a.rule,
                            alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
                            block_latent=a.block_latent, temperature=a.temperature,

@@ -240,12 +240,20 @@ def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
   return Ring(z, z, jnp.full((b, r), -1, jnp.int32))
 
 
+def cache_dtype(cfg: BLTConfig):
+  """The dtype of every key/value cache and carried activation of the state: the compute dtype
+  (bf16 compute keeps bf16 caches; exact mode, fp32 compute over bf16 weights, fp32 caches; see
+  `bltjax.precision`). The entropy model's ring, logits and entropies stay fp32 (the entropy
+  model computes in fp32 whatever the compute dtype, `model.entropy_module`)."""
+  return dtype_of(cfg.dtype)
+
+
 def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   """The state before BOS: every cache empty, slot 0 starts patch 0."""
-  dt = dtype_of(cfg.dtype)
+  dt = cache_dtype(cfg)
   e, d, g = cfg.encoder, cfg.decoder, cfg.global_
-  ring = lambda st: _empty_ring(st.n_layers, b, st.kv_heads, spec.ring(st.window),  # noqa
-                                st.head_dim, dt)
+  ring = lambda st, dtype=dt: _empty_ring(st.n_layers, b, st.kv_heads,  # noqa: E731
+                                          spec.ring(st.window), st.head_dim, dtype)
   hx = cfg.cross_attn_nheads or e.n_heads
   hd = cfg.cross_attn_nheads or d.n_heads
   c = cfg.cross_attn_k
@@ -254,7 +262,7 @@ def empty_state(params, cfg: BLTConfig, b: int, spec: CacheSpec) -> State:
   gk = (jnp.zeros((b * g.kv_heads, spec.max_patches, g.head_dim), dt),) * g.n_layers
   pend = jnp.zeros((g.n_layers, b, g.kv_heads, g.head_dim), dt)
   return State(
-    ent=ring(cfg.entropy) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
+    ent=ring(cfg.entropy, jnp.float32) if uses_entropy(cfg) else None, enc=ring(e), dec=ring(d),
     glob_k=gk, glob_v=gk, pend_k=pend, pend_v=pend,
     pend_idx=jnp.full((b,), spec.max_patches, jnp.int32), n_closed=zb(),
     patch_max=jnp.zeros((b, e.dim), dt), patch_k=jnp.zeros((b, spec.patch_cap, hx, e.dim // hx),
@@ -670,6 +678,6 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
 
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
            "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
-           "encoder_states", "empty_state", "layer_scatter", "global_slots", "flush_patch",
-           "check_supported", "uses_entropy", "hist_len", "decoding_config", "state_logical_axes",
-           "state_shardings"]
+           "encoder_states", "empty_state", "cache_dtype", "layer_scatter", "global_slots",
+           "flush_patch", "check_supported", "uses_entropy", "hist_len", "decoding_config",
+           "state_logical_axes", "state_shardings"]

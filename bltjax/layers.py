@@ -50,13 +50,16 @@ class Einsum(nn.Module):
   std: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  out_dtype: Dtype | None = None  # None: the compute dtype; the logit heads ask for fp32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param(
       "kernel", nn.with_logical_partitioning(trunc_normal(self.std), self.axes), self.shape,
       self.param_dtype)
-    return jnp.einsum(self.eq, x.astype(self.dtype), kernel.astype(self.dtype))
+    # fp32 output = the matmul's fp32 accumulator unrounded (bf16 logits would tie argmaxes).
+    return jnp.einsum(self.eq, x.astype(self.dtype), kernel.astype(self.dtype),
+                      preferred_element_type=self.out_dtype)
 
 
 class RMSNorm(nn.Module):

@@ -191,7 +191,7 @@ class LocalDecoder(nn.Module):
                               for _ in range(d.n_layers)]
     self.norm = RMSNorm(d.norm_eps, "embed_local", dt, pdt)
     self.output = Einsum((d.dim, c.vocab_size), ("embed_local", "vocab"), "bsd,dv->bsv",
-                         d.dim**-0.5, dt, pdt)
+                         d.dim**-0.5, dt, pdt, out_dtype=jnp.float32)
 
   def latent_kv(self, o_BxPxDg):
     """Per-layer cross-attention keys/values of every patch latent: [L] x ([B,P,C,H,K] x 2)."""
@@ -213,7 +213,7 @@ class LocalDecoder(nn.Module):
                                               take(v_BxPxCxHxK, lat_idx_BxS))
 
   def head(self, h_BxSxD):
-    return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
+    return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
 
   def __call__(self, h_BxSxD, pos_BxS, doc_BxS, valid_BxS, o_BxPxDg, lat_idx_BxS):
     kvs = self.latent_kv(o_BxPxDg)
@@ -262,13 +262,13 @@ class EntropyModel(nn.Module):
                    for _ in range(c.n_layers)]
     self.norm = RMSNorm(c.norm_eps, "embed_local", self.dtype, self.param_dtype)
     self.output = Einsum((c.dim, self.vocab_size), ("embed_local", "vocab"), "bsd,dv->bsv",
-                         c.dim**-0.5, self.dtype, self.param_dtype)
+                         c.dim**-0.5, self.dtype, self.param_dtype, out_dtype=jnp.float32)
 
   def embed(self, ids_BxS):
     return self.tok_embeddings(ids_BxS)
 
   def head(self, h_BxSxD):
-    return self.output(self.norm(h_BxSxD)).astype(jnp.float32)
+    return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
     x = sharding.constrain_rows(self.embed(jnp.where(valid_BxS, ids_BxS, 0)))
@@ -333,7 +333,9 @@ def blt_module(cfg: BLTConfig) -> BLT:
 
 @functools.lru_cache(maxsize=64)
 def entropy_module(cfg: BLTConfig) -> EntropyModel:
-  return EntropyModel(cfg.entropy, cfg.vocab_size, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
+  # fp32 compute whatever cfg.dtype (docs/choices.md): entropies near the threshold would flip
+  # patch boundaries between precisions, and between a verification pass and an AR step.
+  return EntropyModel(cfg.entropy, cfg.vocab_size, jnp.float32, dtype_of(cfg.param_dtype),
                       cfg.remat, cfg.attention)
 
 

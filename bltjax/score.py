@@ -113,19 +113,23 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--stride", type=int, default=None,
                   help="new bytes per later window (default window // 2)")
   ap.add_argument("--batch", type=int, default=1, help="windows per forward pass")
+  ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                  help="weights and compute dtype (default: the checkpoint's); the log-softmax "
+                  "stays fp32")
   a = ap.parse_args(argv)
   if a.window < 1 or (a.stride is not None and not 1 <= a.stride <= a.window):
     ap.error("need --window >= 1 and 1 <= --stride <= --window")
-  from bltjax import paths, weights
+  from bltjax import paths, precision, weights
 
   try:  # the file first: it is cheaper to check than the checkpoint (a path or a gs:// URL)
     data = paths.as_path(a.file, "--file").read_bytes()
   except (OSError, ValueError) as e:
     return _fail(f"--file {a.file}: {e.strerror or e}")
   try:
-    cfg, params = weights.load_checkpoint(a.checkpoint)
+    cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype)
   except (weights.CheckpointError, OSError) as e:
     return _fail(f"--checkpoint: {e}")
+  cfg, params = precision.apply(cfg, params, a.dtype)
   out = score_bytes(params, cfg, data, window=a.window, stride=a.stride, batch=max(1, a.batch))
   print(json.dumps(out))
   return 0

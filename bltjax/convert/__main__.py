@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                   help="(--from meta) entropy-model directory; default SRC/entropy_model or "
                   "SRC/../entropy_model")
   ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                  help="cast the weights; default keeps the stored dtype (bf16 stays bf16)")
+                  help="the stored weights' dtype; default keeps the source's (bf16 stays "
+                  "bf16). Compute and cache precision are chosen on load (decode.py, score, eval "
+                  "--dtype / --exact; docs/decoding.md)")
   ap.add_argument("--overwrite", action="store_true", help="replace an existing DST")
   ap.add_argument("-v", "--verbose", action="store_true", default=None,
                   help="per-tensor progress (default: on for checkpoints above 256 MiB)")

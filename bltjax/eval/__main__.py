@@ -61,7 +61,11 @@ def parser() -> argparse.ArgumentParser:
   d.add_argument("--max-new-bytes", type=int, default=None, help="default: the suite's (512)")
   d.add_argument("--no-warmup", dest="warmup", action="store_false",
                  help="time the first batch with its compilation")
-  d.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="cast weights")
+  d.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                 help="weights, compute and cache dtype (default: the checkpoint's)")
+  d.add_argument("--exact", action="store_true",
+                 help="fp32 compute and caches over the weights as loaded: blts/bltdv greedy "
+                 "give ar greedy's bytes under --dtype bfloat16 (docs/decoding.md)")
   for s in SUITES:
     suite_module(s).add_args(ap)
   return ap
@@ -71,6 +75,8 @@ def settings(a, suite, cfg) -> dict:
   s = {"suite": a.suite, "method": a.method, "checkpoint": a.checkpoint and
        str(paths.as_path(a.checkpoint)), "limit": a.limit, "batch_size": a.batch_size,
        "dtype": a.dtype, **suite.settings(a)}
+  if a.exact:  # only when set: runs started before the flag existed still resume
+    s["exact"] = True
   if suite.KIND == "generate":
     s.update(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
              block_latent=a.block_latent, temperature=a.temperature, top_k=a.top_k,
@@ -115,7 +121,7 @@ def _main(a) -> int:
   extra = {"model": a.name or (Path(a.checkpoint).name if a.checkpoint else
                                f"completions:{Path(a.completions).name}")}
   if a.checkpoint is not None:
-    from bltjax import generation, nfe, weights  # noqa: PLC0415
+    from bltjax import generation, nfe, precision, weights  # noqa: PLC0415
 
     try:
       cfg = weights.load_config(a.checkpoint)
@@ -129,6 +135,9 @@ def _main(a) -> int:
       cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype)
     except (ValueError, OSError) as e:
       raise UsageError(f"--checkpoint {a.checkpoint}: {e}") from e
+    cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)
+    if a.exact:
+      precision.use_exact_matmuls()
     counts = nfe.param_counts(params)
     ctx.cfg, ctx.params, ctx.opt, ctx.counts = cfg, params, opt, counts
     extra["param_counts"] = {"enc": counts.enc, "glob": counts.glob, "dec": counts.dec}
