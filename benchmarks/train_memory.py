@@ -218,8 +218,9 @@ def residual_bytes(tr) -> float:
                    if not why.startswith("from the argument")))
 
 
-def compile_step(c, devices: int, log=print):
-  """Trainer for config `c` on `devices` CPU devices; lowers and compiles its step abstractly."""
+def compile_step(c, devices, log=print):
+  """Trainer for config `c` on `devices` (a count of this process's devices, or a device list,
+  e.g. a TPU topology's); lowers and compiles its step from abstract arguments."""
   import jax
   import jax.numpy as jnp
 
@@ -230,9 +231,13 @@ def compile_step(c, devices: int, log=print):
     frozen = sharding.abstract_sharded_params(cfg, mesh, rules, ("entropy_model",))
     return frozen, jax.tree.map(lambda x: x.sharding, frozen)
 
+  devs = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+  real_load = train._load_entropy_model
   train._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
-  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"),
-                        devices=jax.devices()[:devices])
+  try:
+    tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"), devices=devs)
+  finally:
+    train._load_entropy_model = real_load
   b, s = tr.r.train.batch_size, tr.r.train.seq_len
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,  # noqa: E731
                                                sharding=tr.batch_sharding(len(shape)))
