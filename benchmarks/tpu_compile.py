@@ -389,21 +389,35 @@ def run_decode(a, log: Clock) -> dict:
   if methods[0].name != "ar":
     methods.insert(0, parse_decode_method("ar"))
   wb = jnp.dtype(base.dtype).itemsize
-  rows = []
-  for batch in a.batch:
-    ar_bps = None
-    for m in methods:
-      cfg = base
-      if m.name in ("bltd", "bltdv"):  # BLT-D geometry: the config's model + diffusion blocks
-        cfg = base.replace(diffusion=dataclasses.replace(base.diffusion, block_size=m.window))
-      counts = nfe.param_counts(abstract_params(cfg))
+  rows, ar = [], {}
+  head = dict(label=LABEL, section="decode", topology=a.topology, chip=chip.name,
+              chips=len(devices), config=a.config, attention=attention, dtype=base.dtype,
+              mesh_shape=list(mesh.devices.shape), prompt_len=a.prompt_len, max_new=a.max_new,
+              patch_mean=a.patch, notes=(
+                "XLA's cost analysis prices a while loop's body once and a lax.cond at its "
+                "costlier branch; corrected_* add the loop iterations beyond the first (BLT-S "
+                "drafts, BLT-D steps) and remove AR's global pass at all but 1 / patch of the "
+                "steps, priced by their weights; attention over the caches is in the counted "
+                "cost once per cycle (its chunk loop once)"),
+              rows=rows)
+  for m in methods:  # every batch of a method before the next method: the JSON grows by pairs
+    cfg = base
+    if m.name in ("bltd", "bltdv"):  # BLT-D geometry: the config's model + diffusion blocks
+      cfg = base.replace(diffusion=dataclasses.replace(base.diffusion, block_size=m.window))
+    counts = nfe.param_counts(abstract_params(cfg))
+    enc_states = cfg.diffusion.block_input == "encoder_states"
+    for batch in a.batch:
+      log(f"batch {batch} {m.spec}: lowering and compiling one cycle ...")
       fn, args = decode_cycle_program(cfg, m, mesh, batch, a.prompt_len, a.max_new)
       with sharding.use_mesh(mesh):
         t0 = time.perf_counter()
         compiled = fn.lower(*args).compile()
       cs = time.perf_counter() - t0
+      if a.dump_hlo:
+        Path(a.dump_hlo).mkdir(parents=True, exist_ok=True)
+        (Path(a.dump_hlo) / f"{m.spec.replace(':', '_')}_b{batch}.txt").write_text(
+          compiled.as_text())
       mem, cst = memory(compiled), cost(compiled)
-      enc_states = cfg.diffusion.block_input == "encoder_states"
       preds = [(m.spec + (":one_step" if m.name in ("bltd", "bltdv") else ""),
                 decode_prediction(m, cst, counts, batch, chip, wb, a.patch, enc_states))]
       if m.name == "bltd":
@@ -413,7 +427,8 @@ def run_decode(a, log: Clock) -> dict:
                         fixed_steps_row(one, m, s, counts, batch, chip, wb, enc_states)))
       for label, p in preds:
         if m.name == "ar":
-          ar_bps, ar_eq8 = p["bytes_per_s"], p["eq8_gb_per_byte"]
+          ar[batch] = (p["bytes_per_s"], p["eq8_gb_per_byte"])
+        ar_bps, ar_eq8 = ar[batch]
         row = dict(method=label, batch=batch, compile_s=round(cs, 1),
                    xla_tflops=round(cst["flops"] / 1e12, 6),
                    xla_gb_accessed=round(cst["bytes_accessed"] / 1e9, 4),
@@ -426,16 +441,9 @@ def run_decode(a, log: Clock) -> dict:
         log(f"batch {batch} {label:18s} compile {cs:6.1f}s  peak {mem['peak'] / GIB:7.3f} GiB  "
             f"{row['bytes_per_s']:12.1f} B/s predicted  x AR {row['x_ar']}  Eq.8 x AR "
             f"{row['eq8_x_ar']}")
-  return dict(label=LABEL, section="decode", topology=a.topology, chip=chip.name,
-              chips=len(devices), config=a.config, attention=attention, dtype=base.dtype,
-              mesh_shape=list(mesh.devices.shape), prompt_len=a.prompt_len, max_new=a.max_new,
-              patch_mean=a.patch, notes=(
-                "XLA's cost analysis prices a while loop's body once and a lax.cond at its "
-                "costlier branch; corrected_* add the loop iterations beyond the first (BLT-S "
-                "drafts, BLT-D steps) and remove AR's global pass at all but 1 / patch of the "
-                "steps, priced by their weights; attention over the caches is in the counted "
-                "cost once per cycle (its chunk loop once)"),
-              rows=rows)
+      if a.json:  # after every program: a long run that is stopped keeps what it compiled
+        Path(a.json).write_text(json.dumps(head, indent=2) + "\n")
+  return head
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,6 +473,7 @@ def main(argv=None) -> int:
                        f"{','.join(DEFAULT_METHODS)})")
   dp.add_argument("--prompt-len", type=int, default=128, help="prompt ids (a power of two)")
   dp.add_argument("--max-new", type=int, default=256)
+  dp.add_argument("--dump-hlo", default=None, help="write each compiled program's HLO here")
   dp.add_argument("--patch", type=float, default=4.0,
                   help="mean patch length assumed for AR's global passes (fast_decode.py's 4)")
   a = ap.parse_args(argv)
