@@ -480,10 +480,50 @@ def run_decode(a, log: Clock) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
+def table(paths: list[str]) -> str:
+  """Markdown tables of `train` and `decode` JSON files (docs/accelerators.md)."""
+  out_t, out_d = [], []
+  for path in paths:
+    r = json.loads(Path(path).read_text())
+    if r["section"] == "train":
+      m = r["memory_gib_per_chip"]
+      out_t.append(
+        f"| {r['config']} | {r['topology']} | {r['seq_len']} | {r['global_batch']} | "
+        f"{r['grad_accum']} | {r['rows_per_chip']:g} | {r['remat']} | {m['argument']:.2f} | "
+        f"{m['temp']:.2f} | **{m['peak']:.2f}** / {r['hbm_gib']:g} | {r['headroom_gib']:.2f} | "
+        f"{r['tflops_per_chip_per_step']:.1f} | {r['roofline_step_s']:.2f} | "
+        f"{r['mfu_upper_bound']:.2f} | {r['compile_s'] / 60:.0f} min |")
+      continue
+    for x in r["rows"]:
+      if "error" in x:
+        out_d.append(f"| {r['config']} | {r['topology']} | {x['batch']} | {x['method']} | "
+                     f"does not compile: {x['error'][:120]} |||||||")
+        continue
+      out_d.append(
+        f"| {r['config']} | {r['topology']} | {x['batch']} | {x['method']} | "
+        f"{x['memory_gib_per_chip']['peak']:.2f} | {x['xla_tflops']:.4f} | "
+        f"{x['xla_gb_accessed']:.2f} | {x['weights_gb']:.2f} | {x['bytes_per_cycle']:g} | "
+        f"{x['xla_bytes_per_s']:,.0f} ({x['xla_x_ar']}x) | "
+        f"{x['weights_bytes_per_s']:,.0f} ({x['weights_x_ar']}x) | {x['eq8_x_ar']}x |")
+  parts = []
+  if out_t:
+    parts.append("| config | topology | bytes/row | global batch | grad_accum | rows/chip | remat "
+                 "| args GiB | temp GiB | peak / HBM GiB | headroom GiB | TFLOP/chip/step | "
+                 "roofline step s | MFU bound | compile |\n" + "|---" * 15 + "|\n"
+                 + "\n".join(out_t))
+  if out_d:
+    parts.append("| config | topology | batch | method | peak GiB | XLA TFLOP | XLA GB | "
+                 "weights GB | bytes/cycle | B/s (XLA cost) | B/s (weights) | Eq. 8 |\n"
+                 + "|---" * 12 + "|\n" + "\n".join(out_d))
+  return "\n\n".join(parts)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = ap.add_subparsers(dest="cmd", required=True)
+  tb = sub.add_parser("table", help="markdown tables of train / decode JSON files")
+  tb.add_argument("files", nargs="+")
   for name in ("train", "decode"):
     p = sub.add_parser(name)
     p.add_argument("--topology", required=True, help="e.g. v5e:2x4, v5e:4x4, v5p:2x2x1")
@@ -508,6 +548,9 @@ def main(argv=None) -> int:
   dp.add_argument("--patch", type=float, default=4.0,
                   help="mean patch length assumed for AR's global passes (fast_decode.py's 4)")
   a = ap.parse_args(argv)
+  if a.cmd == "table":
+    print(table(a.files))
+    return 0
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)

@@ -52,6 +52,8 @@ def test_train_step_compiles_for_v5e(tmp_path):
   # The per-step cost counts both microbatches, XLA's count one.
   assert r["tflops_per_chip_per_step"] == pytest.approx(2 * r["xla_counted_tflops"], rel=1e-3)
   assert r["roofline_step_s"] > 0 and 0 < r["mfu_upper_bound"] <= 1
+  assert "| configs/blt_tiny.py | v5e:2x2 | 128 | 8 | 2 | 1 |" in tpu_compile.table(
+    [str(tmp_path / "out.json")])
 
 
 def test_decode_cycles_compile_for_v5e(tmp_path):
@@ -73,6 +75,8 @@ def test_decode_cycles_compile_for_v5e(tmp_path):
   for key in ("xla_cycle_s", "weights_cycle_s"):
     one = rows["bltd:8:one_step"][key]
     assert all(v[key] > one for k, v in rows.items() if ":steps" in k)
+  md = tpu_compile.table([str(tmp_path / "out.json")])
+  assert all(f"| {k} |" in md for k in rows)
 
 
 def test_attention_flag(tmp_path):
