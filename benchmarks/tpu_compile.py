@@ -335,7 +335,7 @@ def cycle_passes(m: DecodeMethod, steps: int, batch: int, patch: float,
 
 
 def decode_prediction(m: DecodeMethod, cst: dict, counts, batch: int, chip: Chip, wb: int,
-                      patch: float, enc_states: bool, steps: int = 1) -> dict:
+                      patch: float, enc_states: bool, steps: int = 1, shards: int = 1) -> dict:
   """Two roofline predictions of one cycle, and bytes/s from the bytes a cycle yields.
 
   xla_*:     XLA's counted cost, corrected for what its cost analysis cannot see (it prices a
@@ -346,8 +346,12 @@ def decode_prediction(m: DecodeMethod, cst: dict, counts, batch: int, chip: Chip
   weights_*: bytes = the weights of the passes the cycle runs (`cycle_passes`; hash tables,
              caches and activations not counted), flops = the corrected XLA flops: the weight-
              streaming bound decoding is usually held to.
+  XLA's figures are per chip; weights split over `shards` chips (fsdp x tensor) are read 1 /
+  shards per chip, and so are the weight-priced corrections.
   """
   n = cycle_passes(m, steps, batch, patch, enc_states)
+  counts = dataclasses.replace(counts, **{  # per chip
+    f.name: getattr(counts, f.name) / shards for f in dataclasses.fields(counts)})
   per = dict(decoder=counts.dec, encoder=counts.enc, entropy=counts.entropy, glob=counts.glob)
   flops, nbytes = cst["flops"], cst["bytes_accessed"]
   w = m.window
@@ -411,6 +415,7 @@ def run_decode(a, log: Clock) -> dict:
   if methods[0].name != "ar":
     methods.insert(0, parse_decode_method("ar"))
   wb = jnp.dtype(base.dtype).itemsize
+  shards = mesh.shape["fsdp"] * mesh.shape["tensor"]  # ways the weights are split
   rows, ar = [], {}
   head = dict(label=LABEL, section="decode", topology=a.topology, chip=chip.name,
               chips=len(devices), config=a.config, attention=attention, dtype=base.dtype,
@@ -449,11 +454,12 @@ def run_decode(a, log: Clock) -> dict:
           compiled.as_text())
       mem, cst = memory(compiled), cost(compiled)
       name = m.spec + (":one_step" if m.name in ("bltd", "bltdv") else "")
-      preds = [(name, decode_prediction(m, cst, counts, batch, chip, wb, a.patch, enc_states))]
+      preds = [(name, decode_prediction(m, cst, counts, batch, chip, wb, a.patch, enc_states,
+                                        shards=shards))]
       if m.name == "bltd":  # fixed numbers of denoising steps per block
         for s in sorted({max(2, m.window // 4), max(2, m.window // 2)}):
           preds.append((f"{m.spec}:steps{s}", decode_prediction(
-            m, cst, counts, batch, chip, wb, a.patch, enc_states, steps=s)))
+            m, cst, counts, batch, chip, wb, a.patch, enc_states, steps=s, shards=shards)))
       for label, p in preds:
         if m.name == "ar":
           ar[batch] = p
