@@ -9,6 +9,8 @@ backward pass (from abstract shapes, nothing is allocated, so 1B at 8k bytes run
   peak_gib    resid + layer: activation peak per row, excluding parameter-sized buffers
   formula_gib `activation_bytes` (below) for the same setting
 
+Nothing is compiled or run: JAX's default backend (a GPU or TPU when there is one) only traces;
+--cpu (or JAX_PLATFORMS=cpu) keeps even that off an accelerator another job is using.
 XLA:CPU's `memory_analysis()` is not used: its scheduler ignores rematerialisation (a toy remat
 MLP reports the same temp with and without it), so it says nothing about GPU/TPU.
 
@@ -22,8 +24,10 @@ import argparse
 import json
 import math
 import os
+import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--cpu" in sys.argv[1:]:  # before jax is imported (below): the backend is chosen once
+  os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -156,6 +160,7 @@ def main() -> None:
   ap.add_argument("--remat", default="full", choices=("none", "full", "dots"))
   ap.add_argument("--dtype", default="bfloat16")
   ap.add_argument("--objective", default="bltd", choices=("bltd", "blt", "both"))
+  ap.add_argument("--cpu", action="store_true", help="trace on the CPU (read at import time)")
   a = ap.parse_args()
   p = int(a.seq_len / a.patch) + 1
   for z in (int(v) for v in a.block_sizes.split(",")):

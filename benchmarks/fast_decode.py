@@ -9,8 +9,10 @@ batch `--batch`. For every method, after a compile warm-up per (batch, prompt-le
   bytes/AR        weight bytes actually read per byte (`nfe.weight_bytes` of the executed passes,
                   dtype-aware, entropy model included), vs AR
   roofline        (weight bytes read / weight-streaming bandwidth) / wall time; the bandwidth is
-                  a jitted matrix-vector product over a matrix 8x the last-level cache, measured
-                  right before each method (`stream_gb_s` in the JSON rows)
+                  a jitted matrix-vector product on the device the run uses, over a matrix far
+                  larger than its caches (CPU: 8x the last-level cache; GPU / TPU: 1 GiB, above
+                  any on-chip memory, so it streams from HBM), measured right before each method
+                  (`stream_gb_s` and `device` in the JSON rows)
   B/cycle, acc(a), agr(b)   bytes per verification (BLT-S, BLT-DV) or block (BLT-D); acceptance
                   under both definitions (docs/choices.md, Fast BLT #10)
 
@@ -214,6 +216,22 @@ def llc_bytes() -> int:
     except (OSError, ValueError, KeyError):
       continue
   return best or 32 << 20
+
+
+def stream_bytes() -> int:
+  """Matrix size for `stream_bandwidth` on the default device: 8x the CPU's last-level cache, or
+  1 GiB on an accelerator (H200 L2 is 60 MiB, TPU on-chip memories are smaller than 1 GiB), so
+  the product reads the device's main memory, as decoding reads its weights."""
+  import jax
+
+  return 8 * llc_bytes() if jax.default_backend() == "cpu" else 1 << 30
+
+
+def device_name() -> str:
+  import jax
+
+  d = jax.devices()[0]
+  return f"{d.platform}:{d.device_kind}"
 
 
 def stream_bandwidth(n_bytes: int, dtype: str, repeats: int = 15) -> float:
@@ -442,14 +460,14 @@ def table(a: argparse.Namespace, cfg, params, source: str, prompts: list[bytes],
   bandwidth = bandwidth or (a.bandwidth_gb_s * 1e9 if a.bandwidth_gb_s else None)
   # The streaming rate of this 2-vCPU machine drifts during a run (33-56 GB/s seen), so it is
   # measured again right before each method and that method's roofline uses it.
-  stream = lambda: bandwidth or stream_bandwidth(8 * llc_bytes(), str(  # noqa: E731
+  stream = lambda: bandwidth or stream_bandwidth(stream_bytes(), str(  # noqa: E731
     jax.tree_util.tree_leaves(params["global_transformer"])[0].dtype))
   bw = stream()
-  probe = ("given" if bandwidth else f"matvec over {8 * llc_bytes() >> 20} MiB")
+  probe = ("given" if bandwidth else f"matvec over {stream_bytes() >> 20} MiB")
   log(f"{source}\n{len(prompts)} held-out prompts x {a.max_new} new bytes, batch {a.batch}; "
       f"params enc {counts.enc / 1e6:.1f} M, global {counts.glob / 1e6:.1f} M, dec "
       f"{counts.dec / 1e6:.1f} M, entropy {counts.entropy / 1e6:.1f} M at {bpp} B; "
-      f"weight streaming {bw / 1e9:.2f} GB/s ({probe}); "
+      f"weight streaming {bw / 1e9:.2f} GB/s on {device_name()} ({probe}); "
       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   model_for = variants or Variants(params, cfg, a.random_weights)
 
@@ -552,7 +570,7 @@ def table(a: argparse.Namespace, cfg, params, source: str, prompts: list[bytes],
                weight_mb_per_byte=m["per_byte"] / 1e6, cycle_ms=(m["cycle_s"] or 0) * 1e3,
                decoder_steps_per_cycle=m["dec_steps"], identical_to_ar=same,
                mean_common_prefix=prefix, batch=a.batch, stream_gb_s=m["bw"] / 1e9,
-               patch_mean=a.patch_mean if a.random_weights else None,
+               device=device_name(), patch_mean=a.patch_mean if a.random_weights else None,
                global_pass_ms_by_rows={str(k): t * 1e3 for k, t in g_rows.items()})
     log(f"{name:28s} {bps:8.1f} {row['x_ar_wall']:5.2f} {row['eq8_ratio']:6.2f} "
         f"{row['bytes_ratio']:8.2f} {m['roof']:6.3f} {fmt(m['bpc'], 7, 2)} {fmt(m['acc'])} "

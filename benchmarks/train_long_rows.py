@@ -1,4 +1,4 @@
-"""Long rows on CPU: N real training steps of the tiny BLT (configs/blt_tiny.py) at 8,192 bytes.
+"""Long rows: N real training steps of the tiny BLT (configs/blt_tiny.py) at 8,192 bytes.
 
 The Trainer's own step (entropy patching online, forward, backward, AdamW) on synthetic packed
 documents. At this length every local stack (encoder, decoder, entropy model; window 512) runs the
@@ -8,6 +8,9 @@ model is randomly initialised (no export needed; its patches are as real as any)
 
 Prints one JSON line: compile seconds, median seconds per step, bytes per second, first and last
 loss, and the process's peak resident memory (ru_maxrss).
+
+Runs on JAX's default device (a GPU or TPU when there is one); --cpu, or JAX_PLATFORMS=cpu,
+keeps it on the CPU.
 
   python benchmarks/train_long_rows.py                       # 20 steps, 8192 bytes, 2 rows
   python benchmarks/train_long_rows.py --steps=5 --batch=1 --seq_len=16384
@@ -93,8 +96,11 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
   ap.add_argument("--json", default=None)
+  ap.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator "
+                  "is present (same as JAX_PLATFORMS=cpu)")
   a = ap.parse_args(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU benchmark (set before JAX starts)
+  if a.cpu:  # before jax starts a backend
+    os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(REPO))
   from absl import logging
 

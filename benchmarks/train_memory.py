@@ -3,7 +3,9 @@
 Compiles the training code's own step (`bltjax.train.Trainer.make_train_step`: forward, backward,
 clip, AdamW, donated state) from abstract arguments only, on CPU with N fake devices and a mesh
 (1, N, 1) = fsdp over N, one row per device by default. Nothing is allocated, so the 1B geometry
-at 8k bytes compiles on a laptop (slowly: see README "Training memory").
+at 8k bytes compiles on a laptop (slowly: see README "Training memory"). It always runs on the
+CPU (JAX_PLATFORMS=cpu and N fake devices from XLA_FLAGS): that is what lets one host pose as N
+devices. For the TPU compiler's own figures use benchmarks/tpu_compile.py (docs/accelerators.md).
 
 Reported per device, in GiB:
 
@@ -218,8 +220,9 @@ def residual_bytes(tr) -> float:
                    if not why.startswith("from the argument")))
 
 
-def compile_step(c, devices: int, log=print):
-  """Trainer for config `c` on `devices` CPU devices; lowers and compiles its step abstractly."""
+def compile_step(c, devices, log=print):
+  """Trainer for config `c` on `devices` (a count of this process's devices, or a device list,
+  e.g. a TPU topology's); lowers and compiles its step from abstract arguments."""
   import jax
   import jax.numpy as jnp
 
@@ -230,9 +233,13 @@ def compile_step(c, devices: int, log=print):
     frozen = sharding.abstract_sharded_params(cfg, mesh, rules, ("entropy_model",))
     return frozen, jax.tree.map(lambda x: x.sharding, frozen)
 
+  devs = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
+  real_load = train._load_entropy_model
   train._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
-  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"),
-                        devices=jax.devices()[:devices])
+  try:
+    tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"), devices=devs)
+  finally:
+    train._load_entropy_model = real_load
   b, s = tr.r.train.batch_size, tr.r.train.seq_len
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,  # noqa: E731
                                                sharding=tr.batch_sharding(len(shape)))

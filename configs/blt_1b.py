@@ -5,6 +5,11 @@
 ~1.46 B non-hash + 3.07 B hash-table parameters. Recipe (blt.md §9): AdamW 4e-4, warm-up 2000,
 cosine to 0, clip 1.0, 8k-byte context. Needs an accelerator pod: bf16 compute, fsdp sharding;
 point train.entropy_checkpoint at an entropy_100m run's export.
+
+Defaults sized for a TPU v5e-16 slice (v5e:4x4, 16 GiB HBM per chip): global batch 256 rows of
+8192 bytes as 16 microbatches (grad_accum) of 1 row per chip, remat "full". Other slices keep the
+global batch with grad_accum = 256 / (rows per chip x chips); docs/accelerators.md has the
+per-topology overrides and the TPU compiler's memory figures (benchmarks/tpu_compile.py).
 """
 
 from bltjax.train_config import base_config, entropy_stack, global_stack, stack
@@ -18,10 +23,11 @@ def get_config():
   c.model.entropy = entropy_stack(768, 14, 12)
   c.model.cross_attn_k = 2
   c.model.dtype = "bfloat16"
-  c.model.remat = "dots"
+  c.model.remat = "full"  # recompute each block in the backward pass: least activation memory
   c.train.task = "blt"
   c.train.steps = 100_000
   c.train.batch_size = 256
+  c.train.grad_accum = 16  # 256 / 16 = 16 rows per microbatch = 1 per chip on v5e-16
   c.train.seq_len = 8192
   c.train.min_expected_patch = 2.0
   c.train.lr = 4e-4
