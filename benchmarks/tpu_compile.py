@@ -163,14 +163,19 @@ def roofline_seconds(c: dict[str, float], chip: Chip) -> float:
 # train
 
 
-def run_train(a, log: Clock) -> dict:
-  from train_memory import compile_step, state_bytes
-
+def target(a, log: Clock):
+  """(chip figures, topology devices, the config with --attention applied, that attention)."""
   chip = chip_for(a.topology)
   devices = topology_devices(a.topology)
   log(f"{a.topology}: {len(devices)} x {devices[0].device_kind}")
   c = load_config(a.config)
-  attention = set_attention(c, a.attention)
+  return chip, devices, c, set_attention(c, a.attention)
+
+
+def run_train(a, log: Clock) -> dict:
+  from train_memory import compile_step, state_bytes
+
+  chip, devices, c, attention = target(a, log)
   if a.seq_len:
     c.train.seq_len = a.seq_len
   if a.batch_size:
@@ -402,11 +407,7 @@ def run_decode(a, log: Clock) -> dict:
   from bltjax import nfe, sharding
   from bltjax.config import BLTConfig
 
-  chip = chip_for(a.topology)
-  devices = topology_devices(a.topology)
-  log(f"{a.topology}: {len(devices)} x {devices[0].device_kind}")
-  c = load_config(a.config)
-  attention = set_attention(c, a.attention)
+  chip, devices, c, attention = target(a, log)
   base = BLTConfig.from_dict(c.model.to_dict())
   shape = tuple(int(x) for x in a.mesh.split(",")) if a.mesh else (1, 1, len(devices))
   mesh = sharding.make_mesh(shape, devices, key="--mesh")
