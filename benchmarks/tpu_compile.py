@@ -163,6 +163,11 @@ def roofline_seconds(c: dict[str, float], chip: Chip) -> float:
 # train
 
 
+def sig(x: float, digits: int = 6) -> float:
+  """`x` to `digits` significant digits: tiny configs' TFLOP figures keep their precision."""
+  return float(f"{x:.{digits}g}")
+
+
 def target(a, log: Clock):
   """(chip figures, topology devices, the config with --attention applied, that attention)."""
   chip = chip_for(a.topology)
@@ -221,10 +226,10 @@ def run_train(a, log: Clock) -> dict:
     hbm_gib=round(chip.hbm_bytes / GIB, 1),
     headroom_gib=round((chip.hbm_bytes - mem["peak"]) / GIB, 3),
     fits=mem["peak"] <= chip.hbm_bytes,
-    xla_counted_tflops=round(counted["flops"] / 1e12, 4),
-    xla_counted_gb_accessed=round(counted["bytes_accessed"] / 1e9, 3),
-    tflops_per_chip_per_step=round(cst["flops"] / 1e12, 4),
-    gb_accessed_per_chip_per_step=round(cst["bytes_accessed"] / 1e9, 3),
+    xla_counted_tflops=sig(counted["flops"] / 1e12),
+    xla_counted_gb_accessed=sig(counted["bytes_accessed"] / 1e9),
+    tflops_per_chip_per_step=sig(cst["flops"] / 1e12),
+    gb_accessed_per_chip_per_step=sig(cst["bytes_accessed"] / 1e9),
     optimal_seconds=counted["optimal_seconds"],
     roofline_step_s=round(t, 4),
     roofline_bound="flops" if t_flops >= t - 1e-12 else "bytes",

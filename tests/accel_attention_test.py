@@ -224,6 +224,8 @@ def test_auto_on_cpu_compiles_no_conditional_and_no_pallas():
   assert not any(re.search(r" (conditional|custom-call)\(", ln) for ln in ops)
 
 
+# ~100 s of interpret-mode kernels on 2 cores; the per-kernel equalities above stay in make test.
+@pytest.mark.slow
 def test_model_with_pallas_equals_xla():
   """The whole BLT (entropy model, encoder, global model, decoder; packed documents, padding)
   with every self-attention through splash in interpret mode: logits, entropies and gradients
