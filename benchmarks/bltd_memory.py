@@ -69,7 +69,7 @@ def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches:
   RMSNorm and cross-attention); the dense global attention keeps 3 fp32 score arrays, the bf16
   probabilities and the bool mask per layer. With remat only each layer's inputs stay, plus one
   layer's terms while it is recomputed in the backward pass. Within ~15% of the measured
-  residuals (README "BLT-D").
+  residuals (docs/benchmarks.md "BLT-D training").
   """
   e, g, d = cfg.encoder, cfg.global_, cfg.decoder
   z, b = cfg.diffusion.block_size, act_bytes

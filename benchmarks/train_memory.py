@@ -3,9 +3,10 @@
 Compiles the training code's own step (`bltjax.train.Trainer.make_train_step`: forward, backward,
 clip, AdamW, donated state) from abstract arguments only, on CPU with N fake devices and a mesh
 (1, N, 1) = fsdp over N, one row per device by default. Nothing is allocated, so the 1B geometry
-at 8k bytes compiles on a laptop (slowly: see README "Training memory"). It always runs on the
-CPU (JAX_PLATFORMS=cpu and N fake devices from XLA_FLAGS): that is what lets one host pose as N
-devices. For the TPU compiler's own figures use benchmarks/tpu_compile.py (docs/accelerators.md).
+at 8k bytes compiles on a laptop (slowly: see docs/benchmarks.md "Training memory"). It always
+runs on the CPU (JAX_PLATFORMS=cpu and N fake devices from XLA_FLAGS): that is what lets one
+host pose as N devices. For the TPU compiler's own figures use benchmarks/tpu_compile.py
+(docs/accelerators.md).
 
 Reported per device, in GiB:
 

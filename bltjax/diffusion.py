@@ -40,8 +40,8 @@ with a ≈ 12 (norm inputs, q/k/v/o, cross-attention q/o, residuals) and T the h
 Attention X is transient, not per layer: dense clean attention costs 12·H·S² for one layer
 (8k bytes, 16 heads: 12.9 GB), the segment form 12·H·S·(n_W + 1)·Q per segment chunk, the
 blocks 12·H·Mc·Z·(W + Z) + 2·b·Mc·W·G·K per block chunk; `activation_bytes` evaluates the formula
-and README "BLT-D" lists XLA's measured peaks. The block stream is why BLT-D costs more than BLT:
-N/S = 1 + Z·M/S ≈ 1 + Z/n_p (5 at n_p = 4, Z = 16).
+and docs/benchmarks.md ("BLT-D training") lists XLA's measured peaks. The block stream is why
+BLT-D costs more than BLT: N/S = 1 + Z·M/S ≈ 1 + Z/n_p (5 at n_p = 4, Z = 16).
 
 Public API:
   build_blocks, sample_t, corrupt_blocks                    §3.1 / §3.2

@@ -105,7 +105,8 @@ SCALES = {
     est_s={"entropy": 600, "blt": 2400, "bltd": 1800, "eval": 1800}),
   "1b": Scale(
     name="1b", needs="a TPU v5p-64 / 8 x H100-80GB class pod for pretraining (BLT-1B at 8k bytes "
-    "with fsdp 8: ~48 GiB per device with remat; README 'Training memory'); with --blt-weights "
+    "with fsdp 8: ~48 GiB per device with remat; docs/benchmarks.md 'Training memory'); with "
+    "--blt-weights "
     "(converted facebook/blt-1b) only the BLT-D fine-tunes and the evaluation run (8 accelerators "
     "of >= 40 GB)",
     entropy=Run("entropy_100m", 100_000, 8192, 64, 1e-3, 500),

@@ -40,7 +40,7 @@ class ShardingRules:
   batch: MeshAxes = ("data", "fsdp")  # training rows (`batch_sharding`)
   embed: MeshAxes = "fsdp"
   # Local models (encoder, decoder, entropy model) too: replicated, their params, Adam moments
-  # and grads cost 2.6 GiB per device at 1B (README, training memory).
+  # and grads cost 2.6 GiB per device at 1B (docs/benchmarks.md, training memory).
   embed_local: MeshAxes = "fsdp"
   embed_cross: MeshAxes = "tensor"  # k·D projections: split like an FFN width
   heads: MeshAxes = "tensor"
@@ -223,7 +223,8 @@ def constrain_rows(x: jax.Array, rules: ShardingRules = ShardingRules()) -> jax.
   An anchor for XLA's sharding propagation inside the model: with the local models' weights
   split over fsdp on their width, XLA otherwise shards the byte activations' width the same way
   and gathers all rows on every device (8x the local stacks' activations and compute at fsdp 8;
-  README, training memory). Identity without a current mesh, or when the rows do not divide.
+  docs/benchmarks.md, training memory). Identity without a current mesh, or when the rows do not
+  divide.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:

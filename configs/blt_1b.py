@@ -1,10 +1,11 @@
-"""BLT-1B, released geometry (blt.md §6): encoder 1 x 1024 (16 heads), global 25 x 2048
-(16 heads), decoder 9 x 1024, k = 2 (no global input projection), hash n-grams 3..8 with
-500002 rows, entropy patching at the release threshold with the 100M entropy model.
+"""BLT-1B, released geometry (docs/architecture.md, "Released geometries"): encoder 1 x 1024
+(16 heads), global 25 x 2048 (16 heads), decoder 9 x 1024, k = 2 (no global input projection),
+hash n-grams 3..8 with 500002 rows, entropy patching at the release threshold with the 100M
+entropy model.
 
-~1.46 B non-hash + 3.07 B hash-table parameters. Recipe (blt.md §9): AdamW 4e-4, warm-up 2000,
-cosine to 0, clip 1.0, 8k-byte context. Needs an accelerator pod: bf16 compute, fsdp sharding;
-point train.entropy_checkpoint at an entropy_100m run's export.
+~1.46 B non-hash + 3.07 B hash-table parameters. Recipe (arXiv 2412.09871 §4.8): AdamW 4e-4,
+warm-up 2000, cosine to 0, clip 1.0, 8k-byte context. Needs an accelerator pod: bf16 compute,
+fsdp sharding; point train.entropy_checkpoint at an entropy_100m run's export.
 
 Defaults sized for a TPU v5e-16 slice (v5e:4x4, 16 GiB HBM per chip): global batch 256 rows of
 8192 bytes as 16 microbatches (grad_accum) of 1 row per chip, remat "full". Other slices keep the

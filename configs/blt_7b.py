@@ -1,6 +1,7 @@
-"""BLT-7B, released geometry (blt.md §6): encoder 1 x 1280 (20 heads), global 32 x 4096
-(32 heads), decoder 6 x 1280, k = 4, so the global input projection 5120 -> 4096 exists; hash
-n-grams 3..8 with 500002 rows; entropy patching with the 100M entropy model.
+"""BLT-7B, released geometry (docs/architecture.md, "Released geometries"): encoder 1 x 1280
+(20 heads), global 32 x 4096 (32 heads), decoder 6 x 1280, k = 4, so the global input projection
+5120 -> 4096 exists; hash n-grams 3..8 with 500002 rows; entropy patching with the 100M entropy
+model.
 
 ~6.7 B non-hash + 3.84 B hash-table parameters: shard with fsdp (and tensor) over a pod.
 """

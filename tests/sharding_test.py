@@ -144,7 +144,7 @@ def test_every_rule_is_carried_by_some_array():
 
 def test_1b_params_are_all_split_over_fsdp():
   """Local models, entropy model and hash tables included: nothing replicated on (1, 8, 1), so
-  params, Adam moments and grads cost 1/8 per device (README, training memory)."""
+  params, Adam moments and grads cost 1/8 per device (docs/benchmarks.md, training memory)."""
   mesh = sharding.make_mesh((1, 8, 1))
   abstract = sharding.abstract_sharded_params(model_cfg("blt_1b"), mesh)
   replicated = {jax.tree_util.keystr(k): math.prod(x.shape) * x.dtype.itemsize

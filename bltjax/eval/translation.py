@@ -136,10 +136,10 @@ def _tfds_corpus(a) -> Corpus:
   except Exception as e:  # DatasetNotFoundError and friends
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UsageError(f"{where}: cannot open it ({first}); prepare it locally as array_record "
-                     "(see README, Evaluation)") from e
+                     "(see docs/cli.md, Evaluation)") from e
   if not prepared:
     raise UsageError(f"{where}: not prepared under {builder.data_dir}; prepare it locally as "
-                     "array_record first (see README, Evaluation)")
+                     "array_record first (see docs/cli.md, Evaluation)")
   if a.langs:
     langs = _split_langs(a.langs, "--langs")
   elif builder.info.supervised_keys:
