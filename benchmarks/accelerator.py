@@ -295,7 +295,7 @@ def hf_generate(run: Run, deadline: float) -> dict:
   import torch
   from transformers import BltForCausalLM
 
-  from bltjax import ar
+  from bltjax import generation
   from bltjax.convert import hf
 
   del deadline
@@ -312,7 +312,7 @@ def hf_generate(run: Run, deadline: float) -> dict:
     model = model.to(device).eval()
     run.log(f"HF model converted and loaded on {device} in {time.monotonic() - t:.1f}s")
   prompt = run.prompts(s["batch_big"])[0]
-  ids = torch.tensor([ar.encode_prompt(prompt)], device=device)
+  ids = torch.tensor([generation.encode_prompt(prompt)], device=device)
   kw = dict(do_sample=False, use_cache=False, eos_token_id=2, pad_token_id=0)
   with torch.no_grad():
     model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)  # warm-up

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bltjax import ar, generation, model  # noqa: E402
+from bltjax import generation, model  # noqa: E402
 from bltjax.config import BLTConfig  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main():
   cfg = load_config()
   params = model.init_params(cfg, jax.random.key(0))
   sample = prompts(4, 256)
-  ids = jnp.asarray([ar.encode_prompt(s) for s in sample])
+  ids = jnp.asarray([generation.encode_prompt(s) for s in sample])
   h = model.entropies(params, cfg, ids)
   cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher, threshold=float(jnp.median(h))))
 
@@ -83,7 +83,7 @@ def main():
     n_bytes = sum(len(r.new_ids) + (r.reason == "eos") for r in res)
     ours = n_bytes / dt
     patches = sum(r.nfe_enc_global for r in res)
-    ids = torch.tensor([ar.encode_prompt(p) for p in ps])
+    ids = torch.tensor([generation.encode_prompt(p) for p in ps])
     with torch.no_grad():
       hf.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False, eos_token_id=2,
                   pad_token_id=0)

@@ -164,9 +164,9 @@ def calibrate(params, cfg, texts: list[bytes], target: float) -> tuple[float, fl
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import ar, model, patching
+  from bltjax import generation, model, patching
 
-  ids = [ar.encode_prompt(t) for t in texts]
+  ids = [generation.encode_prompt(t) for t in texts]
   arr = np.zeros((len(ids), max(map(len, ids))), np.int32)
   for i, x in enumerate(ids):
     arr[i, :len(x)] = x
@@ -289,11 +289,11 @@ def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import ar, model
+  from bltjax import generation, model
 
   out = {m: max(g.passes[m] for g in res) for m in res[0].passes}
   if spec.name == "ar" and len(res) > 1:
-    ids = [ar.encode_prompt(p) + g.new_ids for p, g in zip(prompts, res, strict=True)]
+    ids = [generation.encode_prompt(p) + g.new_ids for p, g in zip(prompts, res, strict=True)]
     arr = np.zeros((len(ids), max(map(len, ids))), np.int32)
     for i, x in enumerate(ids):
       arr[i, :len(x)] = x
@@ -302,7 +302,7 @@ def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
     steps = max(len(g.new_ids) for g in res)
     closes = np.zeros((steps,), bool)
     for i, (p, g) in enumerate(zip(prompts, res, strict=True)):
-      n0 = len(ar.encode_prompt(p))
+      n0 = len(generation.encode_prompt(p))
       # Step t feeds new byte t at position n0 + t; the last byte is never fed.
       t = np.arange(len(g.new_ids) - 1)
       closes[t] |= starts[i, n0 + t + 1]

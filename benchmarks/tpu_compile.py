@@ -192,7 +192,7 @@ def run_train(a, log: Clock) -> dict:
   if a.mesh:
     c.mesh.shape = tuple(int(x) for x in a.mesh.split(","))
   if c.train.task == "blt" and c.model.patcher.mode == "entropy":
-    c.train.entropy_checkpoint = "(abstract)"  # never read: compile_step places abstract weights
+    c.train.entropy_checkpoint = "(abstract)"  # never read: compile_step passes entropy_params
   log(f"lowering the {c.train.task} step of {a.config} (seq_len {c.train.seq_len}, batch "
       f"{c.train.batch_size}, grad_accum {c.train.grad_accum}, remat {c.model.remat}) ...")
   from bltjax.config import ConfigError
@@ -282,7 +282,7 @@ def decode_cycle_program(cfg, m: DecodeMethod, mesh, batch: int, prompt_len: int
   import jax
   import jax.numpy as jnp
 
-  from bltjax import engine, generation, layers, runloop, sharding
+  from bltjax import engine, generation, layers, model, runloop, sharding
 
   opt = generation.Options(draft_k=m.window or 8, rule="one_step" if m.name != "ar" else None)
   generation.check(m.name, cfg, opt)
@@ -296,7 +296,7 @@ def decode_cycle_program(cfg, m: DecodeMethod, mesh, batch: int, prompt_len: int
     plain = jax.eval_shape(layers.fuse_projections, plain)
     p_sh = jax.tree.map(lambda _: sharding.replicated(mesh), plain)
   else:
-    p_sh = sharding.param_shardings(cfg, mesh)
+    p_sh = model.param_shardings(cfg, mesh)
   cap = min(512, cfg.patcher.max_patch_length or 512)
   spec = engine.CacheSpec(max_patches=generation.bucket(prompt_len + max_new + 2),
                           max_len=prompt_len + max_new + 1, patch_cap=cap, max_q=max_q)

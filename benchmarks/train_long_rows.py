@@ -31,32 +31,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def random_entropy(cfg, path, mesh, rules):
-  """Stands in for `train._load_entropy_model`: no export, a randomly initialised entropy model
-  (its patches are as real as any), placed as the loaded one would be."""
-  import jax
-
-  from bltjax import model, sharding
-
-  del path, rules
-  ent = model.init_params(cfg, jax.random.key(1))["entropy_model"]
-  frozen = {"entropy_model": jax.device_put(ent, sharding.replicated(mesh))}
-  return frozen, jax.tree.map(lambda x: x.sharding, frozen)
-
-
 def run(c, steps: int, log=None) -> tuple[dict, object]:
   """`steps` timed Trainer steps (after one compile step) of config `c` on synthetic rows, one
   device; returns (figures, the Trainer)."""
   import jax
   import numpy as np
 
-  from bltjax import sharding, train
+  from bltjax import model, sharding, train
 
+  # No export: a randomly initialised entropy model patches just as well.
   if c.model.patcher.mode == "entropy":
-    c.train.entropy_checkpoint = "(random)"
-  train._load_entropy_model = random_entropy  # no export: a random patcher patches just as well
+    c.train.entropy_checkpoint = "(random)"  # resolve() asks for one; entropy_params replaces it
+  cfg = train.resolve(c, 1, 1).model
+  ent = model.init_params(cfg, jax.random.key(1)).get("entropy_model")
   tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_long_rows_"),
-                            devices=jax.devices()[:1])
+                            devices=jax.devices()[:1], entropy_params=ent)
   state = tr.init_state()
   seq_len, batch = c.train.seq_len, c.train.batch_size
   rows = train.synthetic_batches(0, seq_len, batch)

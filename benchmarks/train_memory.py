@@ -227,20 +227,13 @@ def compile_step(c, devices, log=print):
   import jax
   import jax.numpy as jnp
 
-  from bltjax import sharding, train
-
-  def abstract_entropy(cfg, path, mesh, rules):
-    del path  # placed as train._load_entropy_model places the loaded weights
-    frozen = sharding.abstract_sharded_params(cfg, mesh, rules, ("entropy_model",))
-    return frozen, jax.tree.map(lambda x: x.sharding, frozen)
+  from bltjax import model, sharding, train
 
   devs = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
-  real_load = train._load_entropy_model
-  train._load_entropy_model = abstract_entropy  # no checkpoint: shapes are all the step needs
-  try:
-    tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"), devices=devs)
-  finally:
-    train._load_entropy_model = real_load
+  cfg = train.resolve(c, len(devs), 1).model
+  ent = model.abstract_params(cfg).get("entropy_model")  # no checkpoint: shapes are all it needs
+  tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="train_memory_"), devices=devs,
+                            entropy_params=ent)
   b, s = tr.r.train.batch_size, tr.r.train.seq_len
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt,  # noqa: E731
                                                sharding=tr.batch_sharding(len(shape)))

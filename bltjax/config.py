@@ -23,6 +23,11 @@ VOCAB_SIZE = 260
 MASK_ID = 260  # BLT-D input-only id (docs/bltd.md)
 
 
+def encode_prompt(data: bytes) -> list[int]:
+  """BOS + byte ids (+OFFSET); prompts carry no EOS (the official `generate_nocache`)."""
+  return [BOS_ID] + [b + OFFSET for b in data]
+
+
 def ids_to_bytes(ids) -> bytes:
   """Byte ids (>= OFFSET) back to bytes; BOS/EOS/padding/other specials are dropped."""
   a = np.asarray(ids, np.int64)

@@ -191,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
   shardings = mesh = None
   if a.mesh:
-    from bltjax import sharding  # noqa: PLC0415
+    from bltjax import model, sharding  # noqa: PLC0415
 
     shape = tuple(int(x) for x in a.mesh.split(","))
     # Several processes: each decodes its own rows on its own devices (the mesh is per host).
     mesh = sharding.make_mesh(shape, jax.local_devices() if pc > 1 else None, key="--mesh")
     cfg0 = weights.load_config(a.checkpoint)
-    shardings = sharding.param_shardings(cfg0, mesh)
+    shardings = model.param_shardings(cfg0, mesh)
   try:
     cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
   except (weights.CheckpointError, OSError) as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import ar, bltd, bltdv, blts, engine, runloop, sharding
-from bltjax.config import BOS_ID, EOS_ID, BLTConfig, ids_to_bytes
+from bltjax import ar, bltd, bltdv, blts, engine, model, runloop, sharding
+from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
   b = bucket(n_real, 1) if batch_bucket else n_real
   if mesh is not None:  # every device holds whole rows
     b = -(-b // sharding.data_axes_size(mesh)) * sharding.data_axes_size(mesh)
-  ids = [ar.encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)
+  ids = [encode_prompt(p) for p in prompts] + [[BOS_ID]] * (b - n_real)
   s = bucket(max(len(x) for x in ids))
   arr = np.zeros((b, s), np.int32)
   for i, x in enumerate(ids):
@@ -209,7 +210,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
   """Generates for a batch of prompts with the named method: bucketed prefill, then one jitted
   loop for the whole batch; one `Generation` per prompt. `budgets`: per-row byte budgets
   (<= max_new); `seeds`: per-row sampling seeds (a row's output never depends on its batch);
-  `mesh`: decode with the state sharded over it (params placed by `sharding.param_shardings`)."""
+  `mesh`: decode with the state sharded over it (params placed by `model.param_shardings`)."""
   check(method, cfg, options)
   opt = options
   max_q, static = _static(method, cfg, opt)
@@ -260,5 +261,58 @@ def stats(name: str, g: Any, cfg: BLTConfig, opt: Options = Options()) -> dict[s
   return {}
 
 
+# ----------------------------------------------------------------------------------------------
+# Drivers outside the batched loop: one byte at a time, and the full-recompute reference.
+
+
+def stream(params, cfg: BLTConfig, prompt: bytes, *, max_new: int, temperature: float = 0.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0, max_patches: int | None = None):
+  """Interactive driver: yields each new byte as it is produced (one jitted step per byte)."""
+  st, _, _ = prepare(params, cfg, [prompt], max_new=max_new, max_q=1,
+                                max_patches=max_patches, batch_bucket=False)
+  key = jax.random.key(seed)
+  active = jnp.ones((1,), bool)
+  arrs = (jnp.full((1,), temperature, jnp.float32), jnp.full((1,), top_k, jnp.int32),
+          jnp.full((1,), top_p, jnp.float32))
+  for _ in range(max_new):
+    tok = runloop.sample(st.logits, jax.vmap(jax.random.fold_in)(key[None], st.n), *arrs)
+    t = int(tok[0])
+    if t == EOS_ID:
+      return
+    if t >= OFFSET:
+      yield bytes([t - OFFSET])
+    st = engine.step(params, cfg, st, tok, active)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _last_logits(params, cfg, ids_BxS, lengths_B):
+  logits = model.forward(params, cfg, ids_BxS, lengths_B=lengths_B)
+  return logits[jnp.arange(ids_BxS.shape[0]), lengths_B - 1]
+
+
+def generate_reference(params, cfg: BLTConfig, prompt: bytes, max_new: int,
+                       width: int | None = None) -> list[int]:
+  """Greedy decoding that re-patches and re-runs the whole model for every byte (what both
+  reference implementations do). `width` fixes the padded length (one compilation)."""
+  ids = encode_prompt(prompt)
+  s = width or bucket(len(ids) + max_new)
+  if s < len(ids) + max_new:
+    raise ValueError(f"width {s} < prompt {len(ids)} + max_new {max_new}")
+  arr = np.zeros((1, s), np.int32)
+  arr[0, :len(ids)] = ids
+  n = len(ids)
+  out = []
+  for _ in range(max_new):
+    lg = _last_logits(params, cfg, jnp.asarray(arr), jnp.asarray([n], jnp.int32))
+    t = int(jnp.argmax(lg[0]))
+    out.append(t)
+    if t == EOS_ID:
+      break
+    arr[0, n] = t
+    n += 1
+  return out
+
+
 __all__ = ["Options", "Method", "METHODS", "Generation", "method", "check", "generate",
-           "prepare", "trim", "stats", "bucket", "ids_to_bytes"]
+           "prepare", "trim", "stats", "bucket", "ids_to_bytes",
+           "stream", "generate_reference", "encode_prompt"]

@@ -26,7 +26,6 @@ Eq. 18) sums over byte targets only (ids 4..259); EOS targets are reported apart
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -138,21 +137,3 @@ def blt_loss(params: Any, cfg: BLTConfig, batch: Batch, rng: jax.Array | None = 
   t = jnp.arange(s + 1)[None, :]
   metrics["n_patches"] = jnp.sum(start & (t < new_len[:, None])).astype(jnp.float32)
   return loss, metrics
-
-
-def get_loss_fn(cfg: BLTConfig, task: str, max_patches: int | None = None) -> LossFn:
-  """The `loss_fn(params, cfg, batch, rng)` for a task; BLT-D when `cfg.diffusion.enabled`."""
-  if task == "entropy":
-    return entropy_loss
-  if task != "blt":
-    raise ValueError(f"train.task: unknown task {task!r}")
-  if cfg.diffusion.enabled:
-    # Lazy: BLT-D lives in its own module and is only imported when configured.
-    from bltjax import diffusion
-
-    fn = diffusion.bltd_loss
-  else:
-    fn = blt_loss
-  if max_patches is not None and "max_patches" in inspect.signature(fn).parameters:
-    return lambda p, c, b, r: fn(p, c, b, r, max_patches=max_patches)
-  return fn

@@ -4,19 +4,21 @@ Parameter tree (plain nested dicts; docs/architecture.md names):
   local_encoder/…, global_transformer/…, local_decoder/…, entropy_model/…
 
 Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
-`init_params`, `abstract_params`, `logical_axes`, `entropy_logits`, `entropies`, `patch`,
-`forward`, and the stage functions `encode`, `global_latents`, `decoder_logits` that BLT-D
-training reuses.
+`init_params`, `abstract_params`, `logical_axes`, the sharded-from-birth `param_shardings`,
+`abstract_sharded_params`, `init_sharded`, `entropy_logits`, `entropies`, `patch`, `forward`,
+and the stage functions `encode`, `global_latents` that BLT-D training reuses.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from bltjax import accel, hashing, kernels, patching, sharding
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
@@ -359,15 +361,57 @@ def init_params(cfg: BLTConfig, rng) -> Params:
   return jax.jit(lambda r: nn.meta.unbox(_init_boxed(cfg, r)))(rng)
 
 
+@functools.lru_cache(maxsize=8)
+def _trees(cfg: BLTConfig) -> tuple[Params, Params]:
+  """(logical specs, abstract params) of `cfg` from one trace of the init (costly at 7B)."""
+  boxed = jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0))
+  return nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
+
+
 def abstract_params(cfg: BLTConfig) -> Params:
   """Shapes and dtypes only: a 7B model is described without allocating it."""
-  return nn.meta.unbox(jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0)))
+  return _trees(cfg)[1]
 
 
 def logical_axes(cfg: BLTConfig) -> Params:
   """Tree of `PartitionSpec`s of logical axis names, same structure as the params."""
-  boxed = jax.eval_shape(lambda r: _init_boxed(cfg, r), jax.random.key(0))
-  return nn.get_partition_spec(boxed)
+  return _trees(cfg)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharded from birth: `eval_shape(init)` -> shardings -> `jit(init, out_shardings=...)`, so no
+# host ever holds a full copy (docs/architecture.md, sharding).
+
+
+def _subset(tree: Params, keys: Sequence[str] | None) -> Params:
+  return tree if keys is None else {k: tree[k] for k in keys}
+
+
+def param_shardings(cfg: BLTConfig, mesh: Mesh,
+                    rules: sharding.ShardingRules = sharding.ShardingRules(),
+                    keys: Sequence[str] | None = None) -> Params:
+  """NamedShardings for every parameter of `cfg` (only the top-level `keys`, if given)."""
+  specs, shapes = _trees(cfg)
+  return sharding.logical_to_sharding(_subset(specs, keys), mesh, rules, _subset(shapes, keys))
+
+
+def abstract_sharded_params(cfg: BLTConfig, mesh: Mesh,
+                            rules: sharding.ShardingRules = sharding.ShardingRules(),
+                            keys: Sequence[str] | None = None) -> Params:
+  """`ShapeDtypeStruct`s with shardings: describes a 7B model without allocating it."""
+  shards = param_shardings(cfg, mesh, rules, keys)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      _subset(_trees(cfg)[1], keys), shards)
+
+
+def init_sharded(cfg: BLTConfig, rng: jax.Array, mesh: Mesh,
+                 rules: sharding.ShardingRules = sharding.ShardingRules(),
+                 keys: Sequence[str] | None = None) -> Params:
+  """Initialises parameters directly into their shards."""
+  shards = param_shardings(cfg, mesh, rules, keys)
+  init = lambda r: _subset(nn.meta.unbox(_init_boxed(cfg, r)), keys)  # noqa: E731
+  with sharding.use_mesh(mesh):
+    return jax.jit(init, out_shardings=shards)(rng)
 
 
 def blt_params(params: Params) -> Params:
@@ -408,11 +452,6 @@ def forward(params: Params, cfg: BLTConfig, ids_BxS, start_BxS1=None, lengths_B=
                                start_BxS1, p)
 
 
-def _method(cfg, name, params, *args):
-  return blt_module(cfg).apply({"params": blt_params(params)}, *args,
-                               method=lambda m, *a: getattr(m, name)(*a))
-
-
 def encode(params: Params, cfg: BLTConfig, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS,
            num_patches: int):
   """Local encoder: (byte states h_enc [B,S,De], patch inputs [B,P,C·De])."""
@@ -426,14 +465,7 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
                                valid_BxP, method=lambda m, *a: m.global_transformer(*a))
 
 
-def decoder_logits(params: Params, cfg: BLTConfig, h_BxSxD, pos_BxS, doc_BxS, valid_BxS,
-                   o_BxPxDg, lat_idx_BxS):
-  """The local decoder stage: next-byte logits of byte states h given the patch latents o."""
-  return blt_module(cfg).apply({"params": blt_params(params)}, h_BxSxD, pos_BxS, doc_BxS,
-                               valid_BxS, o_BxPxDg, lat_idx_BxS,
-                               method=lambda m, *a: m.local_decoder(*a))
-
-
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
-           "entropies", "entropy_logits", "patch", "encode", "global_latents", "decoder_logits",
-           "byte_arrays", "doc_ids_from_ids", "defaults"]
+           "entropies", "entropy_logits", "patch", "encode", "global_latents",
+           "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
+           "abstract_sharded_params", "init_sharded"]

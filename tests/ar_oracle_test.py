@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bltjax import ar, generation
+from bltjax import generation
 from bltjax.convert import hf as convert_hf
 from tests.hf_fixtures import save_tiny
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.oracle
 
 
 def _hf_greedy(model, prompt: bytes, max_new: int) -> list[int]:
-  ids = torch.tensor([ar.encode_prompt(prompt)])
+  ids = torch.tensor([generation.encode_prompt(prompt)])
   with torch.no_grad():
     out = model.generate(ids, max_new_tokens=max_new, do_sample=False, use_cache=False,
                          eos_token_id=2, pad_token_id=0)

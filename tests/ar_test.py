@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from bltjax import ar, engine, generation
+from bltjax import engine, generation
 from bltjax.generation import Options
 from tests.model_fixtures import PROMPTS, tiny_config
 from tests.model_fixtures import blt_setup as _setup
@@ -18,7 +18,7 @@ def generate(params, cfg, prompts, **kw):
 def _check_against_reference(cfg, params, prompts, max_new, width=256):
   res = generate(params, cfg, prompts, max_new=max_new)
   for prompt, r in zip(prompts, res, strict=True):
-    ref = ar.generate_reference(params, cfg, prompt, max_new, width=width)
+    ref = generation.generate_reference(params, cfg, prompt, max_new, width=width)
     got = r.new_ids + ([2] if r.reason == "eos" else [])
     assert got == ref[:len(got)], (prompt, got, ref)
     assert len(got) == len(ref) or r.reason != "length"
@@ -84,7 +84,7 @@ def test_static_patching_is_refused():
 def test_stream_matches_batch():
   cfg, params = _setup(window=16)
   batch = generate(params, cfg, [PROMPTS[0]], max_new=30)[0]
-  streamed = b"".join(ar.stream(params, cfg, PROMPTS[0], max_new=30))
+  streamed = b"".join(generation.stream(params, cfg, PROMPTS[0], max_new=30))
   assert streamed == batch.data
 
 
@@ -134,7 +134,7 @@ def test_engine_forward_equals_training_forward():
   from bltjax import model
 
   cfg, params = _setup(window=16)
-  ids = [ar.encode_prompt(p) for p in (PROMPTS[2], PROMPTS[0])]
+  ids = [generation.encode_prompt(p) for p in (PROMPTS[2], PROMPTS[0])]
   s = 160
   arr = np.zeros((2, s), np.int32)
   for i, x in enumerate(ids):
@@ -164,11 +164,11 @@ def test_fused_projections_decode_what_the_checkpoint_weights_decode():
   blk = fused["global_transformer"]["layers_0"]
   assert set(blk["attention"]) == {"wqkv", "wo"} and set(blk["feed_forward"]) == {"w13", "w2"}
   assert "wq" in params["global_transformer"]["layers_0"]["attention"]  # input untouched
-  ids = jnp.asarray([ar.encode_prompt(PROMPTS[0])], jnp.int32)
+  ids = jnp.asarray([generation.encode_prompt(PROMPTS[0])], jnp.int32)
   np.testing.assert_allclose(model.forward(fused, cfg, ids), model.forward(params, cfg, ids),
                              atol=1e-6, rtol=1e-6)
   res = generate(fused, cfg, PROMPTS[:2], max_new=30)
   for prompt, r in zip(PROMPTS[:2], res, strict=True):
-    ref = ar.generate_reference(params, cfg, prompt, 30)
+    ref = generation.generate_reference(params, cfg, prompt, 30)
     got = r.new_ids + ([2] if r.reason == "eos" else [])
     assert got == ref[:len(got)] and len(got) > 4

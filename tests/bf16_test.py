@@ -102,7 +102,7 @@ def test_bf16_compute_training_tracks_fp32():
   tx, _ = optim.make_optimizer(r.train)
 
   def run(cfg):
-    loss_fn = losses.get_loss_fn(cfg, "blt", r.max_patches)
+    loss_fn = train.get_loss_fn(cfg, "blt", r.max_patches)
 
     def loss(p, b):
       return loss_fn(p, cfg, dict(b, start=losses.train_patch_starts(p, cfg, b)), None)[0]

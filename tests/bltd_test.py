@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import ar, bltd, engine, generation, model, patching
+from bltjax import bltd, engine, generation, model, patching
 from bltjax.config import EOS_ID, MASK_ID, DiffusionConfig
 from tests import bltd_reference
 from tests.model_fixtures import BLOCK_SIZE, PROMPTS, bltd_setup
@@ -95,7 +95,7 @@ def reference_bltd(params, cfg, prompt: bytes, max_new: int, rule: bltd.BlockRul
                    block_latent: str = "partial_last_patch"):
   """BLT-D by full recompute: every block re-patches and re-runs the model over the prefix
   (with a forced patch start at every block start for "force_boundary")."""
-  ids = ar.encode_prompt(prompt)
+  ids = generation.encode_prompt(prompt)
   out, steps = [], 0
   forced = np.zeros((1, WIDTH + 1), bool)
   while len(out) < max_new:
@@ -228,7 +228,7 @@ def test_bltd_block_logits_equal_reference_at_every_step(block_input):
   cfg, params = setup(8, block_input)
   rule = bltd.BlockRule("confidence", alpha=0.3)
   prompt = PROMPTS[2][:50]
-  ids = ar.encode_prompt(prompt)
+  ids = generation.encode_prompt(prompt)
   arr = np.zeros((1, 64), np.int32)
   arr[0, :len(ids)] = ids
   spec = engine.CacheSpec(max_patches=128, max_len=WIDTH, max_q=Z)

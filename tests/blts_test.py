@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import ar, engine, generation
+from bltjax import engine, generation
 from bltjax.generation import Options
 from tests.model_fixtures import PROMPTS
 from tests.model_fixtures import blt_setup as _setup
@@ -17,7 +17,7 @@ Q = 6
 
 
 def _prefill(cfg, params, prompt: bytes, extra: int):
-  ids = ar.encode_prompt(prompt)
+  ids = generation.encode_prompt(prompt)
   arr = np.zeros((1, generation.bucket(len(ids))), np.int32)
   arr[0, :len(ids)] = ids
   spec = engine.CacheSpec(max_patches=128, max_len=256,

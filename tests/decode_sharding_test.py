@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from model_fixtures import PROMPTS, bltd_setup
 
-from bltjax import engine, generation, runloop, sharding
+from bltjax import engine, generation, model, runloop, sharding
 from bltjax.generation import Options
 
 MAX_NEW = 24
@@ -66,7 +66,7 @@ def _spy_loop(monkeypatch, seen):
 def test_sharded_greedy_equals_single_device(method, opts, monkeypatch):
   cfg, params = bltd_setup()  # BLT-D weights decode with every method (one cached setup)
   mesh = _mesh()
-  sharded = jax.device_put(params, sharding.param_shardings(cfg, mesh))
+  sharded = jax.device_put(params, model.param_shardings(cfg, mesh))
   run = lambda p, **kw: generation.generate(  # noqa: E731
     p, cfg, BATCH, method=method, max_new=MAX_NEW, options=Options(**opts), **kw)
   want = run(params)

@@ -1,5 +1,6 @@
-"""The package's layout rules: modules use only each other's public names, and no module grows
-past ~600 lines without saying why at its top."""
+"""The package's layout rules: modules use only each other's public names, no module grows past
+~600 lines without saying why at its top, no import circle (deferred imports included), and the
+areas import downwards only (docs/architecture.md, "Package layout")."""
 
 import ast
 from pathlib import Path
@@ -59,3 +60,133 @@ def test_long_modules_say_why():
       bad.append(f"{path.relative_to(PKG.parent)}: {n} lines")
   assert not bad, f"modules over {MAX_LINES} lines without '{REASON} ...' in the docstring:\n" + \
     "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Import graph: every `import` / `from ... import` of a bltjax module, at any depth of the file
+# (an import inside a function closes a circle just as well).
+
+# Area of every module; an area may import itself and the areas listed for it.
+AREAS = {
+  "core": ("config", "paths", "multihost", "precision", "weights"),
+  "model": ("layers", "kernels", "accel", "patching", "hashing", "model", "sharding"),
+  "data": ("data", "data.corpus", "data.builders", "data.pipeline", "data.stats", "data.__main__"),
+  "train": ("train", "train_config", "optim", "losses", "diffusion", "checkpoint", "warm_start"),
+  "decoding": ("engine", "runloop", "ar", "blts", "bltd", "bltdv", "generation", "nfe", "decode",
+               "decode_shards"),
+  "convert": ("convert", "convert.hf", "convert.meta", "convert.__main__"),
+  "eval": ("score", "eval", "eval.__main__", "eval.runner", "eval.bpb", "eval.likelihood",
+           "eval.mc", "eval.translation", "eval.humaneval", "eval.execution"),
+  "apps": ("reproduce", "demo", "report"),
+}
+MAY_IMPORT = {
+  "core": {"core"},
+  "model": {"core"},
+  "data": {"core"},
+  "train": {"core", "model", "data"},
+  "decoding": {"core", "model"},
+  "convert": {"core"},
+  "eval": {"core", "model", "data", "decoding"},
+  "apps": set(AREAS),
+}
+
+
+def _module_name(path: Path) -> str:
+  parts = path.relative_to(PKG).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+  """{module: bltjax modules it imports}; `sources` maps a module name (without `bltjax.`) to
+  (its source text, whether it is a package `__init__`)."""
+  names = set(sources)
+  graph = {}
+  for name, (text, is_pkg) in sources.items():
+    pkg = name if is_pkg else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(text)):
+      if isinstance(node, ast.ImportFrom):
+        mod = node.module or ""
+        if node.level:  # relative: from the package, up level - 1
+          base = [x for x in pkg.split(".") if x]
+          base = base[:len(base) - node.level + 1]
+          mod = ".".join(["bltjax", *base] + ([mod] if mod else []))
+        if mod != "bltjax" and not mod.startswith("bltjax."):
+          continue
+        mod = mod.removeprefix("bltjax").lstrip(".")
+        for a in node.names:
+          full = f"{mod}.{a.name}".lstrip(".")
+          out.add(full if full in names else mod)
+      elif isinstance(node, ast.Import):
+        out |= {a.name.removeprefix("bltjax.") for a in node.names
+                if a.name.startswith("bltjax.")}
+    graph[name] = {m for m in out if m in names and m != name}
+  return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """Strongly connected components of more than one module (Tarjan)."""
+  index, low, stack, on, found = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in sorted(graph[v]):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        found.append(sorted(comp))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return found
+
+
+def _package_graph() -> dict[str, set[str]]:
+  return import_graph({_module_name(p): (p.read_text(), p.name == "__init__.py")
+                       for p in _modules()})
+
+
+def test_no_import_circles():
+  found = circles(_package_graph())
+  assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_every_module_has_an_area_and_areas_import_downwards():
+  graph = _package_graph()
+  area = {m: a for a, mods in AREAS.items() for m in mods}
+  graph.pop("", None)  # the package's own __init__ imports nothing
+  unplaced = sorted(set(graph) - set(area))
+  assert not unplaced, f"modules without an area in tests/layout_test.py AREAS: {unplaced}"
+  bad = [f"{m} ({area[m]}) imports {d} ({area[d]})" for m in sorted(graph)
+         for d in sorted(graph[m])
+         if area[d] != area[m] and area[d] not in MAY_IMPORT[area[m]]]
+  assert not bad, "imports that climb between areas:\n" + "\n".join(bad)
+
+
+def test_the_graph_sees_deferred_and_relative_imports_and_circles():
+  g = import_graph({
+    "a": ("def f():\n  from bltjax import b\n", False),
+    "b": ("import bltjax.c as c\n", False),
+    "c": ("from bltjax.a import f\n", False),
+    "d": ("from bltjax.config import X\n", False),
+    "p": ("", True),
+    "p.q": ("from . import r\n", False),
+    "p.r": ("from ..a import f\n", False),
+  })
+  assert g["a"] == {"b"} and g["b"] == {"c"} and g["c"] == {"a"} and g["d"] == set()
+  assert g["p.q"] == {"p.r"} and g["p.r"] == {"a"}
+  assert circles(g) == [["a", "b", "c"]]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import ar, generation, model, runloop
+from bltjax import generation, model, runloop
 from tests.model_fixtures import PROMPTS, blt_setup, bltd_setup
 
 TOP_K, N_SAMPLES, NEW, CHUNK = 4, 20_000, 3, 1000
@@ -32,7 +32,7 @@ def _sharp_latents(params):
 
 def _exact(params, cfg, prompt: bytes) -> dict[tuple[int, ...], float]:
   """p(b1 b2 b3 | prompt) under the warped (top-k, T = 1) distribution, by full recompute."""
-  ids0 = ar.encode_prompt(prompt)
+  ids0 = generation.encode_prompt(prompt)
   width = 32
   seqs = [()]
   probs = {(): 1.0}

@@ -96,7 +96,7 @@ def test_uneven_dimension_moves_axis_to_a_dimension_it_divides():
 def test_7b_geometry_shards_abstractly(mesh_shape):
   cfg = model_cfg("blt_7b")
   mesh = sharding.make_mesh(mesh_shape)
-  abstract = sharding.abstract_sharded_params(cfg, mesh)  # shapes only: nothing allocated
+  abstract = model.abstract_sharded_params(cfg, mesh)  # shapes only: nothing allocated
   leaves = jax.tree.leaves(abstract)
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
   counts = num_params(cfg)
@@ -146,7 +146,7 @@ def test_1b_params_are_all_split_over_fsdp():
   """Local models, entropy model and hash tables included: nothing replicated on (1, 8, 1), so
   params, Adam moments and grads cost 1/8 per device (docs/benchmarks.md, training memory)."""
   mesh = sharding.make_mesh((1, 8, 1))
-  abstract = sharding.abstract_sharded_params(model_cfg("blt_1b"), mesh)
+  abstract = model.abstract_sharded_params(model_cfg("blt_1b"), mesh)
   replicated = {jax.tree_util.keystr(k): math.prod(x.shape) * x.dtype.itemsize
                 for k, x in jax.tree_util.tree_leaves_with_path(abstract)
                 if math.prod(x.sharding.shard_shape(x.shape)) * 8 != math.prod(x.shape)}
@@ -169,16 +169,16 @@ def test_init_sharded_from_birth_matches_plain_init():
   rng = jax.random.key(3)
   # The entropy model alone: the same mechanism at a fraction of the init's XLA compile time.
   keys = ("entropy_model",)
-  sharded = sharding.init_sharded(cfg, rng, mesh, keys=keys)
+  sharded = model.init_sharded(cfg, rng, mesh, keys=keys)
   plain = jax.jit(lambda r: model.init_params(cfg, r)["entropy_model"])(rng)  # one device
-  shards = sharding.param_shardings(cfg, mesh, keys=keys)
+  shards = model.param_shardings(cfg, mesh, keys=keys)
   for (path, a), b, s in zip(jax.tree_util.tree_leaves_with_path(sharded), jax.tree.leaves(plain),
                              jax.tree.leaves(shards)):
     assert a.sharding == s, path
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
   wq = sharded["entropy_model"]["layers_0"]["attention"]["wq"]["kernel"]
   assert wq.sharding.spec == P("fsdp", "tensor", None)  # [D, H, K]: like the global model
-  full = sharding.param_shardings(cfg, mesh)
+  full = model.param_shardings(cfg, mesh)
   g_wq = full["global_transformer"]["layers_0"]["attention"]["wq"]["kernel"]
   assert g_wq.spec == P("fsdp", "tensor", None)
   hash_table = full["local_encoder"]["hash_embeddings"]["embedding"]  # [2, 257, 32]

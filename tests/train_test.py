@@ -168,7 +168,7 @@ def test_next_byte_metrics_masks_bos_pad_and_counts_bytes():
 def test_loss_fn_contract(task):
   r = resolve(tiny_train_config.get_config(task), 8)
   params = model.abstract_params(r.model)
-  fn = losses.get_loss_fn(r.model, task, r.max_patches)
+  fn = train.get_loss_fn(r.model, task, r.max_patches)
   batch = {k: jnp.asarray(v) for k, v in _packed_batch().items()}
   if task == "blt":
     batch["start"] = jnp.ones((8, 33), bool)
@@ -207,11 +207,11 @@ def blt_run():
 
 def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1):
   mesh = sharding.make_mesh(mesh_shape, devices)
-  shards = sharding.param_shardings(r.model, mesh, r.rules, model.BLT_KEYS)
+  shards = model.param_shardings(r.model, mesh, r.rules, model.BLT_KEYS)
   params = jax.device_put(params_host, shards)
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
            for k, v in batch_host.items()}
-  loss_fn = losses.get_loss_fn(r.model, "blt", r.max_patches)
+  loss_fn = train.get_loss_fn(r.model, "blt", r.max_patches)
 
   def micro(p, mb, rng):
     mb = dict(mb, start=losses.train_patch_starts(p, r.model, mb))
@@ -333,7 +333,7 @@ def test_diffusion_config_uses_bltd_loss_with_the_same_contract():
   c = load("bltd_tiny")
   c.train.entropy_checkpoint = "x"
   r = resolve(c, 8)
-  fn = losses.get_loss_fn(r.model, "blt", r.max_patches)
+  fn = train.get_loss_fn(r.model, "blt", r.max_patches)
   assert fn is not losses.blt_loss
   params = model.abstract_params(r.model)
   batch = {k: jnp.asarray(v) for k, v in _packed_batch(8, 128).items()}

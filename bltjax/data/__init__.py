@@ -11,7 +11,7 @@ Public API (see `pipeline.py` for the batch format and the `data` config keys):
   unigram_entropy_bits / compressor_bpb     reference bits-per-byte lines
 
 `bltjax.data.builders` (tfds builders; imports tensorflow_datasets) and `bltjax.data.corpus`
-(raw-dir layout, `python -m bltjax.data.corpus prepare`) are imported on demand.
+(raw-dir layout) are imported on demand; `python -m bltjax.data prepare` builds the datasets.
 """
 
 from bltjax.data.pipeline import (

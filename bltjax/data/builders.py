@@ -212,3 +212,44 @@ def _process_index_count() -> tuple[int, int]:
   import jax
 
   return jax.process_index(), jax.process_count()
+
+
+def prepare(
+  raw_dir: str | os.PathLike[str],
+  data_dir: str | os.PathLike[str],
+  *,
+  include_sympy: bool | None = None,
+  verbose: bool = True,
+) -> dict[str, object]:
+  """Builds every dataset whose sources are present under `raw_dir` into `data_dir`.
+
+  Already-built versions are reused (tfds skips them), so this is idempotent.
+
+  Args:
+    raw_dir: materialised raw dir (or the fixture).
+    data_dir: tfds data_dir to write `real_mix_bytes/`, `kjv_rv1909/`, `human_eval_problems/`.
+    include_sympy: also build `real_mix_v1_plus`; default: when `raw_dir/sympy` exists.
+    verbose: print per-split document counts and sizes.
+
+  Returns:
+    Maps a dataset name ("real_mix_bytes/real_mix_v1", ...) to its prepared builder.
+  """
+  raw = pathlib.Path(raw_dir)
+  if include_sympy is None:
+    include_sympy = (raw / "sympy").is_dir()
+  configs = ["real_mix_v1"] + (["real_mix_v1_plus"] if include_sympy else [])
+  built: dict[str, object] = {}
+  for config in configs:
+    b = build(RealMixBytes, raw, data_dir, config=config)
+    built[f"real_mix_bytes/{config}"] = b
+  if (raw / "bible" / "kjv.txt").is_file() and (raw / "bible" / "rv1909.txt").is_file():
+    built["kjv_rv1909"] = build(KjvRv1909, raw, data_dir)
+  if corpus.humaneval_file(raw) is not None:
+    built["human_eval_problems"] = build(HumanEvalProblems, raw, data_dir)
+  if verbose:
+    for name, b in built.items():
+      print(f"{name}: {b.data_dir}")
+      for split, info in b.info.splits.items():
+        nbytes = f", {info.num_bytes / 1e6:.2f} MB" if info.num_bytes else ""
+        print(f"  {split:24s} {info.num_examples:7d} examples{nbytes}")
+  return built

@@ -1,4 +1,4 @@
-"""The default real-text corpus: raw-dir layout, splits, Bible parsing, and the `prepare` CLI.
+"""The default real-text corpus: raw-dir layout, splits, Bible parsing.
 
 `scripts/materialize_data.sh` writes a raw dir with one folder per source (docs/data.md):
 
@@ -15,7 +15,8 @@ The committed fixture (`tests/fixtures/corpus`) has the same layout, so every bu
 pipeline run unchanged on it. This module only knows the layout; the tfds builders in
 `builders.py` turn it into array_record datasets.
 
-CLI: `python -m bltjax.data.corpus prepare --raw_dir=data/raw --data_dir=data/tfds`.
+CLI (bltjax/data/__main__.py): `python -m bltjax.data prepare --raw_dir=data/raw
+--data_dir=data/tfds`.
 """
 
 from __future__ import annotations
@@ -332,78 +333,3 @@ def humaneval_file(raw_dir: str | os.PathLike[str]) -> pathlib.Path | None:
     if (d / name).is_file():
       return d / name
   return None
-
-
-# ----------------------------------------------------------------------------------------------
-# prepare: raw dir -> tfds array_record datasets
-# ----------------------------------------------------------------------------------------------
-
-
-def prepare(
-  raw_dir: str | os.PathLike[str],
-  data_dir: str | os.PathLike[str],
-  *,
-  include_sympy: bool | None = None,
-  verbose: bool = True,
-) -> dict[str, object]:
-  """Builds every dataset whose sources are present under `raw_dir` into `data_dir`.
-
-  Already-built versions are reused (tfds skips them), so this is idempotent.
-
-  Args:
-    raw_dir: materialised raw dir (or the fixture).
-    data_dir: tfds data_dir to write `real_mix_bytes/`, `kjv_rv1909/`, `human_eval_problems/`.
-    include_sympy: also build `real_mix_v1_plus`; default: when `raw_dir/sympy` exists.
-    verbose: print per-split document counts and sizes.
-
-  Returns:
-    Maps a dataset name ("real_mix_bytes/real_mix_v1", ...) to its prepared builder.
-  """
-  from bltjax.data import builders  # Lazy: tfds is a heavy import for the parsing helpers.
-
-  raw = pathlib.Path(raw_dir)
-  if include_sympy is None:
-    include_sympy = (raw / "sympy").is_dir()
-  configs = ["real_mix_v1"] + (["real_mix_v1_plus"] if include_sympy else [])
-  built: dict[str, object] = {}
-  for config in configs:
-    b = builders.build(builders.RealMixBytes, raw, data_dir, config=config)
-    built[f"real_mix_bytes/{config}"] = b
-  if (raw / "bible" / "kjv.txt").is_file() and (raw / "bible" / "rv1909.txt").is_file():
-    built["kjv_rv1909"] = builders.build(builders.KjvRv1909, raw, data_dir)
-  if humaneval_file(raw) is not None:
-    built["human_eval_problems"] = builders.build(builders.HumanEvalProblems, raw, data_dir)
-  if verbose:
-    for name, b in built.items():
-      print(f"{name}: {b.data_dir}")
-      for split, info in b.info.splits.items():
-        nbytes = f", {info.num_bytes / 1e6:.2f} MB" if info.num_bytes else ""
-        print(f"  {split:24s} {info.num_examples:7d} examples{nbytes}")
-  return built
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bltjax.data.corpus", description=__doc__)
-  sub = parser.add_subparsers(dest="cmd", required=True)
-  p = sub.add_parser("prepare", help="build the tfds datasets from a raw dir")
-  p.add_argument("--raw_dir", default=str(default_raw_dir()))
-  p.add_argument("--data_dir", default=str(default_tfds_dir()))
-  p.add_argument("--with_sympy", action="store_true", default=None)
-  s = sub.add_parser("stats", help="bytes, documents and order-0 entropy per split")
-  s.add_argument("--raw_dir", default=str(default_raw_dir()))
-  args = parser.parse_args(argv)
-  if args.cmd == "prepare":
-    prepare(args.raw_dir, args.data_dir, include_sympy=args.with_sympy)
-  else:
-    from bltjax.data.stats import unigram_entropy_bits
-
-    for split, docs in corpus_splits(args.raw_dir, include_sympy=True).items():
-      texts = [d.read() for d in docs]
-      n = sum(map(len, texts))
-      h = unigram_entropy_bits(texts)
-      print(f"{split:24s} {len(docs):6d} docs {n / 1e6:8.2f} MB  H0 {h:.3f} bits/byte")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -224,8 +224,7 @@ def _source(data_cfg) -> str:
 
 def mix_builder(data_cfg):
   """The prepared `RealMixBytes` builder for source "default" or "fixture" (built on demand)."""
-  # Lazy: tfds costs ~0.5 s to import, and `python -m bltjax.data.corpus` must not find corpus
-  # already imported by this package's __init__.
+  # Lazy: tfds costs ~0.5 s to import.
   from bltjax.data import builders, corpus
 
   source = _source(data_cfg)
