@@ -26,10 +26,7 @@ import jax.numpy as jnp
 from bltjax import engine, model, patching, runloop
 from bltjax.config import MASK_ID, BLTConfig
 from bltjax.layers import CacheKeys, dtype_of, run_stack
-
-RULES = ("confidence", "entropy", "one_step")
-EB_RULES = ("sum_minus_max", "cumulative")
-BLOCK_LATENTS = ("partial_last_patch", "force_boundary")
+from bltjax.options import BLOCK_LATENTS, EB_RULES, RULES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,37 +27,16 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-# blts: self-speculation (arXiv 2605.08044), greedy: the bytes of greedy ar, sampled: ar's
-# distribution; bltd: block diffusion (BLT-D weights); bltdv: diffusion drafts verified causally.
-METHODS = ("ar", "blts", "bltd", "bltdv")  # = generation.METHODS (kept import-free for --help)
+from bltjax import options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(prog="decode.py", description=__doc__.splitlines()[0])
   ap.add_argument("--checkpoint", required=True, help="bltjax checkpoint directory")
-  ap.add_argument("--method", default="ar", choices=METHODS)
-  ap.add_argument("--draft-k", type=int, default=8,
-                  help="blts: bytes the local decoder drafts per verification (4, 8, 16 in the "
-                  "paper)")
-  ap.add_argument("--draft-tau", type=float, default=0.0,
-                  help="blts: stop drafting after a byte whose probability is below this "
-                  "(0 = always draft --draft-k bytes)")
-  ap.add_argument("--rule", default=None, choices=("confidence", "entropy", "one_step"),
-                  help="bltd/bltdv: positions committed per denoising step (default: confidence "
-                  "for bltd, entropy for bltdv)")
-  ap.add_argument("--alpha", type=float, default=0.7, help="confidence threshold")
-  ap.add_argument("--gamma", type=float, default=1.5, help="entropy bound (nats)")
-  ap.add_argument("--eb-rule", default="sum_minus_max", choices=("sum_minus_max", "cumulative"))
-  ap.add_argument("--block-latent", default="partial_last_patch",
-                  choices=("partial_last_patch", "force_boundary"),
-                  help="bltd: the block's latent when it starts mid-patch (docs/choices.md)")
+  options.add_args(ap)
   ap.add_argument("--input", required=True, help="prompts JSONL")
   ap.add_argument("--output", required=True, help="results JSONL (appended with --resume)")
   ap.add_argument("--max-new-bytes", type=int, default=256)
-  ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  ap.add_argument("--top-p", type=float, default=1.0)
-  ap.add_argument("--top-k", type=int, default=0)
-  ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--batch-size", type=int, default=8)
   ap.add_argument("--stop", nargs="*", default=[], help="stop strings (cut from the completion)")
   ap.add_argument("--resume", action="store_true", help="skip ids already in --output")
@@ -68,12 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--mesh", default=None,
                   help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1: weights "
                   "and the decode state (rows over data x fsdp, heads over tensor)")
-  ap.add_argument("--dtype", default=None, choices=(None, "float32", "bfloat16"),
-                  help="weights, compute and cache dtype (default: the checkpoint's); bfloat16 "
-                  "computes in bf16, so blts/bltdv may differ from ar in a few bytes (--exact)")
-  ap.add_argument("--exact", action="store_true",
-                  help="fp32 compute and caches over the weights as loaded (bf16 weights are "
-                  "upcast at each matmul): blts and bltdv greedy give ar greedy's bytes")
   ap.add_argument("--coordinator-address", default=None,
                   help="several processes: host:port of process 0 (docs/multihost.md)")
   ap.add_argument("--num-processes", type=int, default=None, help="several processes: how many")
@@ -86,10 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       ap.error(f"--{key.replace('_', '-')} must be positive")
   if a.max_new_bytes >= a.max_context:
     ap.error("--max-new-bytes must be smaller than --max-context")
-  if a.method == "blts" and a.draft_k < 1:
-    ap.error("--draft-k must be positive")
-  if a.block_latent != "partial_last_patch" and a.method != "bltd":
-    ap.error("--block-latent force_boundary applies to --method bltd only")
+  if msg := options.check_args(a):
+    ap.error(msg)
   return a
 
 
@@ -203,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
   except (weights.CheckpointError, OSError) as e:
     return _fail(f"--checkpoint: {e}")
   cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)  # compute and cache dtype
-  if a.exact:
-    precision.use_exact_matmuls()
-  opt = generation.Options(draft_k=a.draft_k, draft_tau=a.draft_tau, rule=a.rule,
-                           alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
-                           block_latent=a.block_latent, temperature=a.temperature,
-                           top_k=a.top_k, top_p=a.top_p)
+  opt = options.from_args(a)
   try:  # refuse a checkpoint the method cannot decode before any output is written
     generation.check(a.method, cfg, opt)
   except ValueError as e:

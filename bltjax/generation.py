@@ -26,25 +26,7 @@ import numpy as np
 
 from bltjax import ar, bltd, bltdv, blts, engine, model, runloop, sharding
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """Method options (the defaults are the paper's, arXiv 2605.08044 §4.2 and §5)."""
-
-  draft_k: int = 8  # blts: bytes drafted per verification (at most)
-  draft_tau: float = 0.0  # blts: stop drafting after a byte whose max probability is below it
-  rule: str | None = None  # bltd/bltdv: confidence | entropy | one_step (None: per method)
-  alpha: float = 0.7  # confidence threshold
-  gamma: float = 1.5  # entropy bound (nats)
-  eb_rule: str = "sum_minus_max"  # | cumulative
-  block_latent: str = "partial_last_patch"  # bltd: | force_boundary
-  temperature: float = 0.0  # 0 = greedy
-  top_k: int = 0
-  top_p: float = 1.0
-
-
-RULE_DEFAULTS = {"bltd": "confidence", "bltdv": "entropy"}
+from bltjax.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
 
 
 @dataclasses.dataclass
@@ -125,9 +107,9 @@ def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
     raise ValueError(f"draft_k: the draft window must be >= 1, got {opt.draft_k}")
   if name in RULE_DEFAULTS:
     bltd.BlockRule(opt.rule or RULE_DEFAULTS[name], opt.alpha, opt.gamma, opt.eb_rule)
-    if opt.block_latent not in bltd.BLOCK_LATENTS:
+    if opt.block_latent not in BLOCK_LATENTS:
       raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
-                       f"({' | '.join(bltd.BLOCK_LATENTS)})")
+                       f"({' | '.join(BLOCK_LATENTS)})")
   m.check(cfg)
 
 

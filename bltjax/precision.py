@@ -16,7 +16,8 @@ into the precision asked for:
 
 In Python the same modes are `cfg.replace(dtype=..., param_dtype=...)` with params of that dtype:
 exact mode is `dataclasses.replace(cfg, dtype="float32")` over bf16 params, with
-`use_exact_matmuls()` on TPU / GPU (whose default fp32 matmul precision is reduced).
+`use_exact_matmuls()` on TPU / GPU (whose default fp32 matmul precision is reduced); `apply(...,
+exact=True)` does both.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def apply(cfg: BLTConfig, params: Any, dtype: str | None = None, *, exact: bool 
     params: the loaded parameter tree (already cast when the loader was given `dtype`: then
       nothing is copied here).
     dtype: weights and compute dtype (one of DTYPES), or None to keep the checkpoint's.
-    exact: compute and caches in float32 whatever the weights' dtype.
+    exact: compute and caches in float32 whatever the weights' dtype, and fp32 matmuls at full
+      precision process-wide (`use_exact_matmuls`).
 
   Returns:
     The config with `param_dtype` and `dtype` set, and the params in `param_dtype`.
@@ -56,13 +58,14 @@ def apply(cfg: BLTConfig, params: Any, dtype: str | None = None, *, exact: bool 
     cfg = cfg.replace(param_dtype=dtype, dtype=dtype)
   if exact:
     cfg = cfg.replace(dtype=EXACT_DTYPE)
+    use_exact_matmuls()
   return cfg, params
 
 
 def use_exact_matmuls() -> None:
   """fp32 matmuls at full precision, process-wide: JAX's default runs them as one bf16 pass on TPU
   and as TF32 on recent GPUs, which would round exact mode's activations to ~bf16 again. The
-  command lines call it with --exact; the tests set the same (tests/conftest.py)."""
+  command lines get it with --exact through `apply`; the tests set the same (tests/conftest.py)."""
   jax.config.update("jax_default_matmul_precision", "highest")
 
 

@@ -292,7 +292,6 @@ def derived(m: Mapping[str, float]) -> dict[str, float]:
 # The run.
 
 
-@dataclasses.dataclass
 def get_loss_fn(cfg: BLTConfig, task: str, max_patches: int | None = None) -> losses.LossFn:
   """The `loss_fn(params, cfg, batch, rng)` for a task; BLT-D when `cfg.diffusion.enabled`."""
   if task == "entropy":
@@ -308,6 +307,7 @@ def get_loss_fn(cfg: BLTConfig, task: str, max_patches: int | None = None) -> lo
   return fn
 
 
+@dataclasses.dataclass
 class Trainer:
   """Everything a run needs, built by `Trainer.create` (no compilation yet)."""
 

@@ -13,11 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from bltjax import paths
+from bltjax import options, paths
 from bltjax.eval import SUITES, suite_module
 from bltjax.eval.runner import UsageError
-
-METHODS = ("ar", "blts", "bltd", "bltdv")  # = generation.METHODS (import-free for --help)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +28,6 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--suite", required=True, choices=SUITES)
   ap.add_argument("--checkpoint", default=None, help="bltjax checkpoint directory (optional "
                   "only for humaneval --completions)")
-  ap.add_argument("--method", default="ar", choices=METHODS)
   ap.add_argument("--output", required=True, help="run directory")
   ap.add_argument("--name", default=None, help="model name in reports (default: checkpoint "
                   "directory name)")
@@ -45,27 +42,11 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--window", type=int, default=2048, help="likelihood: bytes per forward pass")
   ap.add_argument("--quiet", action="store_true", help="no progress bar")
   d = ap.add_argument_group("decoding (as decode.py)")
-  d.add_argument("--draft-k", type=int, default=8, help="blts: bytes drafted per verification")
-  d.add_argument("--rule", default=None, choices=("confidence", "entropy", "one_step"),
-                 help="bltd/bltdv (default: confidence for bltd, entropy for bltdv)")
-  d.add_argument("--alpha", type=float, default=0.7, help="confidence threshold")
-  d.add_argument("--gamma", type=float, default=1.5, help="entropy bound (nats)")
-  d.add_argument("--eb-rule", default="sum_minus_max", choices=("sum_minus_max", "cumulative"))
-  d.add_argument("--block-latent", default="partial_last_patch",
-                 choices=("partial_last_patch", "force_boundary"))
-  d.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the protocols)")
-  d.add_argument("--top-k", type=int, default=0)
-  d.add_argument("--top-p", type=float, default=1.0)
-  d.add_argument("--seed", type=int, default=0)
+  options.add_args(d, greedy_note=" (the protocols)")
   d.add_argument("--batch-size", type=int, default=8)
   d.add_argument("--max-new-bytes", type=int, default=None, help="default: the suite's (512)")
   d.add_argument("--no-warmup", dest="warmup", action="store_false",
                  help="time the first batch with its compilation")
-  d.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                 help="weights, compute and cache dtype (default: the checkpoint's)")
-  d.add_argument("--exact", action="store_true",
-                 help="fp32 compute and caches over the weights as loaded: blts/bltdv greedy "
-                 "give ar greedy's bytes under --dtype bfloat16 (docs/decoding.md)")
   for s in SUITES:
     suite_module(s).add_args(ap)
   return ap
@@ -77,6 +58,8 @@ def settings(a, suite, cfg) -> dict:
        "dtype": a.dtype, **suite.settings(a)}
   if a.exact:  # only when set: runs started before the flag existed still resume
     s["exact"] = True
+  if a.draft_tau:  # likewise
+    s["draft_tau"] = a.draft_tau
   if suite.KIND == "generate":
     s.update(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma, eb_rule=a.eb_rule,
              block_latent=a.block_latent, temperature=a.temperature, top_k=a.top_k,
@@ -95,6 +78,8 @@ def _checks(a, suite) -> None:
     raise UsageError(f"--checkpoint: required for --suite {a.suite}")
   if a.resume and a.overwrite:
     raise UsageError("--resume and --overwrite: give one of them")
+  if msg := options.check_args(a):
+    raise UsageError(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +110,7 @@ def _main(a) -> int:
 
     try:
       cfg = weights.load_config(a.checkpoint)
-      opt = generation.Options(draft_k=a.draft_k, rule=a.rule, alpha=a.alpha, gamma=a.gamma,
-                               eb_rule=a.eb_rule, block_latent=a.block_latent,
-                               temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+      opt = options.from_args(a)
       generation.check(a.method, cfg, opt)  # before any work or output
     except (ValueError, OSError) as e:
       raise UsageError(f"--checkpoint {a.checkpoint}: --method {a.method}: {e}") from e
@@ -136,8 +119,6 @@ def _main(a) -> int:
     except (ValueError, OSError) as e:
       raise UsageError(f"--checkpoint {a.checkpoint}: {e}") from e
     cfg, params = precision.apply(cfg, params, a.dtype, exact=a.exact)
-    if a.exact:
-      precision.use_exact_matmuls()
     counts = nfe.param_counts(params)
     ctx.cfg, ctx.params, ctx.opt, ctx.counts = cfg, params, opt, counts
     extra["param_counts"] = {"enc": counts.enc, "glob": counts.glob, "dec": counts.dec}
