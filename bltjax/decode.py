@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
   except OSError as e:
     return _fail(f"--input {a.input}: {e.strerror or e}")
   try:
-    weights.load_config(a.checkpoint)
+    stored_cfg = weights.load_config(a.checkpoint)
   except (weights.CheckpointError, OSError, ValueError) as e:
     return _fail(f"--checkpoint: {e}")
   if pi == 0:  # shards of a killed run: folded in (--resume) or dropped with the old output
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(int(x) for x in a.mesh.split(","))
     # Several processes: each decodes its own rows on its own devices (the mesh is per host).
     mesh = sharding.make_mesh(shape, jax.local_devices() if pc > 1 else None, key="--mesh")
-    cfg0 = weights.load_config(a.checkpoint)
-    shardings = model.param_shardings(cfg0, mesh)
+    shardings = model.param_shardings(stored_cfg, mesh)
   try:
     cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
   except (weights.CheckpointError, OSError) as e:

@@ -67,37 +67,52 @@ class Ring(NamedTuple):
   pos: jax.Array
 
 
+# Logical axes of the state's fields (docs/architecture.md, sharding): every batch dimension is
+# `cache_batch`; the key heads of rings, global cache and pending keys `kv_heads` (the rows of a
+# [B·G, C, K] cache are both, batch major); the pooling and latent heads `heads`; positions, slots
+# and features stay whole. "ring" and "layers" expand per layer (`state_logical_axes`).
+_B = "cache_batch"
+_ROW, _ROW2 = P(_B), P(_B, None)
+_KEYS = P(None, _B, "kv_heads", None)  # [L, B, G, K]
+_POOL = P(_B, None, "heads", None)  # [B, C, H, K]
+_LAT = P(None, _B, None, "heads", None)  # [L, B, C, H, K]
+
+
+def _axes(spec):
+  return dataclasses.field(metadata={"axes": spec})
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class State:
-  ent: Ring | None
-  enc: Ring
-  dec: Ring
-  glob_k: tuple[jax.Array, ...]  # per layer [B·G, Pmax, K] (one buffer per layer, as rings)
-  glob_v: tuple[jax.Array, ...]
-  pend_k: jax.Array  # [Lg, B, G, K] keys of the patch an AR step closed, written next call
-  pend_v: jax.Array
-  pend_idx: jax.Array  # [B] their global slot (Pmax = nothing pending)
-  n_closed: jax.Array  # [B]
-  patch_max: jax.Array  # [B, De]
-  patch_k: jax.Array  # [B, cap, Hx, Kx]
-  patch_v: jax.Array
-  pend_hk: jax.Array  # [B, max_q, Hx, Kx] pooling keys committed last call, written next call
-  pend_hv: jax.Array  # (`flush_patch`; like pend_k: a write after the pooling read copies)
-  pend_slot: jax.Array  # [B, max_q] their slots in patch_k (cap = none)
-  patch_len: jax.Array  # [B]
-  lat_k: jax.Array  # [Ld, B, C, Hx, Kx]
-  lat_v: jax.Array
-  open_k: jax.Array  # [Ld, B, C, Hx, Kx]
-  open_v: jax.Array
-  open_gk: jax.Array  # [Lg, B, G, K] global keys of the open patch (force_boundary closes it)
-  open_gv: jax.Array
-  n: jax.Array  # [B]
-  hist: jax.Array  # [B, Nh] last ids, newest last (hash n-grams, space patching)
-  H_last: jax.Array  # [B] entropy at n-1
-  rule_start: jax.Array  # [B] slot n starts a patch by the mode's rule alone
-  next_start: jax.Array  # [B]
-  logits: jax.Array  # [B, V]
+  ent: Ring | None = _axes("ring")
+  enc: Ring = _axes("ring")
+  dec: Ring = _axes("ring")
+  glob_k: tuple[jax.Array, ...] = _axes("layers")  # per layer [B·G, Pmax, K] (as rings)
+  glob_v: tuple[jax.Array, ...] = _axes("layers")
+  pend_k: jax.Array = _axes(_KEYS)  # [Lg, B, G, K] keys of the patch an AR step closed, written
+  pend_v: jax.Array = _axes(_KEYS)  # next call
+  pend_idx: jax.Array = _axes(_ROW)  # [B] their global slot (Pmax = nothing pending)
+  n_closed: jax.Array = _axes(_ROW)  # [B]
+  patch_max: jax.Array = _axes(_ROW2)  # [B, De]
+  patch_k: jax.Array = _axes(_POOL)  # [B, cap, Hx, Kx]
+  patch_v: jax.Array = _axes(_POOL)
+  pend_hk: jax.Array = _axes(_POOL)  # [B, max_q, Hx, Kx] pooling keys committed last call,
+  pend_hv: jax.Array = _axes(_POOL)  # written next call (`flush_patch`; as pend_k)
+  pend_slot: jax.Array = _axes(_ROW2)  # [B, max_q] their slots in patch_k (cap = none)
+  patch_len: jax.Array = _axes(_ROW)  # [B]
+  lat_k: jax.Array = _axes(_LAT)  # [Ld, B, C, Hx, Kx]
+  lat_v: jax.Array = _axes(_LAT)
+  open_k: jax.Array = _axes(_LAT)  # [Ld, B, C, Hx, Kx]
+  open_v: jax.Array = _axes(_LAT)
+  open_gk: jax.Array = _axes(_KEYS)  # [Lg, B, G, K] global keys of the open patch (force_boundary
+  open_gv: jax.Array = _axes(_KEYS)  # closes it)
+  n: jax.Array = _axes(_ROW)  # [B]
+  hist: jax.Array = _axes(_ROW2)  # [B, Nh] last ids, newest last (hash n-grams, space patching)
+  H_last: jax.Array = _axes(_ROW)  # [B] entropy at n-1
+  rule_start: jax.Array = _axes(_ROW)  # [B] slot n starts a patch by the mode's rule alone
+  next_start: jax.Array = _axes(_ROW)  # [B]
+  logits: jax.Array = _axes(_ROW2)  # [B, V]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,22 +624,18 @@ def prefill(params, cfg: BLTConfig, ids_BxS, lengths_B, spec: CacheSpec,
 
 
 def state_logical_axes(state: State) -> State:
-  """The state's logical axes (a State of `PartitionSpec`s): every batch dimension is
-  `cache_batch`, the key heads of rings, global cache and pending keys `kv_heads` (the rows of a
-  [B·G, C, K] cache both, batch major), the pooling and latent heads `heads`; positions, slots
-  and features stay whole."""
-  b = "cache_batch"
-  layer, keys = P((b, "kv_heads"), None, None), P(None, b, "kv_heads", None)
-  lat, pool = P(None, b, None, "heads", None), P(b, None, "heads", None)
-  cache = lambda bufs: (layer,) * len(bufs)  # noqa: E731
-  ring = lambda r: None if r is None else Ring(cache(r.k), cache(r.v), P(b, None))  # noqa: E731
-  row, row2 = P(b), P(b, None)
-  return State(
-    ent=ring(state.ent), enc=ring(state.enc), dec=ring(state.dec), glob_k=cache(state.glob_k),
-    glob_v=cache(state.glob_v), pend_k=keys, pend_v=keys, pend_idx=row, n_closed=row,
-    patch_max=row2, patch_k=pool, patch_v=pool, pend_hk=pool, pend_hv=pool, pend_slot=row2,
-    patch_len=row, lat_k=lat, lat_v=lat, open_k=lat, open_v=lat, open_gk=keys, open_gv=keys,
-    n=row, hist=row2, H_last=row, rule_start=row, next_start=row, logits=row2)
+  """The state's logical axes (a State of `PartitionSpec`s), from each field's declaration."""
+  layer = P((_B, "kv_heads"), None, None)
+
+  def of(f):
+    spec, v = f.metadata["axes"], getattr(state, f.name)
+    if spec == "layers":
+      return (layer,) * len(v)
+    if spec == "ring":
+      return None if v is None else Ring((layer,) * len(v.k), (layer,) * len(v.v), _ROW2)
+    return spec
+
+  return State(**{f.name: of(f) for f in dataclasses.fields(State)})
 
 
 def state_shardings(state: State, mesh, rules=None) -> State:
