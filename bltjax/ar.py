@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
-from bltjax import engine, runloop
+from bltjax import engine, runloop, sampling
 from bltjax.config import BLTConfig
 
 
@@ -26,8 +25,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   del opts
   st = g.state
   active = ~g.done
-  keys = jax.vmap(jax.random.fold_in)(ctx.keys, st.n)  # per row and position: batch-independent
-  tok = runloop.sample(st.logits, keys, ctx.temperature, ctx.top_k, ctx.top_p)
+  tok = sampling.next_byte(st.logits, st.n, ctx)
   g, _, run = runloop.take(g, tok[:, None], jnp.zeros_like(st.n), st.n_closed[:, None], ctx)
   # EOS and the last byte need no model call: their rows are not `run`.
   ext = engine.forward(params, cfg, st, tok[:, None], run[:, None])

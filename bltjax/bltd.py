@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from bltjax import engine, model, patching, runloop
+from bltjax import engine, model, patching, runloop, sampling
 from bltjax.config import MASK_ID, BLTConfig
 from bltjax.layers import CacheKeys, dtype_of, run_stack
 from bltjax.options import BLOCK_LATENTS, EB_RULES, RULES
@@ -136,23 +136,22 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
 
 
 def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rule: tuple,
-            ctx: runloop.LoopArgs, active_B, sampled: bool = False):
+            ctx: runloop.LoopArgs, active_B):
   """Block denoising from all-[MASK]: (ids [B, Z], decoder steps [B], the logits each position
   was committed from [B, Z, V]). `rule` = (kind, eb_rule); α and γ come from ctx. Values are
-  greedy, or with `sampled` drawn per position from the row key folded with the position and the
+  greedy, or (`ctx.sampled`) drawn per position from the row key folded with the position and the
   row's own step count (batch-independent)."""
   b, z = start_B.shape[0], cfg.diffusion.block_size
   kind, eb_rule = rule
 
   def values(logits_BxZxV, steps_B):
-    if not sampled:
+    if not ctx.sampled:
       return jnp.argmax(logits_BxZxV, axis=-1).astype(jnp.int32)
     pos = start_B[:, None] + jnp.arange(z)[None]
-    keys = jax.vmap(lambda k, p, s: jax.vmap(lambda q: jax.random.fold_in(
-      jax.random.fold_in(k, q), s))(p))(ctx.keys, pos, steps_B)
     rep = lambda x: jnp.repeat(x, z, axis=0)  # noqa: E731
-    drawn = runloop.sample(logits_BxZxV.reshape(b * z, -1), keys.reshape(b * z),
-                           rep(ctx.temperature), rep(ctx.top_k), rep(ctx.top_p))
+    keys = sampling.keys_at(rep(ctx.keys), pos.reshape(b * z), rep(steps_B))
+    drawn = sampling.sample(logits_BxZxV.reshape(b * z, -1), keys, rep(ctx.temperature),
+                            rep(ctx.top_k), rep(ctx.top_p))
     return drawn.reshape(b, z)
 
   def cond(c):
@@ -202,7 +201,7 @@ def force_boundary(params, cfg: BLTConfig, st: engine.State, active_B):
 
 
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
-  rule, block_latent, sampled = opts
+  rule, block_latent = opts
   st = g.state
   active = ~g.done
   z = cfg.diffusion.block_size
@@ -210,8 +209,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   closed = jnp.zeros_like(active)
   if block_latent == "force_boundary":
     st, closed = force_boundary(params, cfg, st, active)
-  ids, steps, _ = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active,
-                          sampled)
+  ids, steps, _ = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active)
   # BLT-D keeps its own ids (no verification): one forward caches them and computes the next
   # block's latent at its last position.
   ext = engine.forward(params, cfg, st, ids, jnp.broadcast_to(active[:, None], ids.shape),

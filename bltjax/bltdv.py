@@ -8,7 +8,7 @@ so the block at n+1 sees it in its prefix; a block of Z ids at n+1 is denoised b
 commits the longest verified prefix plus the verifier's byte. The output is the greedy causal
 decoding of the same BLT-D weights. With a temperature, drafts are sampled (one-step rule only:
 each position is drawn independently from its distribution q at the single denoising step, which
-is what speculative sampling needs) and verified by `blts.accept`, so the output follows the
+is what speculative sampling needs) and verified by `sampling.accept`, so the output follows the
 causal model's warped distribution exactly. Counters: decoder NFE += steps + 1 and encoder+global
 NFE += 1 per cycle as the paper counts them; the passes add x0's decoder pass.
 """
@@ -19,25 +19,25 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from bltjax import bltd, blts, engine, runloop
+from bltjax import bltd, blts, engine, runloop, sampling
 from bltjax.config import BLTConfig
 
 
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
-  rule, sampled = opts
+  rule = opts
   st = g.state
   active = ~g.done
-  x0 = blts.first_byte(g, ctx, sampled)
+  x0 = blts.first_byte(g, ctx)
   hist = jnp.concatenate([st.hist[:, 1:], x0[:, None]], axis=1)
   _, enc, dec = engine.draft_step(params, cfg, st, st.n, hist, st.lat_k, st.lat_v, active)
   st = dataclasses.replace(st, enc=enc, dec=dec)
   drafts, steps, logits = bltd.denoise(params, cfg, dataclasses.replace(st, hist=hist),
-                                       st.n + 1, st.lat_k, st.lat_v, rule, ctx, active, sampled)
+                                       st.n + 1, st.lat_k, st.lat_v, rule, ctx, active)
   z = drafts.shape[1]
   enc_states = cfg.diffusion.block_input == "encoder_states"
   extra = jnp.stack([1 + steps, jnp.zeros_like(steps), 1 + steps * enc_states,
                      jnp.zeros_like(steps)], axis=1)
-  q = runloop.window_probs(logits, ctx) if sampled else None
+  q = sampling.window_probs(logits, ctx) if ctx.sampled else None
   g2 = blts.verify(params, cfg, g, st, x0, drafts, jnp.full_like(steps, z), ctx, extra, q)
   # The paper counts steps + 1 decoder NFEs (drafts and the verification), as BLT-S does.
   return runloop.count(g2, active, dec=steps - z)

@@ -14,7 +14,9 @@ Each cycle, per row with n committed ids whose next-byte logits are known:
           event by `runloop.take`); y_{a+1} is the next cycle's x0.
 
 The committed ids are exactly greedy AR's (up to floating-point summation order; the tests check
-byte identity in fp32). Counters: decoder NFE += L + 1, encoder+global NFE += 1 per cycle.
+byte identity in fp32). Sampled, drafts are drawn and accepted by speculative sampling
+(`sampling.accept`), so the committed bytes follow AR's distribution exactly. Counters: decoder
+NFE += L + 1, encoder+global NFE += 1 per cycle.
 """
 
 from __future__ import annotations
@@ -24,34 +26,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from bltjax import engine, runloop
+from bltjax import engine, runloop, sampling
 from bltjax.config import BLTConfig
 
-# Salts of the per-position keys (a row key folded with the position, then the salt): drafts,
-# acceptance coins, correction bytes. Distinct from AR's draw at a position (the key folded with
-# the position alone), so every committed draw uses randomness nothing committed has seen.
-DRAW, COIN, CORRECT = 1, 2, 3
 
-
-def _key(ctx: runloop.LoopArgs, pos_B, salt: int):
-  return jax.vmap(lambda k, p: jax.random.fold_in(jax.random.fold_in(k, p), salt))(ctx.keys,
-                                                                                  pos_B)
-
-
-def first_byte(g: runloop.GenState, ctx: runloop.LoopArgs, sampled: bool):
-  """x0, the exact byte at position n: greedy, or the correction byte the last verification
-  drew (`g.carry`), else a draw from the verified logits (the bonus byte when every draft
-  was accepted)."""
-  st = g.state
-  if not sampled:
-    return jnp.argmax(st.logits, axis=-1).astype(jnp.int32)
-  keys = jax.vmap(jax.random.fold_in)(ctx.keys, st.n)  # AR's key for this position
-  fresh = runloop.sample(st.logits, keys, ctx.temperature, ctx.top_k, ctx.top_p)
-  return jnp.where(g.carry, g.carry_tok, fresh)
-
-
-def draft(params, cfg: BLTConfig, g: runloop.GenState, x0_B, k: int, ctx: runloop.LoopArgs,
-          sampled: bool = False):
+def draft(params, cfg: BLTConfig, g: runloop.GenState, x0_B, k: int, ctx: runloop.LoopArgs):
   """Drafts from x0 with the stale latent: (drafts [B, k], lengths L [B], q [B, k, V] the
   distribution each draft was drawn from (None when greedy), state with the drafts'
   speculative ring writes). A row drafts while its bytes so far do not end it, so no decoder
@@ -74,62 +53,27 @@ def draft(params, cfg: BLTConfig, g: runloop.GenState, x0_B, k: int, ctx: runloo
     hist = jnp.concatenate([hist[:, 1:], x[:, None]], axis=1)
     logits, enc, dec = engine.draft_step(params, cfg, dataclasses.replace(st, enc=enc, dec=dec),
                                          st.n + j - 1, hist, st.lat_k, st.lat_v, drafting)
-    if sampled:
-      q = runloop.probs(logits, ctx.temperature, ctx.top_k, ctx.top_p)
-      d = jax.vmap(jax.random.categorical)(_key(ctx, st.n + j, DRAW), jnp.log(q))
+    d, q, conf = sampling.draft_byte(logits, st.n + j, ctx)
+    if q is not None:
       q_all = q_all.at[:, j - 1].set(q)
-      conf = jnp.max(q, axis=-1)
-    else:
-      d = jnp.argmax(logits, axis=-1)
-      conf = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
-    d = jnp.where(drafting, d.astype(jnp.int32), 0)
+    d = jnp.where(drafting, d, 0)
     drafts = drafts.at[:, j - 1].set(d)
     length = length + drafting.astype(jnp.int32)
     out, go = goes_on(out, j + 1, d, drafting)
     return j + 1, enc, dec, hist, d, go & (conf >= ctx.tau), length, drafts, q_all, out
 
   out, drafting = goes_on(out, 1, x0_B, ~g.done)
-  q0 = jnp.zeros((b, k, v), jnp.float32) if sampled else jnp.zeros((b, 0, v), jnp.float32)
+  q0 = jnp.zeros((b, k if ctx.sampled else 0, v), jnp.float32)
   c0 = (jnp.ones((), jnp.int32), st.enc, st.dec, st.hist, x0_B, drafting,
         jnp.zeros((b,), jnp.int32), jnp.zeros((b, k), jnp.int32), q0, out)
   c = jax.lax.while_loop(lambda c: jnp.any(c[5]), body, c0)
-  return c[7], c[6], (c[8] if sampled else None), dataclasses.replace(st, enc=c[1], dec=c[2])
-
-
-def accept(ext: engine.Extension, drafts_BxK, q_BxKxV, length_B, ctx: runloop.LoopArgs):
-  """(accepted count a, per-draft acceptance [B, k], carried correction byte or None).
-
-  Greedy (q None): the longest prefix with d_j = argmax. Sampled: speculative sampling
-  (arXiv 2211.17192): d_j is kept with probability min(1, p(d_j)/q(d_j)); the first rejected
-  position is redrawn from max(0, p - q) normalised, so every committed byte follows the
-  verifier's (warped) distribution p exactly.
-  """
-  k = drafts_BxK.shape[1]
-  jj = jnp.arange(k)[None]
-  in_draft = jj < length_B[:, None]
-  if q_BxKxV is None:
-    y = jnp.argmax(ext.logits[:, :k], axis=-1).astype(jnp.int32)  # y[:, j] predicts draft j
-    ok = (drafts_BxK == y) & in_draft
-    return jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1), ok, None
-  p = runloop.window_probs(ext.logits[:, :k], ctx)
-  take = lambda x: jnp.take_along_axis(x, drafts_BxK[..., None], axis=-1)[..., 0]  # noqa
-  n = ext.state.n
-  coin = jnp.stack([jax.vmap(jax.random.uniform)(_key(ctx, n + 1 + j, COIN)) for j in range(k)],
-                   axis=1)
-  ok = (coin * take(q_BxKxV) < take(p)) & in_draft
-  acc = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1)
-  at = lambda x: jnp.take_along_axis(  # noqa: E731
-    x, jnp.minimum(acc, k - 1)[:, None, None], axis=1)[:, 0]
-  resid = jnp.maximum(at(p) - at(q_BxKxV), 0.0)
-  resid = jnp.where(jnp.sum(resid, axis=-1, keepdims=True) > 0, resid, at(p))
-  fix = jax.vmap(jax.random.categorical)(_key(ctx, n + 1 + acc, CORRECT), jnp.log(resid))
-  return acc, ok, fix.astype(jnp.int32)
+  return c[7], c[6], (c[8] if ctx.sampled else None), dataclasses.replace(st, enc=c[1], dec=c[2])
 
 
 def verify(params, cfg: BLTConfig, g: runloop.GenState, st: engine.State, x0_B, drafts_BxK,
            length_B, ctx: runloop.LoopArgs, draft_passes_Bx4, q_BxKxV=None) -> runloop.GenState:
   """One verification (BLT-S and BLT-DV): `forward` over [x0, drafts[:length]], commit the
-  accepted prefix (`accept`); the byte after it is the verifier's (greedy: the next cycle's
+  accepted prefix (`sampling.accept`); the byte after it is the verifier's (greedy: the next cycle's
   argmax; sampled: the carried correction, or a fresh draw for the bonus). Counts NFEs
   (decoder: drafts + 1, encoder+global: 1) and passes."""
   k = drafts_BxK.shape[1]
@@ -138,7 +82,8 @@ def verify(params, cfg: BLTConfig, g: runloop.GenState, st: engine.State, x0_B, 
   ids = jnp.concatenate([x0_B[:, None], drafts_BxK], axis=1)
   valid = active[:, None] & (jj <= length_B[:, None])
   ext = engine.forward(params, cfg, st, ids, valid)
-  acc, ok, fix = accept(ext, drafts_BxK, q_BxKxV, length_B, ctx)
+  acc, ok, fix = sampling.accept(ext.logits[:, :k], drafts_BxK, q_BxKxV, length_B,
+                                 ext.state.n, ctx)
   si = ext.start.astype(jnp.int32)
   closed_before = st.n_closed[:, None] + jnp.cumsum(si, axis=1) - si
   g2, a, _ = runloop.take(g, ids, acc, closed_before, ctx)
@@ -151,13 +96,19 @@ def verify(params, cfg: BLTConfig, g: runloop.GenState, st: engine.State, x0_B, 
                        agree=jnp.sum(ok.astype(jnp.int32), axis=1))
 
 
+def first_byte(g: runloop.GenState, ctx: runloop.LoopArgs):
+  """x0, the exact byte at position n (`sampling.first_byte`)."""
+  st = g.state
+  return sampling.first_byte(st.logits, st.n, g.carry, g.carry_tok, ctx)
+
+
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
-  k, sampled = opts
-  x0 = first_byte(g, ctx, sampled)
-  drafts, length, q, st = draft(params, cfg, g, x0, k, ctx, sampled)
+  k = opts
+  x0 = first_byte(g, ctx)
+  drafts, length, q, st = draft(params, cfg, g, x0, k, ctx)
   zero = jnp.zeros_like(length)
   draft_passes = jnp.stack([length, zero, length, zero], axis=1)  # decoder + encoder byte layer
   return verify(params, cfg, g, st, x0, drafts, length, ctx, draft_passes, q)
 
 
-__all__ = ["draft", "accept", "verify", "cycle", "first_byte"]
+__all__ = ["draft", "verify", "cycle", "first_byte"]

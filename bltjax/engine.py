@@ -367,54 +367,89 @@ def _patch_starts(cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, H_BxQ, fresh: b
   return jnp.stack(starts, axis=1), jnp.stack(rules, axis=1)
 
 
-def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bool = False,
-             open_latent: bool = False) -> Extension:
+# ------------------------------------------------------------------------------------------------
+# `forward`, stage by stage (arXiv 2412.09871 §2): entropy model -> local encoder -> patch starts
+# -> pooling and the global model (only for the patches that need a latent) -> the latent each
+# position reads -> local decoder. Each stage reads and writes its own caches.
+
+
+def _entropy_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_BxQ, row_on_B):
+  """(entropy ring, next-byte entropies H [B, Q]; zeros when the patcher needs none)."""
   b, q = ids_BxQ.shape
-  valid = valid_BxQ.astype(bool)
-  ids = jnp.where(valid, ids_BxQ, 0).astype(jnp.int32)
-  row_on = jnp.any(valid, axis=1)
-  jj = jnp.arange(q, dtype=jnp.int32)
-  pos = st.n[:, None] + jj[None]
-  nh = st.hist.shape[1]
-  all_ids = jnp.concatenate([st.hist, ids], axis=1)
+  if not uses_entropy(cfg):
+    return st.ent, jnp.zeros((b, q), jnp.float32)
+  tick("entropy", row_on_B)
+
+  def ent_fn(m, ids, pos, ring):
+    x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid_BxQ, ring, m.cfg.window)
+    return m.head(x), ring
+
+  e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxQ,
+                                                 pos_BxQ, st.ent, method=ent_fn)
+  return ent, patching.entropies_from_logits(e_logits)
+
+
+def _encoder_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_BxQ):
+  """(byte states h [B, Q, De], encoder ring, pooling keys and values [B, Q, Hx, Kx]); hash
+  n-grams from each position's id history."""
+  q, nh = ids_BxQ.shape[1], st.hist.shape[1]
+  jj = jnp.arange(q)
+  all_ids = jnp.concatenate([st.hist, ids_BxQ], axis=1)
   hist_BxQxNh = all_ids[:, jj[:, None] + 1 + jnp.arange(nh)[None]]
 
-  # 1. Entropy model over the Q ids.
-  ent, H = st.ent, jnp.zeros((b, q), jnp.float32)
-  tick("encoder", row_on)
-  tick("decoder", row_on)
-  if uses_entropy(cfg):
-    tick("entropy", row_on)
-    def ent_fn(m, ids, pos, ring):
-      x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid, ring, m.cfg.window)
-      return m.head(x), ring
-
-    e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids,
-                                                   pos, st.ent, method=ent_fn)
-    H = patching.entropies_from_logits(e_logits)
-
-  # 2. Local encoder byte states (hash n-grams from each position's id history).
   def enc_fn(m, hist, pos, ring):
-    h, ring = encoder_states(m, cfg, hist, pos, valid, ring)
+    h, ring = encoder_states(m, cfg, hist, pos, valid_BxQ, ring)
     return h, ring, m.local_encoder.pool_kv(h)
 
-  h, enc, (hk, hv) = _blt(params, cfg, enc_fn, hist_BxQxNh, pos, st.enc)
+  h, enc, (hk, hv) = _blt(params, cfg, enc_fn, hist_BxQxNh, pos_BxQ, st.enc)
+  return h, enc, hk, hv
 
-  # 3. Patch starts; local patch p_j of each byte (0 = the patch open before the call).
-  start, rule = _patch_starts(cfg, st, ids, valid, H, fresh)
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Where the Q new bytes fall among patches: starts, local patch p_j of each byte (0 = the
+  patch open before the call), its slot in that patch, which local patches close."""
+
+  start: jax.Array  # [B, Q] slot n+j+1 starts a patch
+  rule: jax.Array  # [B, Q] ... by the mode's rule alone
+  si: jax.Array  # [B, Q] start as int32
+  patch: jax.Array  # [B, Q]
+  old_len: jax.Array  # [B] bytes of the patch open before the call
+  slot: jax.Array  # [B, Q]
+  seg: jax.Array  # [B, Q] patch, with invalid bytes in a dropped segment Q
+  closes: jax.Array  # [B, Q] local patch p closes in the window
+
+
+def _patch_layout(cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, H_BxQ, fresh: bool) -> _Layout:
+  q = ids_BxQ.shape[1]
+  jj = jnp.arange(q, dtype=jnp.int32)
+  start, rule = _patch_starts(cfg, st, ids_BxQ, valid_BxQ, H_BxQ, fresh)
   si = start.astype(jnp.int32)
   patch = jnp.cumsum(si, axis=1) - si
   old_len = jnp.where(st.next_start, 0, st.patch_len)
   first = jax.lax.cummax(jnp.where((jj[None] == 0) | (jnp.pad(si, ((0, 0), (1, 0)))[:, :q] > 0),
                                    jj[None], 0), axis=1)
   slot = jj[None] - first + jnp.where(patch == 0, old_len[:, None], 0)
-  seg = jnp.where(valid, patch, q)  # invalid bytes go to a dropped segment
+  seg = jnp.where(valid_BxQ, patch, q)  # invalid bytes go to a dropped segment
   closes = jax.vmap(lambda s, i: jax.ops.segment_max(s, i, num_segments=q + 1))(
-    si, seg)[:, :q] > 0  # [B, Q]: local patch p closes in the window
+    si, seg)[:, :q] > 0
+  return _Layout(start, rule, si, patch, old_len, slot, seg, closes)
 
-  # 4. Pool every local patch: its running max, C queries over its cached and new bytes.
-  hd = h.astype(st.patch_max.dtype)
-  pmax = jax.vmap(lambda x, i: jax.ops.segment_max(x, i, num_segments=q + 1))(hd, seg)[:, :q]
+
+def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, hv, valid_BxQ,
+                  row_on_B, *, fresh: bool, open_latent: bool):
+  """Pools every local patch that needs a latent (its running max, C queries over its cached and
+  new bytes) and runs the global model over them.
+
+  Returns (pooled byte states [B, Q, De], pooling caches (k, v), global caches (k, v) with the
+  closed patches written, the new patches' global keys/values [Lg, B, Q, G, K] x 2, their
+  latents' cross-attention keys/values [Ld, B, Q, C, Hx, Kx] x 2, the pending AR write, whether
+  the global model ran, which local patches wanted a latent)."""
+  b, q = lay.patch.shape
+  jj = jnp.arange(q, dtype=jnp.int32)
+  old_len, patch, closes = lay.old_len, lay.patch, lay.closes
+  hd = h_BxQxD.astype(st.patch_max.dtype)
+  pmax = jax.vmap(lambda x, i: jax.ops.segment_max(x, i, num_segments=q + 1))(hd, lay.seg)[:, :q]
   pmax = pmax.at[:, 0].set(jnp.where((old_len > 0)[:, None],
                                      jnp.maximum(pmax[:, 0], st.patch_max), pmax[:, 0]))
   pmax = jnp.where(jnp.isneginf(pmax), 0, pmax)  # empty patches: finite (their output is unused)
@@ -423,17 +458,18 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   p_q = jj[:, None]  # [Q(patch), 1]
   key_ok = jnp.concatenate([
     (p_q == 0)[None] & (jnp.arange(cap)[None, None] < old_len[:, None, None]),
-    (patch[:, None, :] == p_q[None]) & valid[:, None, :]], axis=2)  # [B, Q(patch), cap + Q]
+    (patch[:, None, :] == p_q[None]) & valid_BxQ[:, None, :]], axis=2)  # [B, Q(patch), cap + Q]
   gk, gv = flush_global(st)
   pslots = global_slots(st)
   gpos = jnp.minimum(st.n_closed[:, None] + jj[None], pslots - 1)  # RoPE position of patch p
   # Keys among the new patches: the patches closing at or before p, and p itself.
   new_ok = ((closes[:, None, :] & (jj[None, None] <= p_q[None])) | jnp.eye(q, dtype=bool)[None])
-  n_pos = jnp.sum(valid.astype(jnp.int32), axis=1)
+  n_pos = jnp.sum(valid_BxQ.astype(jnp.int32), axis=1)
   last_patch = jnp.take_along_axis(patch, jnp.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
+  wanted = closes | (open_latent & (jj[None] == last_patch[:, None]))
 
   def glob_fn(m, pmax, key_ok, gpos, new_ok, gk, gv):
-    tick("global", row_on if q > 1 else jnp.any(wanted & valid))
+    tick("global", row_on_B if q > 1 else jnp.any(wanted & valid_BxQ))
     enc_m, g = m.local_encoder, m.global_transformer
     # Built here, inside the AR step's `cond`: a step that closes no patch copies nothing.
     keys = jnp.concatenate([patch_k, hk.astype(patch_k.dtype)], axis=1)
@@ -462,15 +498,14 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
       :, rows, sel].set(x)
     return tuple(put(x) for x in outs)
 
-  wanted = closes | (open_latent & (jj[None] == last_patch[:, None]))
   if q == 1:  # the AR step: the global model runs only when some row closes a patch
-    run_g = jnp.any(wanted & row_on[:, None])
+    run_g = jnp.any(wanted & row_on_B[:, None])
     shapes = jax.eval_shape(glob_all)
     nk, nv, lk, lv = jax.lax.cond(
       run_g, glob_all, lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     # Written by the next call (before its read), never after this `cond`: a cache updated
     # after a `cond` that reads it gets copied whole.
-    hit = closes[:, 0] & valid[:, 0]
+    hit = closes[:, 0] & valid_BxQ[:, 0]
     pend = dict(pend_k=nk[:, :, 0], pend_v=nv[:, :, 0],
                 pend_idx=jnp.where(hit, st.n_closed, pslots).astype(jnp.int32))
   else:
@@ -493,33 +528,57 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
     gk, gv = layer_scatter(gk, b_BxQ, wslot, nk), layer_scatter(gv, b_BxQ, wslot, nv)
     pend = dict(pend_k=st.pend_k, pend_v=st.pend_v,
                 pend_idx=jnp.full((b,), pslots, jnp.int32))
+  return hd, (patch_k, patch_v), (gk, gv), (nk, nv), (lk, lv), pend, run_g, wanted
 
-  # 5. The latent each position reads: its own patch's when it closes there, else the newest
-  #    patch closed before it, else the state's (arXiv 2412.09871 §4.4).
-  lat = patch + si - 1
+
+def _latent_read(st: State, lay: _Layout, lk, lv):
+  """The latent each position reads: its own patch's when it closes there, else the newest patch
+  closed before it, else the state's (arXiv 2412.09871 §4.4). [Ld, B, Q, C, Hx, Kx] x 2."""
+  lat = lay.patch + lay.si - 1
   old = (lat < 0) & (st.n_closed > 0)[:, None]
   pick = lambda new, prev: jnp.where(  # noqa: E731
     old[None, :, :, None, None, None], prev[:, :, None],
     jnp.take_along_axis(new, jnp.maximum(lat, 0)[None, :, :, None, None, None], axis=2))
-  lat_k, lat_v = pick(lk, st.lat_k), pick(lv, st.lat_v)
+  return pick(lk, st.lat_k), pick(lv, st.lat_v)
 
-  # 6. Local decoder over the Q positions.
+
+def _decoder_stage(params, cfg: BLTConfig, st: State, h_BxQxD, pos_BxQ, valid_BxQ, lat_k, lat_v):
+  """(next-byte logits [B, Q, V], decoder ring)."""
   def dec_fn(m, h, ring):
     dec = m.local_decoder
     x, ring = run_on_ring(
-      dec.layers, h.astype(dtype_of(cfg.dtype)), pos, valid, ring, cfg.decoder.window,
+      dec.layers, h.astype(dtype_of(cfg.dtype)), pos_BxQ, valid_BxQ, ring, cfg.decoder.window,
       cross=lambda i, x: dec.cross_attn_layers[i].gathered(x, lat_k[i], lat_v[i]))
     return dec.head(x), ring
 
-  logits, dec = _blt(params, cfg, dec_fn, h, st.dec)
+  return _blt(params, cfg, dec_fn, h_BxQxD, st.dec)
+
+
+def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bool = False,
+             open_latent: bool = False) -> Extension:
+  q = ids_BxQ.shape[1]
+  valid = valid_BxQ.astype(bool)
+  ids = jnp.where(valid, ids_BxQ, 0).astype(jnp.int32)
+  row_on = jnp.any(valid, axis=1)
+  pos = st.n[:, None] + jnp.arange(q, dtype=jnp.int32)[None]
+  tick("encoder", row_on)
+  tick("decoder", row_on)
+  ent, H = _entropy_stage(params, cfg, st, ids, pos, valid, row_on)
+  h, enc, hk, hv = _encoder_stage(params, cfg, st, ids, pos, valid)
+  lay = _patch_layout(cfg, st, ids, valid, H, fresh)
+  hd, (patch_k, patch_v), (gk, gv), (nk, nv), (lk, lv), pend, run_g, wanted = _global_stage(
+    params, cfg, st, lay, h, hk, hv, valid, row_on, fresh=fresh, open_latent=open_latent)
+  lat_k, lat_v = _latent_read(st, lay, lk, lv)
+  logits, dec = _decoder_stage(params, cfg, st, h, pos, valid, lat_k, lat_v)
   on = row_on.astype(jnp.int32)
   g_pass = (jnp.any(wanted & valid, axis=1) if q == 1 else row_on) & run_g
   passes = jnp.stack([on, g_pass.astype(jnp.int32), on, on * uses_entropy(cfg)], axis=1)
   state = dataclasses.replace(st, ent=ent, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
                               patch_k=patch_k, patch_v=patch_v, **pend)
-  return Extension(state=state, ids=ids, valid=valid, logits=logits, H=H, rule=rule, start=start,
-                   patch=patch, slot=slot, h=hd, hk=hk, hv=hv, lat_k=lat_k, lat_v=lat_v,
-                   open_k=lk, open_v=lv, open_gk=nk, open_gv=nv, passes=passes)
+  return Extension(state=state, ids=ids, valid=valid, logits=logits, H=H, rule=lay.rule,
+                   start=lay.start, patch=lay.patch, slot=lay.slot, h=hd, hk=hk, hv=hv,
+                   lat_k=lat_k, lat_v=lat_v, open_k=lk, open_v=lv, open_gk=nk, open_gv=nv,
+                   passes=passes)
 
 
 def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Ring):

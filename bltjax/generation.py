@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import ar, bltd, bltdv, blts, engine, model, runloop, sharding
+from bltjax import ar, bltd, bltdv, blts, engine, model, runloop, sampling, sharding
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
 from bltjax.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
 
@@ -178,9 +178,9 @@ def _static(method: str, cfg: BLTConfig, opt: Options) -> tuple[int, Any]:
   z = cfg.diffusion.block_size
   rule = (opt.rule or RULE_DEFAULTS.get(method, "confidence"), opt.eb_rule)
   return {"ar": lambda: (1, None),
-          "blts": lambda: (opt.draft_k + 1, (opt.draft_k, opt.temperature > 0)),
-          "bltd": lambda: (z, (rule, opt.block_latent, opt.temperature > 0)),
-          "bltdv": lambda: (z + 1, (rule, opt.temperature > 0))}[method]()
+          "blts": lambda: (opt.draft_k + 1, opt.draft_k),
+          "bltd": lambda: (z, (rule, opt.block_latent)),
+          "bltdv": lambda: (z + 1, rule)}[method]()
 
 
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_new: int,
@@ -210,7 +210,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     stop_ids=stop_ids, stop_len=stop_len,
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
-    tau=jnp.asarray(opt.draft_tau, jnp.float32))
+    tau=jnp.asarray(opt.draft_tau, jnp.float32), sampled=opt.temperature > 0)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
                      max_q=max_q, opts=static)  # jit keeps the state's input shardings
@@ -257,7 +257,7 @@ def stream(params, cfg: BLTConfig, prompt: bytes, *, max_new: int, temperature: 
   arrs = (jnp.full((1,), temperature, jnp.float32), jnp.full((1,), top_k, jnp.int32),
           jnp.full((1,), top_p, jnp.float32))
   for _ in range(max_new):
-    tok = runloop.sample(st.logits, jax.vmap(jax.random.fold_in)(key[None], st.n), *arrs)
+    tok = sampling.sample(st.logits, sampling.keys_at(key[None], st.n), *arrs)
     t = int(tok[0])
     if t == EOS_ID:
       return

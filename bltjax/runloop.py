@@ -1,4 +1,4 @@
-"""The generation loop every method shares: its state, the one stop rule, per-row sampling.
+"""The generation loop every method shares: its state, its arguments, the one stop rule.
 
 A method is a `cycle(params, cfg, g, ctx, opts) -> g`: it proposes a window of ids per row (one
 sampled byte, x0 and drafts, a denoised block), runs the engine, and hands the window to `take`,
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +47,11 @@ class GenState:
   step: jax.Array  # scalar
 
 
-class LoopArgs(NamedTuple):
-  """The per-call arrays of a loop (traced, so one compilation serves every value)."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LoopArgs:
+  """The per-call arrays of a loop (traced, so one compilation serves every value), and whether
+  any row samples (static: greedy programs carry no probability tensors; bltjax/sampling.py)."""
 
   budget: jax.Array  # [B] byte budgets (<= max_new)
   keys: jax.Array  # [B] per-row PRNG keys
@@ -61,6 +64,7 @@ class LoopArgs(NamedTuple):
   alpha: jax.Array  # scalar: BLT-D confidence threshold
   gamma: jax.Array  # scalar: entropy bound
   tau: jax.Array  # scalar: BLT-S stops drafting after a byte whose max probability is below it
+  sampled: bool = dataclasses.field(default=False, metadata={"static": True})
 
 
 def stop_arrays(stops: tuple[bytes, ...]) -> tuple[jax.Array, jax.Array]:
@@ -144,48 +148,6 @@ def count(g: GenState, active_B, *, dec=0, enc_global=0, passes=None, drafted=0,
     agree=g.agree + ai * agree)
 
 
-def warp(logits_BxV, temp_B, top_k_B, top_p_B):
-  """Logits of the sampling distribution: temperature, then top-k, then top-p (the smallest
-  prefix whose mass reaches top_p, always the top id); excluded ids get -inf. Rows with
-  temperature 0 are left as they are (greedy rows take the argmax)."""
-  v = logits_BxV.shape[-1]
-  lg = logits_BxV.astype(jnp.float32) / jnp.maximum(temp_B, 1e-6)[:, None]
-  srt = jnp.sort(lg, axis=-1)[:, ::-1]
-  k = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, v), v)
-  kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)
-  srt = jnp.where(srt < kth, -jnp.inf, srt)
-  probs = jax.nn.softmax(srt, axis=-1)
-  before = jnp.cumsum(probs, axis=-1) - probs
-  n_keep = jnp.maximum(jnp.sum(before < top_p_B[:, None], axis=-1), 1)
-  cut = jnp.take_along_axis(srt, (n_keep - 1)[:, None], axis=-1)
-  return jnp.where((lg < cut) | (lg < kth), -jnp.inf, lg)
-
-
-def probs(logits_BxV, temp_B, top_k_B, top_p_B):
-  """The distribution `sample` draws from: warped softmax, or one-hot argmax at temperature 0."""
-  greedy = jax.nn.one_hot(jnp.argmax(logits_BxV, axis=-1), logits_BxV.shape[-1])
-  return jnp.where((temp_B > 0)[:, None],
-                   jax.nn.softmax(warp(logits_BxV, temp_B, top_k_B, top_p_B), axis=-1), greedy)
-
-
-def window_probs(logits_BxQxV, ctx: LoopArgs):
-  """`probs` at every position of a window, each row with its own sampling parameters."""
-  b, q, v = logits_BxQxV.shape
-  rep = lambda x: jnp.repeat(x, q)  # noqa: E731
-  return probs(logits_BxQxV.reshape(b * q, v), rep(ctx.temperature), rep(ctx.top_k),
-               rep(ctx.top_p)).reshape(b, q, v)
-
-
-def sample(logits_BxV, keys_B, temp_B, top_k_B, top_p_B):
-  """Per-row greedy or sampling; parameters are arrays, so one compilation serves all settings.
-
-  A row's draw depends only on its own key, parameters and logits (never on the batch).
-  """
-  greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  drawn = jax.vmap(jax.random.categorical)(keys_B, warp(logits_BxV, temp_B, top_k_B, top_p_B))
-  return jnp.where(temp_B > 0, drawn.astype(jnp.int32), greedy)
-
-
 def init(state: engine.State, budget_B, max_new: int, max_q: int) -> GenState:
   b = budget_B.shape[0]
   z = lambda: jnp.zeros((b,), jnp.int32)  # noqa: E731
@@ -211,5 +173,5 @@ def loop(params, cfg: BLTConfig, state: engine.State, ctx: LoopArgs, *, cycle, m
 
 
 __all__ = ["GenState", "LoopArgs", "STOP_NAMES", "stop_arrays", "stop_hit", "take", "count",
-           "warp", "probs", "window_probs", "sample", "init", "loop", "write_out",
+           "init", "loop", "write_out",
            "ends_generation"]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import generation, model, runloop
+from bltjax import generation, model, sampling
 from tests.model_fixtures import PROMPTS, blt_setup, bltd_setup
 
 TOP_K, N_SAMPLES, NEW, CHUNK = 4, 20_000, 3, 1000
@@ -45,7 +45,7 @@ def _exact(params, cfg, prompt: bytes) -> dict[tuple[int, ...], float]:
     n = jnp.asarray([len(ids0) + len(s) for s in seqs] + [1] * (rows - len(seqs)), jnp.int32)
     b = len(seqs)
     logits = fwd(jnp.asarray(arr), n)[jnp.arange(b), n[:b] - 1]
-    p = np.asarray(runloop.probs(logits, jnp.ones((b,)), jnp.full((b,), TOP_K),
+    p = np.asarray(sampling.probs(logits, jnp.ones((b,)), jnp.full((b,), TOP_K),
                                  jnp.ones((b,))), np.float64)
     nxt = {}
     for i, s in enumerate(seqs):
