@@ -286,8 +286,9 @@ def decode_cycle_program(cfg, m: DecodeMethod, mesh, batch: int, prompt_len: int
 
   opt = generation.Options(draft_k=m.window or 8, rule="one_step" if m.name != "ar" else None)
   generation.check(m.name, cfg, opt)
-  max_q, static = generation._static(m.name, cfg, opt)  # noqa: SLF001 - the same statics
-  cycle = generation.METHODS[m.name].cycle
+  method = generation.METHODS[m.name]
+  max_q, static = method.static(cfg, opt)
+  cycle = method.cycle
   dt = jnp.dtype(cfg.dtype)
   cast = lambda x: jax.ShapeDtypeStruct(  # noqa: E731 - decoding weights in the compute dtype
     x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
@@ -301,7 +302,7 @@ def decode_cycle_program(cfg, m: DecodeMethod, mesh, batch: int, prompt_len: int
   spec = engine.CacheSpec(max_patches=generation.bucket(prompt_len + max_new + 2),
                           max_len=prompt_len + max_new + 1, patch_cap=cap, max_q=max_q)
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
-  st = jax.eval_shape(lambda p, i, n: engine.prefill(p, cfg, i, n, spec, m.name == "bltd"),
+  st = jax.eval_shape(lambda p, i, n: engine.prefill(p, cfg, i, n, spec, method.open_latent),
                       plain, i32(batch, prompt_len), i32(batch))
   g = jax.eval_shape(lambda s, b: runloop.init(s, b, max_new, max_q), st, i32(batch))
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731

@@ -68,21 +68,60 @@ class Generation:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """Everything a caller needs of one decoding method; nothing outside this record switches on
+  a method's name."""
+
   name: str
   summary: str
-  check: Callable[[BLTConfig], None]  # raises ValueError naming the config key
+  check: Callable[[BLTConfig], None]  # refuses a checkpoint (ValueError naming the config key)
   cycle: Callable[..., Any]  # one `runloop` cycle
-  stats: str | None  # "speculation" | "blocks" | None: the per-record statistics it reports
+  static: Callable[[BLTConfig, Options], tuple[int, Any]]  # (max_q, the cycle's static options)
+  check_options: Callable[[Options], None] = lambda opt: None  # ValueError naming the option
+  window: Callable[[BLTConfig, Options], int] | None = None  # speculation: positions verified
+  blocks: bool = False  # reports per-block statistics (BLT-D)
+  open_latent: bool = False  # the prefill also computes the open patch's latent
+
+
+def _rule(name: str, opt: Options) -> tuple[str, str]:
+  return opt.rule or RULE_DEFAULTS[name], opt.eb_rule
+
+
+def _check_blocks(name: str, one_step_to_sample: str | None = None):
+  """Rule and block-latent checks; `one_step_to_sample`: the method's label when sampling needs
+  the one-step rule."""
+  def check_options(opt: Options) -> None:
+    bltd.BlockRule(_rule(name, opt)[0], opt.alpha, opt.gamma, opt.eb_rule)
+    if opt.block_latent not in BLOCK_LATENTS:
+      raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
+                       f"({' | '.join(BLOCK_LATENTS)})")
+    if one_step_to_sample and opt.temperature > 0 and _rule(name, opt)[0] != "one_step":
+      raise ValueError(f"temperature: sampled {one_step_to_sample} needs --rule one_step "
+                       "(speculative sampling needs each draft's distribution given the drafts "
+                       "before it; the confidence and entropy rules unmask out of order)")
+  return check_options
+
+
+def _check_draft_k(opt: Options) -> None:
+  if opt.draft_k < 1:
+    raise ValueError(f"draft_k: the draft window must be >= 1, got {opt.draft_k}")
 
 
 METHODS: dict[str, Method] = {
-  "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle, None),
+  "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle,
+               static=lambda cfg, opt: (1, None)),
   "blts": Method("blts", "BLT-S self-speculation (= ar: greedy bytes, sampled distribution)",
-                 engine.check_supported, blts.cycle, "speculation"),
+                 engine.check_supported, blts.cycle,
+                 static=lambda cfg, opt: (opt.draft_k + 1, opt.draft_k),
+                 check_options=_check_draft_k, window=lambda cfg, opt: opt.draft_k),
   "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle,
-                 "blocks"),
+                 static=lambda cfg, opt: (cfg.diffusion.block_size,
+                                          (_rule("bltd", opt), opt.block_latent)),
+                 check_options=_check_blocks("bltd"), blocks=True, open_latent=True),
   "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", bltd.check_supported,
-                  bltdv.cycle, "speculation"),
+                  bltdv.cycle,
+                  static=lambda cfg, opt: (cfg.diffusion.block_size + 1, _rule("bltdv", opt)),
+                  check_options=_check_blocks("bltdv", one_step_to_sample="BLT-DV"),
+                  window=lambda cfg, opt: cfg.diffusion.block_size),
 }
 
 
@@ -95,21 +134,11 @@ def method(name: str) -> Method:
 def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
   """Refuses (ValueError) a method/checkpoint/option combination before any work is done."""
   m = method(name)
-  if opt.temperature > 0 and name == "bltdv" and (opt.rule or RULE_DEFAULTS[name]) != "one_step":
-    raise ValueError("temperature: sampled BLT-DV needs --rule one_step (speculative sampling "
-                     "needs each draft's distribution given the drafts before it; the confidence "
-                     "and entropy rules unmask out of order)")
   if not 0 <= opt.draft_tau <= 1:
     raise ValueError(f"draft_tau: must be in [0, 1], got {opt.draft_tau}")
-  if opt.block_latent != "partial_last_patch" and name != "bltd":
+  if opt.block_latent != Options.block_latent and not m.open_latent:
     raise ValueError("block_latent: force_boundary applies to bltd only")
-  if name == "blts" and opt.draft_k < 1:
-    raise ValueError(f"draft_k: the draft window must be >= 1, got {opt.draft_k}")
-  if name in RULE_DEFAULTS:
-    bltd.BlockRule(opt.rule or RULE_DEFAULTS[name], opt.alpha, opt.gamma, opt.eb_rule)
-    if opt.block_latent not in BLOCK_LATENTS:
-      raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
-                       f"({' | '.join(BLOCK_LATENTS)})")
+  m.check_options(opt)
   m.check(cfg)
 
 
@@ -173,16 +202,6 @@ def trim(toks: list[int], reason: str, stops: tuple[bytes, ...]) -> list[int]:
   return toks
 
 
-def _static(method: str, cfg: BLTConfig, opt: Options) -> tuple[int, Any]:
-  """(max_q, the cycle's static options) of a method."""
-  z = cfg.diffusion.block_size
-  rule = (opt.rule or RULE_DEFAULTS.get(method, "confidence"), opt.eb_rule)
-  return {"ar": lambda: (1, None),
-          "blts": lambda: (opt.draft_k + 1, opt.draft_k),
-          "bltd": lambda: (z, (rule, opt.block_latent)),
-          "bltdv": lambda: (z + 1, rule)}[method]()
-
-
 def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_new: int,
              options: Options = Options(), stops: tuple[bytes, ...] = (),
              seeds: list[int] | None = None, budgets: list[int] | None = None,
@@ -195,10 +214,11 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
   `mesh`: decode with the state sharded over it (params placed by `model.param_shardings`)."""
   check(method, cfg, options)
   opt = options
-  max_q, static = _static(method, cfg, opt)
+  m = METHODS[method]
+  max_q, static = m.static(cfg, opt)
   st, budget, pre = prepare(params, cfg, prompts, max_new=max_new, max_q=max_q, budgets=budgets,
                             max_patches=max_patches, patch_cap=patch_cap,
-                            batch_bucket=batch_bucket, open_latent=method == "bltd", mesh=mesh)
+                            batch_bucket=batch_bucket, open_latent=m.open_latent, mesh=mesh)
   n_real, b = len(prompts), budget.shape[0]
   seeds = list(seeds) if seeds is not None else [0] * n_real
   stop_ids, stop_len = runloop.stop_arrays(stops)
@@ -212,7 +232,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
     tau=jnp.asarray(opt.draft_tau, jnp.float32), sampled=opt.temperature > 0)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
+    g = runloop.loop(params, cfg, st, ctx, cycle=m.cycle, max_new=max_new,
                      max_q=max_q, opts=static)  # jit keeps the state's input shardings
   g = jax.device_get(dataclasses.replace(g, state=None))  # ids and counters: caches stay put
   res = []
@@ -229,14 +249,14 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
 
 def stats(name: str, g: Any, cfg: BLTConfig, opt: Options = Options()) -> dict[str, Any]:
   """The method's per-record statistics (what `decode.py` writes next to the NFEs)."""
-  kind = method(name).stats
+  m = method(name)
   n_out = len(g.new_ids) + (g.reason == "eos")
-  if kind == "speculation":
+  if m.window is not None:
     return {"speculation": {
-      "window": opt.draft_k if name == "blts" else cfg.diffusion.block_size,
-      "cycles": g.cycles, "bytes_per_cycle": round(n_out / max(g.cycles, 1), 4),
+      "window": m.window(cfg, opt), "cycles": g.cycles,
+      "bytes_per_cycle": round(n_out / max(g.cycles, 1), 4),
       "acceptance": round(g.acceptance, 4), "agreement": round(g.agreement, 4)}}
-  if kind == "blocks":
+  if m.blocks:
     return {"blocks": {"block_size": cfg.diffusion.block_size, "blocks": g.cycles,
                        "bytes_per_block": round(n_out / max(g.cycles, 1), 4),
                        "decoder_steps_per_block": round(g.nfe_dec / max(g.cycles, 1), 4)}}

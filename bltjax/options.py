@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 # ar: cached autoregressive BLT; blts: self-speculation (greedy: ar greedy's bytes, sampled: ar's
 # distribution); bltd: block diffusion (BLT-D weights); bltdv: diffusion drafts verified causally.
@@ -37,6 +39,31 @@ class Options:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Options))
+_LABELS = {"ar": "BLT", "blts": "BLT-S", "bltd": "BLT-D-{z}", "bltdv": "BLT-DV-{z}"}
+
+
+def label(method: str, block_size: int | None = None) -> str:
+  """The paper's name of a method on a model: BLT, BLT-S, BLT-D-Z, BLT-DV-Z."""
+  return _LABELS.get(method, method).format(z=block_size)
+
+
+def setting_label(method: str, s: Mapping[str, Any]) -> str:
+  """A run's method settings in a few characters (`s`: the options as a run records them)."""
+  if method == "ar":
+    out = "AR"
+  elif method == "blts":
+    out = f"k={s.get('draft_k')}"
+  else:
+    rule = s.get("rule") or RULE_DEFAULTS.get(method, "confidence")
+    out = {"confidence": f"conf α={s.get('alpha')}", "entropy": f"EB γ={s.get('gamma')}",
+           "one_step": "one-step"}.get(rule, rule)
+    if rule == "entropy" and s.get("eb_rule", Options.eb_rule) != Options.eb_rule:
+      out += f" ({s['eb_rule']})"
+    if s.get("block_latent", Options.block_latent) != Options.block_latent:
+      out += f", {s['block_latent']}"
+  if s.get("temperature"):
+    out += f", T={s['temperature']}"
+  return out
 
 
 def add_args(ap: argparse.ArgumentParser | argparse._ArgumentGroup, *, greedy_note: str = ""
@@ -89,4 +116,4 @@ def check_args(a: argparse.Namespace) -> str | None:
 
 
 __all__ = ["METHODS", "RULES", "RULE_DEFAULTS", "EB_RULES", "BLOCK_LATENTS", "DTYPES", "Options",
-           "add_args", "from_args", "check_args"]
+           "label", "setting_label", "add_args", "from_args", "check_args"]
