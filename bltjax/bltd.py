@@ -219,8 +219,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   g2, a, _ = runloop.take(g, ids, jnp.full_like(steps, z - 1), closed_before, ctx)
   g2 = dataclasses.replace(g2, state=engine.commit(ext, a, active))
   ci = closed.astype(jnp.int32)
-  extra = jnp.stack([steps + ci, jnp.zeros_like(steps), ci + steps * enc_states,
-                     jnp.zeros_like(steps)], axis=1)
+  extra = engine.passes(decoder=steps + ci, encoder=ci + steps * enc_states)
   return runloop.count(g2, active, dec=steps, enc_global=1, passes=ext.passes + extra)
 
 

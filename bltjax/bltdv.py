@@ -35,8 +35,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
                                        st.n + 1, st.lat_k, st.lat_v, rule, ctx, active)
   z = drafts.shape[1]
   enc_states = cfg.diffusion.block_input == "encoder_states"
-  extra = jnp.stack([1 + steps, jnp.zeros_like(steps), 1 + steps * enc_states,
-                     jnp.zeros_like(steps)], axis=1)
+  extra = engine.passes(decoder=1 + steps, encoder=1 + steps * enc_states)
   q = sampling.window_probs(logits, ctx) if ctx.sampled else None
   g2 = blts.verify(params, cfg, g, st, x0, drafts, jnp.full_like(steps, z), ctx, extra, q)
   # The paper counts steps + 1 decoder NFEs (drafts and the verification), as BLT-S does.

@@ -106,8 +106,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   k = opts
   x0 = first_byte(g, ctx)
   drafts, length, q, st = draft(params, cfg, g, x0, k, ctx)
-  zero = jnp.zeros_like(length)
-  draft_passes = jnp.stack([length, zero, length, zero], axis=1)  # decoder + encoder byte layer
+  draft_passes = engine.passes(decoder=length, encoder=length)  # + the encoder byte layer
   return verify(params, cfg, g, st, x0, drafts, length, ctx, draft_passes, q)
 
 

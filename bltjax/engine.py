@@ -56,6 +56,13 @@ from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stac
 PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, in this order
 
 
+def passes(*, decoder, global_=0, encoder=0, entropy=0) -> jax.Array:
+  """[B, 4] per-row pass counts in PASSES order, by name (scalars broadcast to the rows)."""
+  cols = jnp.broadcast_arrays(*(jnp.asarray(x, jnp.int32)
+                                for x in (decoder, global_, encoder, entropy)))
+  return jnp.stack(cols, axis=1)
+
+
 class Ring(NamedTuple):
   """Keys/values of one stack's recent positions: k, v one [B·G, R, K] array per layer (batch
   and key heads merged, `layers.CacheKeys`); pos [B, R] the position each slot holds (-1:
@@ -572,13 +579,13 @@ def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bo
   logits, dec = _decoder_stage(params, cfg, st, h, pos, valid, lat_k, lat_v)
   on = row_on.astype(jnp.int32)
   g_pass = (jnp.any(wanted & valid, axis=1) if q == 1 else row_on) & run_g
-  passes = jnp.stack([on, g_pass.astype(jnp.int32), on, on * uses_entropy(cfg)], axis=1)
+  counts = passes(decoder=on, global_=g_pass, encoder=on, entropy=on * uses_entropy(cfg))
   state = dataclasses.replace(st, ent=ent, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
                               patch_k=patch_k, patch_v=patch_v, **pend)
   return Extension(state=state, ids=ids, valid=valid, logits=logits, H=H, rule=lay.rule,
                    start=lay.start, patch=lay.patch, slot=lay.slot, h=hd, hk=hk, hv=hv,
                    lat_k=lat_k, lat_v=lat_v, open_k=lk, open_v=lv, open_gk=nk, open_gv=nv,
-                   passes=passes)
+                   passes=counts)
 
 
 def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Ring):
