@@ -68,8 +68,9 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from bltjax import multihost, train  # After flag parsing: jax must not start before init.
+  from bltjax import multihost  # After flag parsing: jax must not start before init.
   from bltjax.config import ConfigError
+  from bltjax.training import train  # After flag parsing: jax must not start before init.
   from bltjax.weights import CheckpointError
 
   config = _CONFIG.value
@@ -94,7 +95,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from bltjax.train_config import renamed_flag_error
+  from bltjax.training.train_config import renamed_flag_error
 
   # Before absl: it would fail on `global` (a Python keyword) with a SyntaxError trace.
   if err := renamed_flag_error(sys.argv):

@@ -175,7 +175,7 @@ def environment(run: Run, deadline: float) -> dict:
 
 def model_setup(run: Run) -> dict:
   """The random bf16 model of the exactness section and the tables (and HF), built once."""
-  from bltjax import nfe
+  from bltjax.decoding import nfe
 
   cfg, params, source, _ = run.main_model()
   c = nfe.param_counts(params)
@@ -188,7 +188,7 @@ def exactness(run: Run, deadline: float) -> dict:
   import jax
 
   from benchmarks import fast_decode
-  from bltjax import generation
+  from bltjax.decoding import generation
 
   cfg, _, _, variants = run.main_model()
   s = run.size
@@ -295,8 +295,8 @@ def hf_generate(run: Run, deadline: float) -> dict:
   import torch
   from transformers import BltForCausalLM
 
-  from bltjax import generation
   from bltjax.convert import hf
+  from bltjax.decoding import generation
 
   del deadline
   cfg, params, _, _ = run.main_model()

@@ -30,8 +30,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other AOT compiles m
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bltjax import kernels  # noqa: E402
 from bltjax.config import TransformerConfig  # noqa: E402
+from bltjax.modeling import kernels  # noqa: E402
 
 
 def layer_fn(st: TransformerConfig, seq_len: int, attention: str):

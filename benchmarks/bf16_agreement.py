@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
   import jax  # noqa: PLC0415
 
-  from bltjax import generation, precision, weights  # noqa: PLC0415
-  from bltjax.generation import Options  # noqa: PLC0415
+  from bltjax import precision, weights  # noqa: PLC0415
+  from bltjax.decoding import generation  # noqa: PLC0415
+  from bltjax.decoding.generation import Options  # noqa: PLC0415
 
   if a.checkpoint:
     cfg, params = weights.load_checkpoint(a.checkpoint)

@@ -37,7 +37,6 @@ try:  # public in newer JAX; private in 0.10
 except ImportError:  # pragma: no cover
   from jax._src.ad_checkpoint import saved_residuals
 
-from bltjax import diffusion, kernels, model  # noqa: E402
 from bltjax.config import (  # noqa: E402
   BLTConfig,
   DiffusionConfig,
@@ -45,6 +44,8 @@ from bltjax.config import (  # noqa: E402
   PatcherConfig,
   TransformerConfig,
 )
+from bltjax.modeling import kernels, model  # noqa: E402
+from bltjax.training import diffusion  # noqa: E402
 
 GIB = 2**30
 
@@ -62,7 +63,7 @@ def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> 
 
 def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches: int,
                      act_bytes: int = 2, plan: kernels.AttnPlan | None = None) -> dict[str, float]:
-  """`bltjax/diffusion.py`'s per-row activation-memory model (its docstring), in bytes, per term.
+  """`bltjax/training/diffusion.py`'s per-row activation-memory model (its docstring), in bytes, per term.
 
   Calibrated against JAX's saved residuals (`residuals` here): per layer and position a
   stack keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 internals of

@@ -1,6 +1,6 @@
 """Training throughput (bytes/s) of BLT-D for Z in {4, 8, 16} against BLT, same train step.
 
-Each model runs the jitted, donated `bltjax.train.Trainer` step (forward, backward, clip, AdamW):
+Each model runs the jitted, donated `bltjax.training.train.Trainer` step (forward, backward, clip, AdamW):
 BLT with `losses.blt_loss`, BLT-D with `diffusion.bltd_loss` (selected by the config, as in
 train.py). Geometry: configs/bench_20m.py by default (encoder 1x256, global 4x512, decoder 4x256)
 or --config=bltd_tiny; one batch of real text (the committed fixture) with static patches of 4
@@ -45,8 +45,8 @@ def _config(name: str, block_size: int, remat: str):
 
 
 def _batch(c) -> dict[str, np.ndarray]:
-  from bltjax import patching
   from bltjax.data import pipeline
+  from bltjax.modeling import patching
 
   it = pipeline.make_train_iterator(c.data, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
                                     seed=0, process_index=0, process_count=1)
@@ -58,7 +58,7 @@ def _batch(c) -> dict[str, np.ndarray]:
 def bench(c, batch, steps: int, warmup: int) -> dict:
   import jax
 
-  from bltjax import train
+  from bltjax.training import train
 
   tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltd_"), devices=jax.devices()[:1])
   _, _, m, compile_s, times = time_steps(tr.make_train_step(), tr.init_state(), tr.frozen,

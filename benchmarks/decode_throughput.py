@@ -26,8 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bltjax import generation, model  # noqa: E402
 from bltjax.config import BLTConfig  # noqa: E402
+from bltjax.decoding import generation  # noqa: E402
+from bltjax.modeling import model  # noqa: E402
 
 
 def load_config() -> BLTConfig:

@@ -94,7 +94,7 @@ class Spec:
 
 def parse_method(spec: str) -> Spec:
   """"ar", "blts:K", "bltd|bltdv[:Z]:confidence:A", "...:entropy:G", "...[:Z]:one_step"."""
-  from bltjax.generation import Options  # noqa: PLC0415
+  from bltjax.decoding.generation import Options  # noqa: PLC0415
 
   parts = spec.split(":")
   name = parts[0]
@@ -133,8 +133,8 @@ def load_random(config_path: str, seed: int, dtype: str | None = None):
   fp32 init cast to it) and computed in it, instead of the config's dtypes."""
   import jax
 
-  from bltjax import model
   from bltjax.config import BLTConfig
+  from bltjax.modeling import model
 
   spec = importlib.util.spec_from_file_location("bench_config", config_path)
   mod = importlib.util.module_from_spec(spec)
@@ -164,7 +164,8 @@ def calibrate(params, cfg, texts: list[bytes], target: float) -> tuple[float, fl
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import generation, model, patching
+  from bltjax.decoding import generation
+  from bltjax.modeling import model, patching
 
   ids = [generation.encode_prompt(t) for t in texts]
   arr = np.zeros((len(ids), max(map(len, ids))), np.int32)
@@ -268,8 +269,8 @@ def global_pass_seconds(params, cfg, rows: int, repeats: int = 9) -> float:
   import jax
   import jax.numpy as jnp
 
-  from bltjax import model
-  from bltjax.layers import run_stack
+  from bltjax.modeling import model
+  from bltjax.modeling.layers import run_stack
 
   def run(m, x_BxMxD):
     pos = jnp.broadcast_to(jnp.arange(rows)[None], (1, rows))
@@ -289,7 +290,8 @@ def executed_passes(spec: Spec, res, prompts, params, cfg) -> dict[str, int]:
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import generation, model
+  from bltjax.decoding import generation
+  from bltjax.modeling import model
 
   out = {m: max(g.passes[m] for g in res) for m in res[0].passes}
   if spec.name == "ar" and len(res) > 1:
@@ -389,7 +391,7 @@ class Variants:
     self.params, self.cfg, self.random_weights, self._made = params, cfg, random_weights, {}
 
   def __call__(self, spec: Spec):
-    from bltjax import layers
+    from bltjax.modeling import layers
 
     z = None if spec.z is None or not self.random_weights else spec.z
     if spec.z is not None and z is None and spec.z != self.cfg.diffusion.block_size:
@@ -442,7 +444,8 @@ def table(a: argparse.Namespace, cfg, params, source: str, prompts: list[bytes],
   whatever the deadline (a measurement is short next to a compile), the others obey it."""
   import jax
 
-  from bltjax import generation, nfe, weights
+  from bltjax import weights
+  from bltjax.decoding import generation, nfe
 
   log = log or (lambda msg: print(msg, flush=True))
   methods = a.methods.split(",") if a.methods else (RANDOM_METHODS if a.random_weights else (

@@ -5,7 +5,7 @@ on the CPU (`jax.experimental.topologies.get_topology_desc`), nothing executes, 
 (the process runs with JAX_PLATFORMS=cpu). Needs libtpu (`pip install -e ".[tpu]"`, or
 `pip install "libtpu==0.0.42.*"` next to jax 0.10.2).
 
-  train    the training code's own step (`bltjax.train.Trainer.make_train_step`, as
+  train    the training code's own step (`bltjax.training.train.Trainer.make_train_step`, as
            benchmarks/train_memory.py compiles it) at the config's global batch, grad_accum and
            remat on a mesh over the topology's chips: the compiler's per-chip peak
            (arguments + outputs - aliases + temp) against the chip's HBM, flops and bytes per
@@ -16,7 +16,7 @@ on the CPU (`jax.experimental.topologies.get_topology_desc`), nothing executes, 
            donated, logical shardings), at each --batch: flops, bytes accessed, the compiler's
            `optimal_seconds` when positive, and a roofline bytes/s per method from the cycle's
            time and the bytes it yields (assumptions in the JSON), x AR, next to the Eq. 8
-           ratio (arXiv 2605.08044 Eq. 8, `bltjax.nfe`).
+           ratio (arXiv 2605.08044 Eq. 8, `bltjax.decoding.nfe`).
 
   python benchmarks/tpu_compile.py train --topology v5e:2x2 --config configs/blt_tiny.py \\
     --seq-len 256 --json /tmp/tiny_train.json
@@ -271,7 +271,7 @@ def parse_decode_method(spec: str) -> DecodeMethod:
 def abstract_params(cfg):
   import jax
 
-  from bltjax import model
+  from bltjax.modeling import model
 
   return jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.key(0))
 
@@ -282,7 +282,8 @@ def decode_cycle_program(cfg, m: DecodeMethod, mesh, batch: int, prompt_len: int
   import jax
   import jax.numpy as jnp
 
-  from bltjax import engine, generation, layers, model, runloop, sharding
+  from bltjax.decoding import engine, generation, runloop
+  from bltjax.modeling import layers, model, sharding
 
   opt = generation.Options(draft_k=m.window or 8, rule="one_step" if m.name != "ar" else None)
   generation.check(m.name, cfg, opt)
@@ -410,8 +411,9 @@ def x_ar(p: dict, ref: dict, key: str) -> float | None:
 def run_decode(a, log: Clock) -> dict:
   import jax.numpy as jnp
 
-  from bltjax import nfe, sharding
   from bltjax.config import BLTConfig
+  from bltjax.decoding import nfe
+  from bltjax.modeling import sharding
 
   chip, devices, c, attention = target(a, log)
   base = BLTConfig.from_dict(c.model.to_dict())

@@ -1,6 +1,6 @@
 """Per-device memory of one BLT training step: XLA's memory analysis next to a formula.
 
-Compiles the training code's own step (`bltjax.train.Trainer.make_train_step`: forward, backward,
+Compiles the training code's own step (`bltjax.training.train.Trainer.make_train_step`: forward, backward,
 clip, AdamW, donated state) from abstract arguments only, on CPU with N fake devices and a mesh
 (1, N, 1) = fsdp over N, one row per device by default. Nothing is allocated, so the 1B geometry
 at 8k bytes compiles on a laptop (slowly: see docs/benchmarks.md "Training memory"). It always
@@ -64,7 +64,7 @@ def load_config(path: str):
 
 def local_attention_bytes(st, seq_len: int, act_bytes: int, fp_bytes: int) -> tuple[float, float]:
   """(saved, transient) bytes of one self-attention layer for one row, as
-  `bltjax.kernels.local_plan` lays it out (local stacks over bytes, the global model over
+  `bltjax.modeling.kernels.local_plan` lays it out (local stacks over bytes, the global model over
   patches).
 
   Dense [S, S]: 3 fp32 score-sized arrays, the probabilities and the bool mask, all kept
@@ -76,7 +76,7 @@ def local_attention_bytes(st, seq_len: int, act_bytes: int, fp_bytes: int) -> tu
   (max, sum, fp32 values: H·T·(K + 2)·4 each), one step's [H, T, T] scores and the fp32
   cotangents of all K and V are transient.
   """
-  from bltjax import kernels
+  from bltjax.modeling import kernels
 
   s, b = seq_len, act_bytes
   plan = kernels.local_plan(st, s)
@@ -104,7 +104,7 @@ def pooling_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int) -> float:
   C·H scores, exp, probabilities, shift (fp32) and the fp32 product with V (C·D per byte) plus
   the gathered queries.
   """
-  from bltjax import kernels
+  from bltjax.modeling import kernels
 
   e, s, p, b, c = cfg.encoder, seq_len, num_patches, act_bytes, cfg.cross_attn_k
   xh = cfg.cross_attn_nheads or e.n_heads
@@ -120,7 +120,7 @@ def activation_bytes(cfg, seq_len: int, num_patches: int, act_bytes: int = 2) ->
 
   Same per-position constants as BLT-D's model (benchmarks/bltd_memory.py): a block keeps about
   6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 RMSNorm and softmax internals)
-  per position. Attention as `bltjax.kernels` plans it (`local_attention_bytes`,
+  per position. Attention as `bltjax.modeling.kernels` plans it (`local_attention_bytes`,
   `pooling_bytes`): at 8k bytes and window 512 the local stacks run segments and pooling a
   per-patch segment softmax, and the global model over P = 4098 patch slots runs blocks.
 
@@ -176,7 +176,7 @@ def state_bytes(tr) -> dict[str, float]:
   """Bytes per device (the largest) of the training state, gradients and frozen entropy model."""
   import jax
 
-  from bltjax import sharding
+  from bltjax.modeling import sharding
 
   def per_device(tree) -> float:
     d = sharding.shard_bytes_per_device(tree)
@@ -201,7 +201,7 @@ def residual_bytes(tr) -> float:
     from jax.ad_checkpoint import saved_residuals  # type: ignore[attr-defined]
   except ImportError:  # pragma: no cover
     from jax._src.ad_checkpoint import saved_residuals
-  from bltjax import losses
+  from bltjax.training import losses
 
   cfg, s = tr.cfg, tr.r.train.seq_len
   sds = jax.ShapeDtypeStruct
@@ -227,7 +227,8 @@ def compile_step(c, devices, log=print):
   import jax
   import jax.numpy as jnp
 
-  from bltjax import model, sharding, train
+  from bltjax.modeling import model, sharding
+  from bltjax.training import train
 
   devs = jax.devices()[:devices] if isinstance(devices, int) else list(devices)
   cfg = train.resolve(c, len(devs), 1).model

@@ -58,8 +58,8 @@ def _config():
 
 def _batch(c) -> dict[str, np.ndarray]:
   """One batch of packed real text and its static-4 patch starts (no forced EOS starts)."""
-  from bltjax import patching
   from bltjax.data import pipeline
+  from bltjax.modeling import patching
 
   it = pipeline.make_train_iterator(c.data, seq_len=c.train.seq_len, batch_size=c.train.batch_size,
                                     seed=0, process_index=0, process_count=1)
@@ -139,7 +139,8 @@ def _xla_flops(compiled) -> float | None:
 def bench_bltjax(c, batch, steps: int, warmup: int):
   import jax
 
-  from bltjax import model, sharding, train
+  from bltjax.modeling import model, sharding
+  from bltjax.training import train
 
   tr = train.Trainer.create(c, tempfile.mkdtemp(prefix="bench_bltjax_"), devices=jax.devices()[:1])
   # Host copy: the step donates its state, and HF gets these same weights afterwards.
@@ -164,9 +165,9 @@ def bench_hf(c, batch, full_params, cfg, steps: int, warmup: int):
   import torch
   from transformers import BltForCausalLM
 
-  from bltjax import patching
   from bltjax.config import BOS_ID
   from bltjax.convert import hf
+  from bltjax.modeling import patching
 
   tmp = Path(tempfile.mkdtemp(prefix="bench_hf_")) / "hf"
   hf.save_hf(tmp, full_params, cfg)

@@ -147,7 +147,7 @@ def load_config(name: str):
     path = Path(__file__).resolve().parent / "_configs" / f"{name}.py"
   if not path.is_file():
     raise UsageError(f"{path}: no such config file")
-  from bltjax.train_config import load_config_file
+  from bltjax.training.train_config import load_config_file
 
   return load_config_file(path)
 
@@ -224,10 +224,10 @@ def stage_data(st: State) -> None:
   """The materialised corpus if `make data` ran, else the committed fixture; unigram entropy."""
   import numpy as np
 
-  from bltjax import train as T
   from bltjax.data import corpus, pipeline
   from bltjax.data.stats import unigram_entropy_bits
-  from bltjax.train_config import resolve
+  from bltjax.training import train as T
+  from bltjax.training.train_config import resolve
 
   st.source = corpus.default_source()
   st.data_cfg = pipeline.default_data_config(source=st.source)
@@ -244,7 +244,7 @@ def stage_data(st: State) -> None:
 
 
 def _train(st: State, c, name: str) -> dict[str, Any]:
-  from bltjax import train as T
+  from bltjax.training import train as T
 
   out = T.train_and_evaluate(c, st.workdir / name)
   st.results[name] = {k.removeprefix("eval/"): v for k, v in out["eval"].items()}
@@ -276,8 +276,10 @@ def calibrate_threshold(export: Path, data_cfg: Any, target: float, batches: int
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import losses, model, weights
+  from bltjax import weights
   from bltjax.data import pipeline
+  from bltjax.modeling import model
+  from bltjax.training import losses
 
   cfg, params = weights.load_checkpoint(export)
   it = pipeline.make_train_iterator(data_cfg, seq_len=seq_len, batch_size=batch_size, seed=123,
@@ -386,7 +388,8 @@ def stage_heldout(st: State) -> None:
 
 def stage_samples(st: State, prompt_bytes: int = 64, new_bytes: int = 96) -> None:
   """Greedy continuations of one held-out prompt per domain: AR on the BLT, BLT-D on a BLT-D."""
-  from bltjax import data, generation, weights
+  from bltjax import data, weights
+  from bltjax.decoding import generation
 
   _say(st, "samples", "greedy continuations of held-out prompts")
   prompts, names = [], []
@@ -498,7 +501,7 @@ def _write_results(st: State) -> None:
 def describe(st: State) -> str:
   """The plan, one line per stage: configs, steps, bytes, parameters, memory, evaluation runs."""
   from bltjax import config as C
-  from bltjax.train_config import resolve
+  from bltjax.training.train_config import resolve
 
   sc = st.scale
   lines = [f"bltjax.reproduce --scale {sc.name} --workdir {st.workdir}", f"needs: {sc.needs}"]

@@ -55,7 +55,7 @@ def next_byte_nll(params: Any, cfg: BLTConfig, ids_BxS: jnp.ndarray,
                   lengths_B: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
   """NLL (nats) of ids[:, j + 1] given ids[:, :j + 1] under the checkpoint's own patcher, [B,
   S-1], and its patch starts; positions past a row's length are junk. Shared by the scorers."""
-  from bltjax import model  # noqa: PLC0415 - model imports flax; keep --help fast
+  from bltjax.modeling import model  # noqa: PLC0415 - model imports flax; keep --help fast
 
   start_BxS1 = model.patch(params, cfg, ids_BxS, lengths_B)
   logits_BxSxV = model.forward(params, cfg, ids_BxS, start_BxS1, lengths_B)

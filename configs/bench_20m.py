@@ -7,7 +7,7 @@ benchmark (benchmarks/train_throughput.py) trains it in fp32 on batch 8 x 512 by
 patches of 4, which is what this config selects.
 """
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():

@@ -13,7 +13,7 @@ patch length of arXiv 2605.08044's 3B generations: 512 bytes in 308 patches).
   python benchmarks/fast_decode.py --config configs/bench_weightbound.py --random-weights
 """
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():

@@ -13,7 +13,7 @@ global batch with grad_accum = 256 / (rows per chip x chips); docs/accelerators.
 per-topology overrides and the TPU compiler's memory figures (benchmarks/tpu_compile.py).
 """
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():

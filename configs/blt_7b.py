@@ -6,7 +6,7 @@ model.
 ~6.7 B non-hash + 3.84 B hash-table parameters: shard with fsdp (and tensor) over a pod.
 """
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():

@@ -7,7 +7,7 @@ Entropy patching needs the export of an entropy run (configs/entropy_tiny.py), e
 or run without one: --config.model.patcher.mode static.
 """
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config():

@@ -5,7 +5,7 @@ model section is BLT-1B's (configs/blt_1b.py), the model this entropy model patc
 "entropy" trains and exports only `entropy_model`.
 """
 
-from bltjax.train_config import base_config, sibling_config
+from bltjax.training.train_config import base_config, sibling_config
 
 
 def get_config():

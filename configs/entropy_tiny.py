@@ -2,7 +2,7 @@
 the BLT part describes the model this entropy model will patch for; task "entropy" trains and
 exports `entropy_model` alone)."""
 
-from bltjax.train_config import sibling_config
+from bltjax.training.train_config import sibling_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ Stages (finished runs resume from their checkpoints, so re-running only re-evalu
                      fixture (small: long runs overfit it); --data to choose
   1. entropy model   configs/entropy_tiny.py (or --entropy_export DIR)
   2. threshold       θ with P(H > θ) = 1/4 on training text: ~4-byte patches, as in Fast BLT
-  3. BLT-D           configs/bltd_tiny.py through bltjax.train (the train.py code path)
+  3. BLT-D           configs/bltd_tiny.py through bltjax.training.train (the train.py code path)
      BLT             the same config, same data order and seed, diffusion.block_size = 0
   4. causal bpb      train.py's held-out evaluation (same windows for both models)
   5. masked bytes    BLT-D at t = 0.5 on the held-out windows: accuracy and nats per masked byte,
@@ -56,7 +56,8 @@ def masked_eval(config, params: dict, ent_export: Path, counts: np.ndarray, t: f
   import jax
   import jax.numpy as jnp
 
-  from bltjax import diffusion, losses, train, train_config, weights
+  from bltjax import weights
+  from bltjax.training import diffusion, losses, train, train_config
 
   r = train_config.resolve(config, jax.device_count())
   cfg = r.model
@@ -112,7 +113,7 @@ def main() -> None:
                   help="default (the `make data` corpus) | fixture | auto: default when built")
   a = ap.parse_args()
 
-  from bltjax import train
+  from bltjax.training import train
 
   wd = Path(a.workdir)
   wd.mkdir(parents=True, exist_ok=True)

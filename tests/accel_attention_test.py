@@ -1,4 +1,4 @@
-"""bltjax/accel.py: the accelerator attention kernels equal the xla reference kernels.
+"""bltjax/modeling/accel.py: the accelerator attention kernels equal the xla reference kernels.
 
 Splash attention (the TPU kernel) runs in Pallas interpret mode here; the cuDNN call's mask
 mapping is checked through `jax.nn.dot_product_attention`'s xla implementation (the same call
@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import accel, kernels, model
 from bltjax.config import BLTConfig, ConfigError
-from bltjax.layers import attend, local_mask
+from bltjax.modeling import accel, kernels, model
+from bltjax.modeling.layers import attend, local_mask
 from tests.kernels_test import _packed_ids, _rand, packed_rows
 from tests.model_fixtures import tiny_config, tiny_params
 
@@ -75,7 +75,7 @@ def test_splash_causal_attention_equals_xla(s):
 def test_splash_under_a_mesh_equals_xla():
   """With a mesh current, splash runs per device under shard_map (rows over fsdp, heads over
   tensor; 4 of the 8 fake CPU devices): same values and gradients."""
-  from bltjax import sharding
+  from bltjax.modeling import sharding
   s, w = 136, 40
   pos, doc, valid, _ = packed_rows(s)
   q, k, v, r = _qkv(s, seed=11)
@@ -155,7 +155,7 @@ def test_attention_config_key():
   assert BLTConfig.from_dict(d) == cfg
   d["attention"] = "pallas"
   assert BLTConfig.from_dict(d).attention == "pallas"
-  from bltjax import train_config
+  from bltjax.training import train_config
   base = train_config.base_config()
   assert base.model.attention == "auto"
 
@@ -244,7 +244,7 @@ def test_model_with_pallas_equals_xla():
 def test_bltd_forward_with_pallas_equals_xla():
   """BLT-D's clean stream (`diffusion._layer`) and pooling take the switch too: block and clean
   logits with attention="pallas" equal "xla" (documents that reuse an id, padding)."""
-  from bltjax import diffusion
+  from bltjax.training import diffusion
   from tests import diffusion_test as dt
   cfg, params, b = dt.setup()
 
@@ -285,7 +285,7 @@ def test_splash_compiles_for_tpu(window):
   from jax.sharding import Mesh, NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from bltjax import sharding
+  from bltjax.modeling import sharding
   mesh = Mesh(np.asarray(devices).reshape(1, 4, 1), sharding.MESH_AXES)
   b, s, h, g, kd = 4, 1000, 8, 4, 128
   row = lambda *shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(  # noqa: E731

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from bltjax import generation
 from bltjax.convert import hf as convert_hf
+from bltjax.decoding import generation
 from tests.hf_fixtures import save_tiny
 
 pytestmark = pytest.mark.oracle

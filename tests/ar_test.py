@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from bltjax import engine, generation
-from bltjax.generation import Options
+from bltjax.decoding import engine, generation
+from bltjax.decoding.generation import Options
 from tests.model_fixtures import PROMPTS, tiny_config
 from tests.model_fixtures import blt_setup as _setup
 
@@ -131,7 +131,7 @@ def test_engine_forward_equals_training_forward():
   at every position, and the entropies of the entropy model."""
   import jax.numpy as jnp
 
-  from bltjax import model
+  from bltjax.modeling import model
 
   cfg, params = _setup(window=16)
   ids = [generation.encode_prompt(p) for p in (PROMPTS[2], PROMPTS[0])]
@@ -157,7 +157,7 @@ def test_fused_projections_decode_what_the_checkpoint_weights_decode():
   gives the bytes of the full recompute with the checkpoint's separate kernels."""
   import jax.numpy as jnp
 
-  from bltjax import layers, model
+  from bltjax.modeling import layers, model
 
   cfg, params = _setup(window=16)
   fused = layers.fuse_projections(params)

@@ -22,10 +22,13 @@ import numpy as np
 import optax
 import pytest
 
-from bltjax import decode, engine, generation, losses, model, optim, precision, score, train
+from bltjax import precision, score
 from bltjax import weights as weights_io
-from bltjax.generation import Options
-from bltjax.train_config import resolve
+from bltjax.decoding import decode, engine, generation
+from bltjax.decoding.generation import Options
+from bltjax.modeling import model
+from bltjax.training import losses, optim, train
+from bltjax.training.train_config import resolve
 from tests import tiny_train_config
 from tests.model_fixtures import PROMPTS, bltd_setup
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from bltjax import kernels, model
 from bltjax.config import BLTConfig
-from bltjax.layers import attend, dtype_of, local_mask
+from bltjax.modeling import kernels, model
+from bltjax.modeling.layers import attend, dtype_of, local_mask
 
 Params = dict[str, Any]
 

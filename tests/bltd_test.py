@@ -1,4 +1,4 @@
-"""BLT-D and BLT-DV decoding (bltjax/bltd.py, bltjax/bltdv.py): cached BLT-D equals a
+"""BLT-D and BLT-DV decoding (bltjax/decoding/bltd.py, bltjax/decoding/bltdv.py): cached BLT-D equals a
 full-recompute reference step for step (block logits at every denoising step, then ids); BLT-DV
 equals greedy causal decoding of the same weights for every commit rule."""
 
@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import bltd, engine, generation, model, patching
 from bltjax.config import EOS_ID, MASK_ID, DiffusionConfig
+from bltjax.decoding import bltd, engine, generation
+from bltjax.modeling import model, patching
 from tests import bltd_reference
 from tests.model_fixtures import BLOCK_SIZE, PROMPTS, bltd_setup
 

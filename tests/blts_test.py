@@ -1,4 +1,4 @@
-"""BLT-S (bltjax/blts.py): the engine's multi-position forward equals single steps, and greedy
+"""BLT-S (bltjax/decoding/blts.py): the engine's multi-position forward equals single steps, and greedy
 BLT-S output is byte-identical to greedy AR decoding."""
 
 import dataclasses
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import engine, generation
-from bltjax.generation import Options
+from bltjax.decoding import engine, generation
+from bltjax.decoding.generation import Options
 from tests.model_fixtures import PROMPTS
 from tests.model_fixtures import blt_setup as _setup
 

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import checkpoint, model, train, weights
+from bltjax import weights
 from bltjax.data import pipeline
+from bltjax.modeling import model
+from bltjax.training import checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bltjax import decode, reproduce, score
+from bltjax import reproduce, score
+from bltjax.decoding import decode
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from model_fixtures import tiny_config
 
 from bltjax import weights
 from bltjax.config import GLOBAL_KEY, BLTConfig, ConfigError
-from bltjax.train_config import renamed_flag_error, resolve
+from bltjax.training.train_config import renamed_flag_error, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(ROOT.glob("configs/*.py"))

@@ -211,7 +211,7 @@ def test_hf_encoder_hidden_size_global_ignored_as_hf_does(tmp_path, caplog):
   # hidden_size_global; such a checkpoint runs in HF and converts, with a warning.
   from transformers import BltForCausalLM
 
-  from bltjax import model
+  from bltjax.modeling import model
 
   c = fx.tiny_hf_config()
   c.encoder_config.hidden_size_global = 48

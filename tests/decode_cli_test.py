@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bltjax import decode as cli
 from bltjax import weights
+from bltjax.decoding import decode as cli
 from tests.model_fixtures import median_threshold, tiny_config, tiny_params
 
 

@@ -9,8 +9,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from model_fixtures import PROMPTS, bltd_setup
 
-from bltjax import engine, generation, model, runloop, sharding
-from bltjax.generation import Options
+from bltjax.decoding import engine, generation, runloop
+from bltjax.decoding.generation import Options
+from bltjax.modeling import model, sharding
 
 MAX_NEW = 24
 # Two short prompts (compilation dominates): the power-of-two batch (2) is padded to 4 rows for

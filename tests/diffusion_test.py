@@ -1,4 +1,4 @@
-"""BLT-D training (bltjax/diffusion.py): blocks, masks, kernels, loss vs a slow reference."""
+"""BLT-D training (bltjax/training/diffusion.py): blocks, masks, kernels, loss vs a slow reference."""
 
 import dataclasses
 import functools
@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import diffusion, kernels, losses, model
 from bltjax.config import (
   BOS_ID,
   EOS_ID,
@@ -19,7 +18,9 @@ from bltjax.config import (
   PatcherConfig,
   TransformerConfig,
 )
-from bltjax.layers import attend, run_stack
+from bltjax.modeling import kernels, model
+from bltjax.modeling.layers import attend, run_stack
+from bltjax.training import diffusion, losses
 from tests import bltd_reference
 
 S, Z, W = 16, 4, 5

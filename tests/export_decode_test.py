@@ -11,8 +11,9 @@ import json
 
 import pytest
 
-from bltjax import decode as cli
-from bltjax import train, weights
+from bltjax import weights
+from bltjax.decoding import decode as cli
+from bltjax.training import train
 from tests import tiny_train_config
 
 
@@ -55,8 +56,8 @@ def test_space_patched_export_decodes_with_every_method(tmp_path, block_size, me
 
 def test_old_export_naming_an_unused_entropy_stack_loads_without_it(tmp_path):
   # An export written before the fix: space patching, an entropy section, no entropy params.
-  from bltjax import model
-  from bltjax.train_config import resolve
+  from bltjax.modeling import model
+  from bltjax.training.train_config import resolve
 
   c = tiny_train_config.get_config("blt")
   c.model.patcher.update(mode="space")

@@ -1,4 +1,4 @@
-"""Tests for bltjax.hashing (arXiv 2412.09871 §3.2.1): hand-checked examples, JAX vs NumPy,
+"""Tests for bltjax.modeling.hashing (arXiv 2412.09871 §3.2.1): hand-checked examples, JAX vs NumPy,
 NumPy vs PyTorch."""
 
 import functools
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import hashing
+from bltjax.modeling import hashing
 
 SIZES = (3, 4, 5, 6, 7, 8)
 VOCABS = (1021, 50002, 500002)

@@ -1,4 +1,4 @@
-"""bltjax/kernels.py: the segmented local attention and the segment pooling equal their dense
+"""bltjax/modeling/kernels.py: the segmented local attention and the segment pooling equal their dense
 masked forms (values and gradients) on packed rows with several documents and padding, and the
 model's stacks give the same logits whichever form the plan picks."""
 
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import kernels, model
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, TransformerConfig
-from bltjax.layers import attend, local_mask
+from bltjax.modeling import kernels, model
+from bltjax.modeling.layers import attend, local_mask
 from tests.model_fixtures import tiny_config, tiny_params
 
 # Tiny graphs: skip LLVM's optimisation passes (most of their compile time); numerics are equal.

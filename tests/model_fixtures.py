@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import model
 from bltjax.config import BLTConfig, HashConfig, PatcherConfig, TransformerConfig
+from bltjax.modeling import model
 
 
 def tiny_config(k: int = 2, window: int = 512, max_patch_length=None, mode="entropy",

@@ -236,7 +236,8 @@ def _records(path: pathlib.Path) -> list[dict]:
 
 
 def test_fold_merges_shards_in_input_order_each_id_once(tmp_path):
-  from bltjax import decode_shards, paths
+  from bltjax import paths
+  from bltjax.decoding import decode_shards
 
   inp = tmp_path / "in.jsonl"
   inp.write_text("\n".join(json.dumps({"id": i, "prompt": "x"}) for i in ["a", 1, "b", 2, 3]))

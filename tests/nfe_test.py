@@ -1,6 +1,6 @@
 import pytest
 
-from bltjax import nfe
+from bltjax.decoding import nfe
 
 
 def test_bandwidth_reproduces_paper_row():

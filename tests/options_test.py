@@ -1,11 +1,11 @@
-"""One declaration of the decoding methods and their options (bltjax/options.py) feeds
+"""One declaration of the decoding methods and their options (bltjax/decoding/options.py) feeds
 `generation`, decode.py and `python -m bltjax.eval`."""
 
 import dataclasses
 
 import pytest
 
-from bltjax import decode, generation, options
+from bltjax.decoding import decode, generation, options
 from bltjax.eval import __main__ as eval_main
 
 

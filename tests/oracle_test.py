@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import BltForCausalLM
 
-from bltjax import model
 from bltjax.convert import hf
+from bltjax.modeling import model
 
 pytestmark = pytest.mark.oracle
 jax.config.update("jax_default_matmul_precision", "highest")

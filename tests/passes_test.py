@@ -3,7 +3,7 @@ host by callbacks inside the compiled programs), for every method at batch 1."""
 
 import pytest
 
-from bltjax import engine, generation
+from bltjax.decoding import engine, generation
 from tests.model_fixtures import PROMPTS, blt_setup, bltd_setup
 
 

@@ -1,4 +1,4 @@
-"""Tests for bltjax.patching: worked examples, NumPy references, incrementality, HF oracle.
+"""Tests for bltjax.modeling.patching: worked examples, NumPy references, incrementality, HF oracle.
 
 The NumPy references below are written slot by slot from the rules (docs/architecture.md,
 patching) and the official code's semantics (checked by hand against
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import patching
 from bltjax.config import PatcherConfig
+from bltjax.modeling import patching
 
 # Worked example, checked with the official patcher functions.
 EX_H = [5.0, 0.5, 2.0, 0.3, 0.2, 1.5, 0.1, 3.0]

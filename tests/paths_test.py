@@ -15,7 +15,8 @@ import pathlib
 
 import pytest
 
-from bltjax import paths, train, weights
+from bltjax import paths, weights
+from bltjax.training import train
 from tests import tiny_train_config
 
 fsspec = pytest.importorskip("fsspec")
@@ -92,8 +93,8 @@ def test_line_log_appends_to_an_object_store(fake_gcs):
 
 
 def test_checkpoint_config_reads_from_gs(fake_gcs, tmp_path):
-  from bltjax import model
-  from bltjax.train_config import resolve
+  from bltjax.modeling import model
+  from bltjax.training.train_config import resolve
 
   cfg = resolve(tiny_train_config.get_config("blt"), 1).model
   local = weights.save_checkpoint(tmp_path / "ckpt", tiny_train_config.random_params(

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import generation, model, sampling
+from bltjax.decoding import generation, sampling
+from bltjax.modeling import model
 from tests.model_fixtures import PROMPTS, blt_setup, bltd_setup
 
 TOP_K, N_SAMPLES, NEW, CHUNK = 4, 20_000, 3, 1000

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from bltjax import model, sharding
 from bltjax.config import ConfigError, num_params
-from bltjax.train_config import resolve
+from bltjax.modeling import model, sharding
+from bltjax.training.train_config import resolve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -129,7 +129,7 @@ def _logical_names(spec_tree) -> set[str]:
 def test_every_rule_is_carried_by_some_array():
   """No dead rules: every logical name is on a parameter of blt_1b or blt_tiny, on the
   decoding state, or is `batch` (training rows, `sharding.batch_sharding`)."""
-  from bltjax import engine
+  from bltjax.decoding import engine
 
   names = {"batch"}
   for name in ("blt_1b", "blt_tiny"):
@@ -187,7 +187,7 @@ def test_init_sharded_from_birth_matches_plain_init():
 
 def test_adam_moments_are_sharded_like_their_params(tmp_path):
   # fsdp must shard all of the state: XLA's own placement of tx.init's zeros replicated mu/nu.
-  from bltjax import train
+  from bltjax.training import train
 
   c = load_config("blt_tiny")
   c.model.patcher.mode = "static"

@@ -6,7 +6,7 @@ static patches of 4 (no entropy checkpoint needed), 32-id rows, batch 8, fixture
 
 import numpy as np
 
-from bltjax.train_config import base_config, entropy_stack, global_stack, stack
+from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
 
 
 def get_config(task: str = "blt"):
@@ -38,7 +38,7 @@ def random_params(cfg, keys, seed: int = 0):
   unlike `model.init_params` (~10 s of XLA on a slow CPU), for tests that need *some* weights."""
   import jax
 
-  from bltjax import model
+  from bltjax.modeling import model
 
   shapes = model.abstract_params(cfg)
   rng = np.random.default_rng(seed)

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bltjax import losses, model, optim, sharding, train
 from bltjax.config import BOS_ID, EOS_ID, ConfigError
-from bltjax.train_config import base_config, resolve
+from bltjax.modeling import model, sharding
+from bltjax.training import losses, optim, train
+from bltjax.training.train_config import base_config, resolve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -1,4 +1,4 @@
-"""`train.init_from_blt` (bltjax/warm_start.py): BLT weights into a new BLT-D (or BLT) run."""
+"""`train.init_from_blt` (bltjax/training/warm_start.py): BLT weights into a new BLT-D (or BLT) run."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from bltjax import model, train, weights
+from bltjax import weights
 from bltjax.config import MASK_ID, ConfigError
-from bltjax.train_config import resolve
+from bltjax.modeling import model
+from bltjax.training import train
+from bltjax.training.train_config import resolve
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import tiny_train_config  # noqa: E402

@@ -5,7 +5,7 @@
   humaneval    0-shot code completion, pass@1 in a sandboxed subprocess; canonical-solution BPB
   mc           likelihood multiple choice, accuracy and byte-normalised accuracy
 
-Generation suites decode with any method of `bltjax.generation` and record the NFEs and the
+Generation suites decode with any method of `bltjax.decoding.generation` and record the NFEs and the
 Eq. 8 bandwidth estimate of arXiv 2605.08044; `runner.py` holds the loop they share and
 `python -m bltjax.report` turns run directories into tables and figures.
 """

@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from bltjax import options, paths
+from bltjax import paths
+from bltjax.decoding import options
 from bltjax.eval import SUITES, suite_module
 from bltjax.eval.runner import UsageError
 
@@ -106,7 +107,8 @@ def _main(a) -> int:
   extra = {"model": a.name or (Path(a.checkpoint).name if a.checkpoint else
                                f"completions:{Path(a.completions).name}")}
   if a.checkpoint is not None:
-    from bltjax import generation, nfe, precision, weights  # noqa: PLC0415
+    from bltjax import precision, weights  # noqa: PLC0415
+    from bltjax.decoding import generation, nfe  # noqa: PLC0415
 
     try:
       cfg = weights.load_config(a.checkpoint)

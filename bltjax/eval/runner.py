@@ -59,8 +59,8 @@ class Context:
   def generate(self, batch: list[dict[str, Any]], prompts: list[bytes],
                stops: tuple[bytes, ...]) -> list[dict[str, Any]]:
     """Decodes the prompts with --method; per row: completion, NFEs, Eq. 8 GB, seconds share."""
-    from bltjax import generation, nfe  # noqa: PLC0415
-    from bltjax.decode import row_seed  # noqa: PLC0415
+    from bltjax.decoding import generation, nfe  # noqa: PLC0415
+    from bltjax.decoding.decode import row_seed  # noqa: PLC0415
 
     a = self.args
     seeds = [row_seed(a.seed, ex["id"]) for ex in batch]

@@ -49,9 +49,16 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax import model, patching, sharding
 from bltjax.config import BLTConfig
-from bltjax.layers import CACHE_CHUNK, CacheKeys, dtype_of, local_mask, run_stack, scatter_slots
+from bltjax.modeling import model, patching, sharding
+from bltjax.modeling.layers import (
+  CACHE_CHUNK,
+  CacheKeys,
+  dtype_of,
+  local_mask,
+  run_stack,
+  scatter_slots,
+)
 
 PASSES = ("decoder", "global", "encoder", "entropy")  # per-row pass counters, in this order
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from bltjax import sharding
+from bltjax.modeling import sharding
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import ar, bltd, bltdv, blts, engine, model, runloop, sampling, sharding
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
-from bltjax.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
+from bltjax.decoding import ar, bltd, bltdv, blts, engine, runloop, sampling
+from bltjax.decoding.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
+from bltjax.modeling import model, sharding
 
 
 @dataclasses.dataclass

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import engine
 from bltjax.config import OFFSET, BLTConfig
+from bltjax.decoding import engine
 
 STOP_NONE, STOP_EOS, STOP_LENGTH, STOP_STRING, STOP_CONTEXT = 0, 1, 2, 3, 4
 STOP_NAMES = {STOP_NONE: "none", STOP_EOS: "eos", STOP_LENGTH: "length", STOP_STRING: "stop",
@@ -51,7 +51,7 @@ class GenState:
 @dataclasses.dataclass(frozen=True)
 class LoopArgs:
   """The per-call arrays of a loop (traced, so one compilation serves every value), and whether
-  any row samples (static: greedy programs carry no probability tensors; bltjax/sampling.py)."""
+  any row samples (static: greedy programs carry no probability tensors; bltjax/decoding/sampling.py)."""
 
   budget: jax.Array  # [B] byte budgets (<= max_new)
   keys: jax.Array  # [B] per-row PRNG keys

@@ -326,7 +326,7 @@ class Resolved:
 def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: int,
             n_processes: int = 1) -> Resolved:
   """Validates a whole config against the device count; raises `ConfigError` naming the key."""
-  from bltjax import sharding  # Lazy: keeps this module importable without jax.
+  from bltjax.modeling import sharding  # Lazy: keeps this module importable without jax.
 
   for key in ("model", "train", "mesh"):
     if key not in config:

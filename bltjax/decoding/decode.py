@@ -12,7 +12,7 @@ Each row samples from its own key (seed, id), so its output never depends on its
 
 Several processes (`--num-processes`/`--process-id`/`--coordinator-address`, or a cluster that
 JAX detects): each decodes its share of the rows into a shard next to --output, and process 0
-folds the shards into --output in input order (`bltjax.decode_shards`; docs/multihost.md).
+folds the shards into --output in input order (`bltjax.decoding.decode_shards`; docs/multihost.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bltjax import options
+from bltjax.decoding import options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +99,8 @@ def read_prompts(path: Path, done_ids: set[str], quiet: bool = False
 def done_ids_of(path: Path) -> set[str]:
   """Ids with a result in `path` or in shards a killed multi-process run left next to it (a
   line cut by a crash does not count: that id is decoded again)."""
-  from bltjax import decode_shards, paths  # noqa: PLC0415
+  from bltjax import paths  # noqa: PLC0415
+  from bltjax.decoding import decode_shards  # noqa: PLC0415
 
   return decode_shards.done_ids(paths.as_path(path))
 
@@ -117,15 +118,8 @@ def main(argv: list[str] | None = None) -> int:
   a = parse_args(argv)
   import jax  # noqa: PLC0415 - keep --help fast
 
-  from bltjax import (  # noqa: PLC0415
-    decode_shards,
-    generation,
-    multihost,
-    nfe,
-    paths,
-    precision,
-    weights,
-  )
+  from bltjax import multihost, paths, precision, weights  # noqa: PLC0415
+  from bltjax.decoding import decode_shards, generation, nfe  # noqa: PLC0415
 
   try:
     multihost.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id,
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
   shardings = mesh = None
   if a.mesh:
-    from bltjax import model, sharding  # noqa: PLC0415
+    from bltjax.modeling import model, sharding  # noqa: PLC0415
 
     shape = tuple(int(x) for x in a.mesh.split(","))
     # Several processes: each decodes its own rows on its own devices (the mesh is per host).
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   counts = nfe.param_counts(params)
   if mesh is None:  # two matrix-vector products per block input (a fused q|k|v cannot shard)
-    from bltjax import layers  # noqa: PLC0415
+    from bltjax.modeling import layers  # noqa: PLC0415
 
     params = layers.fuse_projections(params)
   stops = tuple(s.encode("utf-8") for s in a.stop)

@@ -59,10 +59,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bltjax import accel, kernels, layers, losses, model, patching
 from bltjax.config import BOS_ID, EOS_ID, MASK_ID, OFFSET, BLTConfig
-from bltjax.kernels import AttnPlan
-from bltjax.layers import dtype_of
+from bltjax.modeling import accel, kernels, layers, model, patching
+from bltjax.modeling.kernels import AttnPlan
+from bltjax.modeling.layers import dtype_of
+from bltjax.training import losses
 
 Params = dict[str, Any]
 Metrics = dict[str, jnp.ndarray]

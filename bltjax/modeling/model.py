@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from bltjax import accel, hashing, kernels, patching, sharding
 from bltjax.config import EOS_ID, BLTConfig, TransformerConfig
-from bltjax.layers import (
+from bltjax.modeling import accel, hashing, kernels, patching, sharding
+from bltjax.modeling.layers import (
   Block,
   CrossAttention,
   Einsum,

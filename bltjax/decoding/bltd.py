@@ -23,10 +23,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from bltjax import engine, model, patching, runloop, sampling
 from bltjax.config import MASK_ID, BLTConfig
-from bltjax.layers import CacheKeys, dtype_of, run_stack
-from bltjax.options import BLOCK_LATENTS, EB_RULES, RULES
+from bltjax.decoding import engine, runloop, sampling
+from bltjax.decoding.options import BLOCK_LATENTS, EB_RULES, RULES
+from bltjax.modeling import model, patching
+from bltjax.modeling.layers import CacheKeys, dtype_of, run_stack
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,9 +37,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bltjax import accel
 from bltjax.config import BLTConfig, TransformerConfig
-from bltjax.layers import AttnKernel, attend, local_mask
+from bltjax.modeling import accel
+from bltjax.modeling.layers import AttnKernel, attend, local_mask
 
 # Transient attention buffers (scores, probabilities, gathered K/V) per row per chunk: chunking
 # starts when one layer's attention would need more than this.

@@ -16,8 +16,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from bltjax import engine, runloop, sampling
 from bltjax.config import BLTConfig
+from bltjax.decoding import engine, runloop, sampling
 
 
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts) -> \

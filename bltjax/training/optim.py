@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bltjax.train_config import TrainConfig
+from bltjax.training.train_config import TrainConfig
 
 # Leaf names (last path key) that never get weight decay.
 NO_DECAY_LEAVES = ("scale", "embedding")

@@ -45,19 +45,11 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bltjax import (
-  checkpoint,
-  diffusion,
-  losses,
-  model,
-  multihost,
-  optim,
-  paths,
-  sharding,
-  warm_start,
-)
+from bltjax import multihost, paths
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, ConfigError
-from bltjax.train_config import Resolved, resolve
+from bltjax.modeling import model, sharding
+from bltjax.training import checkpoint, diffusion, losses, optim, warm_start
+from bltjax.training.train_config import Resolved, resolve
 
 if TYPE_CHECKING:  # grain is imported where an iterator is built: a step needs none
   import grain
@@ -365,7 +357,7 @@ class Trainer:
 
   def init_state(self) -> Any:
     """Fresh state, created directly in its shards; `train.init_from_blt` then copies in a
-    trained BLT's weights (`bltjax.warm_start`; the optimiser moments start at zero either way).
+    trained BLT's weights (`bltjax.training.warm_start`; the optimiser moments start at zero either way).
     """
     keys, tx, cfg = TRAINABLE[self.r.train.task], self.tx, self.cfg
 

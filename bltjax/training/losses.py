@@ -32,8 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bltjax import model
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig
+from bltjax.modeling import model
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]

@@ -19,8 +19,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from bltjax import bltd, blts, engine, runloop, sampling
 from bltjax.config import BLTConfig
+from bltjax.decoding import bltd, blts, engine, runloop, sampling
 
 
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):

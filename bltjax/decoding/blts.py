@@ -26,8 +26,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from bltjax import engine, runloop, sampling
 from bltjax.config import BLTConfig
+from bltjax.decoding import engine, runloop, sampling
 
 
 def draft(params, cfg: BLTConfig, g: runloop.GenState, x0_B, k: int, ctx: runloop.LoopArgs):
