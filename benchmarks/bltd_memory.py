@@ -63,7 +63,8 @@ def config_1b(block_size: int, remat: str, dtype: str, hashed: bool = False) -> 
 
 def activation_bytes(cfg: BLTConfig, seq_len: int, num_blocks: int, num_patches: int,
                      act_bytes: int = 2, plan: kernels.AttnPlan | None = None) -> dict[str, float]:
-  """`bltjax/training/diffusion.py`'s per-row activation-memory model (its docstring), in bytes, per term.
+  """`bltjax/training/diffusion.py`'s per-row activation-memory model (its docstring), in bytes,
+  per term.
 
   Calibrated against JAX's saved residuals (`residuals` here): per layer and position a
   stack keeps about 6·F·b (SwiGLU) + 5·D·b (q, k, v, o, residual) + 10·D·4 (fp32 internals of

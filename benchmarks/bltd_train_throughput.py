@@ -1,6 +1,7 @@
 """Training throughput (bytes/s) of BLT-D for Z in {4, 8, 16} against BLT, same train step.
 
-Each model runs the jitted, donated `bltjax.training.train.Trainer` step (forward, backward, clip, AdamW):
+Each model runs the jitted, donated `bltjax.training.train.Trainer` step (forward, backward, clip,
+AdamW):
 BLT with `losses.blt_loss`, BLT-D with `diffusion.bltd_loss` (selected by the config, as in
 train.py). Geometry: configs/bench_20m.py by default (encoder 1x256, global 4x512, decoder 4x256)
 or --config=bltd_tiny; one batch of real text (the committed fixture) with static patches of 4

@@ -2,7 +2,8 @@
 
 The Trainer's own step (entropy patching online, forward, backward, AdamW) on synthetic packed
 documents. At this length every local stack (encoder, decoder, entropy model; window 512) runs the
-segmented attention of `bltjax/modeling/kernels.py` and pooling the per-patch segment softmax; the dense
+segmented attention of `bltjax/modeling/kernels.py` and pooling the per-patch segment softmax; the
+dense
 masks would need [4 heads, 8192, 8192] fp32 arrays (1 GiB each) per layer and row. The entropy
 model is randomly initialised (no export needed; its patches are as real as any).
 

@@ -1,6 +1,6 @@
 """Per-device memory of one BLT training step: XLA's memory analysis next to a formula.
 
-Compiles the training code's own step (`bltjax.training.train.Trainer.make_train_step`: forward, backward,
+Compiles the training code's own step (`training.train.Trainer.make_train_step`: forward, backward,
 clip, AdamW, donated state) from abstract arguments only, on CPU with N fake devices and a mesh
 (1, N, 1) = fsdp over N, one row per device by default. Nothing is allocated, so the 1B geometry
 at 8k bytes compiles on a laptop (slowly: see docs/benchmarks.md "Training memory"). It always

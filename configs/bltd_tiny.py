@@ -1,7 +1,8 @@
 """Tiny BLT-D (block diffusion, arXiv 2605.08044 §3) for CPU: configs/blt_tiny.py plus diffusion
 blocks of 8, at most 8 bytes per patch, 128-byte rows and a lower learning rate.
 
-The loss comes from `bltjax.training.diffusion.bltd_loss` (selected because diffusion.block_size > 0).
+The loss comes from `bltjax.training.diffusion.bltd_loss` (selected because
+diffusion.block_size > 0).
 """
 
 from bltjax.training.train_config import sibling_config

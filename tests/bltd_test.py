@@ -1,4 +1,4 @@
-"""BLT-D and BLT-DV decoding (bltjax/decoding/bltd.py, bltjax/decoding/bltdv.py): cached BLT-D equals a
+"""BLT-D and BLT-DV decoding (bltjax/decoding/bltd.py, bltdv.py): cached BLT-D equals a
 full-recompute reference step for step (block logits at every denoising step, then ids); BLT-DV
 equals greedy causal decoding of the same weights for every commit rule."""
 

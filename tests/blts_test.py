@@ -1,5 +1,5 @@
-"""BLT-S (bltjax/decoding/blts.py): the engine's multi-position forward equals single steps, and greedy
-BLT-S output is byte-identical to greedy AR decoding."""
+"""BLT-S (bltjax/decoding/blts.py): the engine's multi-position forward equals single steps, and
+greedy BLT-S output is byte-identical to greedy AR decoding."""
 
 import dataclasses
 

@@ -1,4 +1,5 @@
-"""BLT-D training (bltjax/training/diffusion.py): blocks, masks, kernels, loss vs a slow reference."""
+"""BLT-D training (bltjax/training/diffusion.py): blocks, masks, kernels, loss vs a slow
+reference."""
 
 import dataclasses
 import functools

@@ -1,5 +1,5 @@
-"""bltjax/modeling/kernels.py: the segmented local attention and the segment pooling equal their dense
-masked forms (values and gradients) on packed rows with several documents and padding, and the
+"""bltjax/modeling/kernels.py: the segmented local attention and the segment pooling equal their
+dense masked forms (values and gradients) on packed rows with several documents and padding, and the
 model's stacks give the same logits whichever form the plan picks."""
 
 import dataclasses

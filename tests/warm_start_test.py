@@ -1,4 +1,5 @@
-"""`train.init_from_blt` (bltjax/training/warm_start.py): BLT weights into a new BLT-D (or BLT) run."""
+"""`train.init_from_blt` (bltjax/training/warm_start.py): BLT weights into a new BLT-D (or BLT)
+run."""
 
 from __future__ import annotations
 

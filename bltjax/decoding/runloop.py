@@ -51,7 +51,8 @@ class GenState:
 @dataclasses.dataclass(frozen=True)
 class LoopArgs:
   """The per-call arrays of a loop (traced, so one compilation serves every value), and whether
-  any row samples (static: greedy programs carry no probability tensors; bltjax/decoding/sampling.py)."""
+  any row samples (static: greedy programs carry no probability tensors;
+  bltjax/decoding/sampling.py)."""
 
   budget: jax.Array  # [B] byte budgets (<= max_new)
   keys: jax.Array  # [B] per-row PRNG keys

@@ -357,7 +357,8 @@ class Trainer:
 
   def init_state(self) -> Any:
     """Fresh state, created directly in its shards; `train.init_from_blt` then copies in a
-    trained BLT's weights (`bltjax.training.warm_start`; the optimiser moments start at zero either way).
+    trained BLT's weights (`bltjax.training.warm_start`; the optimiser moments start at zero
+    either way).
     """
     keys, tx, cfg = TRAINABLE[self.r.train.task], self.tx, self.cfg
 
