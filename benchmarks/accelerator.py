@@ -355,6 +355,7 @@ def train_step(run: Run, deadline: float) -> dict:
   gc.collect()
   c = load_config(s["train_config"])
   c.train.seq_len, c.train.batch_size, c.train.grad_accum = s["train_seq"], s["train_rows"], 1
+  c.train.rows_per_chip = 0
   c.mesh.shape = (1, 1, 1)
   dev = jax.devices()[0]
   before = _memory(dev)

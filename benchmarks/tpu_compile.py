@@ -185,8 +185,8 @@ def run_train(a, log: Clock) -> dict:
     c.train.seq_len = a.seq_len
   if a.batch_size:
     c.train.batch_size = a.batch_size
-  if a.grad_accum:
-    c.train.grad_accum = a.grad_accum
+  if a.grad_accum:  # chosen by hand: no longer derived from train.rows_per_chip
+    c.train.grad_accum, c.train.rows_per_chip = a.grad_accum, 0
   if a.remat:
     c.model.remat = a.remat
   if a.mesh:
@@ -194,7 +194,9 @@ def run_train(a, log: Clock) -> dict:
   if c.train.task == "blt" and c.model.patcher.mode == "entropy":
     c.train.entropy_checkpoint = "(abstract)"  # never read: compile_step passes entropy_params
   log(f"lowering the {c.train.task} step of {a.config} (seq_len {c.train.seq_len}, batch "
-      f"{c.train.batch_size}, grad_accum {c.train.grad_accum}, remat {c.model.remat}) ...")
+      f"{c.train.batch_size}, grad_accum "
+      f"{c.train.grad_accum if not c.train.get('rows_per_chip') else 'derived'}, rows_per_chip "
+      f"{c.train.get('rows_per_chip', 0) or '-'}, remat {c.model.remat}) ...")
   from bltjax.config import ConfigError
 
   try:
@@ -555,7 +557,8 @@ def main(argv=None) -> int:
   tp = sub.choices["train"]
   tp.add_argument("--seq-len", type=int, default=0, help="default: the config's train.seq_len")
   tp.add_argument("--batch-size", type=int, default=0, help="global rows (default: config)")
-  tp.add_argument("--grad-accum", type=int, default=0, help="default: the config's")
+  tp.add_argument("--grad-accum", type=int, default=0,
+                  help="default: the config's (or derived from train.rows_per_chip)")
   tp.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
   dp = sub.choices["decode"]
   dp.add_argument("--batch", type=int, nargs="+", default=[1, 64])

@@ -100,6 +100,7 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
   c = load_config(a.config)
   c.train.seq_len, c.train.batch_size, c.train.grad_accum = a.seq_len, a.batch, 1
+  c.train.rows_per_chip = 0
   if a.remat:
     c.model.remat = a.remat
   res, _ = run(c, a.steps)

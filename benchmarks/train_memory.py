@@ -273,7 +273,7 @@ def main(argv=None) -> int:
   c = load_config(a.config)
   c.train.seq_len = a.seq_len
   c.train.batch_size = a.devices * a.rows_per_device
-  c.train.grad_accum = 1
+  c.train.grad_accum, c.train.rows_per_chip = 1, 0
   c.mesh.shape = (1, a.devices, 1)
   if c.model.patcher.mode == "entropy":
     c.train.entropy_checkpoint = "(abstract)"  # never read: see compile_step

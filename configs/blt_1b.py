@@ -7,10 +7,9 @@ entropy model.
 warm-up 2000, cosine to 0, clip 1.0, 8k-byte context. Needs an accelerator pod: bf16 compute,
 fsdp sharding; point train.entropy_checkpoint at an entropy_100m run's export.
 
-Defaults sized for a TPU v5e-16 slice (v5e:4x4, 16 GiB HBM per chip): global batch 256 rows of
-8192 bytes as 16 microbatches (grad_accum) of 1 row per chip, remat "full". Other slices keep the
-global batch with grad_accum = 256 / (rows per chip x chips); docs/accelerators.md has the
-per-topology overrides and the TPU compiler's memory figures (benchmarks/tpu_compile.py).
+Global batch 256 rows of 8192 bytes in microbatches of 1 row per chip (train.rows_per_chip), so
+grad_accum is derived from the slice: 16 on v5e-16, 32 on v5e-8 (16 GiB HBM per chip), remat
+"full". docs/accelerators.md has the TPU compiler's memory figures (benchmarks/tpu_compile.py).
 """
 
 from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
@@ -28,7 +27,7 @@ def get_config():
   c.train.task = "blt"
   c.train.steps = 100_000
   c.train.batch_size = 256
-  c.train.grad_accum = 16  # 256 / 16 = 16 rows per microbatch = 1 per chip on v5e-16
+  c.train.rows_per_chip = 1  # grad_accum = 256 / (1 x chips): 16 on v5e-16, 32 on v5e-8
   c.train.seq_len = 8192
   c.train.min_expected_patch = 2.0
   c.train.lr = 4e-4

@@ -84,6 +84,10 @@ def test_7b_has_k4_and_projection():
   (lambda c: c.train.update(batch_size=4), r"^train.batch_size: 4 is not divisible by the data"),
   (lambda c: c.train.update(grad_accum=2), r"^train.grad_accum: microbatch 4"),
   (lambda c: c.train.update(grad_accum=3), r"^train.grad_accum: 3 does not divide"),
+  (lambda c: c.train.update(rows_per_chip=3), r"^train.rows_per_chip: 3 row\(s\) per chip x 8"),
+  (lambda c: c.train.update(rows_per_chip=1, grad_accum=2),
+   r"^train.rows_per_chip: 1 derives train.grad_accum, which is also set \(2\)"),
+  (lambda c: c.train.update(rows_per_chip=-1), r"^train.rows_per_chip: must be an int >= 0"),
   (lambda c: c.model.global_model.update(n_heads=3),
    r"^model.global_model.n_heads: dim 64 is not "),
   (lambda c: c.model.encoder.update(dim=48), r"^model.decoder.dim: must equal encoder.dim"),
@@ -103,6 +107,18 @@ def test_bad_configs_fail_naming_the_key(edit, key):
   edit(c)
   with pytest.raises(ConfigError, match=key):
     resolve(c, 8)
+
+
+@pytest.mark.parametrize("devices,mesh,accum", [(16, (1, -1, 1), 16), (8, (1, -1, 1), 32),
+                                                (8, (2, 4, 1), 32), (8, (1, 4, 2), 64)])
+def test_rows_per_chip_derives_grad_accum(devices, mesh, accum):
+  """BLT-1B's global batch (256) stays fixed; grad_accum follows the slice's data x fsdp."""
+  c = load("blt_1b")
+  c.train.entropy_checkpoint = "x"
+  c.mesh.shape = mesh
+  t = resolve(c, devices).train
+  assert (t.batch_size, t.rows_per_chip, t.grad_accum) == (256, 1, accum)
+  assert t.micro_batch_size == 256 // accum
 
 
 def test_unknown_train_key_fails():

@@ -105,6 +105,16 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
     (loss, metrics), grads = grad_fn(params, batch, rng)
     return loss, metrics, grads
 
+  def weighted_loss(p, mb, r):
+    # The microbatch's weight (its target count, not a function of p) scales the loss, so its
+    # gradients come out weighted and are added to the carry as they are: `acc + scatter(0, ..)`
+    # of the hash tables' gradient can then become an in-place scatter into the accumulator
+    # (XLA's simplifier), where `acc + w * scatter(..)` needs a dense table-sized temporary.
+    loss, metrics = loss_fn(p, mb, r)
+    w = jax.lax.stop_gradient(metrics.get(weight_key, jnp.float32(1.0)).astype(jnp.float32))
+    return w * loss, (loss, metrics, w)
+
+  weighted_grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
   micro = split_microbatches(batch, n_micro, constrain)
   # Shapes of one microbatch's outputs: the scan carry must be fixed up front.
   one = jax.tree.map(lambda x: x[0], micro)
@@ -114,9 +124,8 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
   def body(carry, xs):
     i, mb = xs
     g_acc, m_acc, w_acc = carry
-    (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
-    w = metrics.get(weight_key, jnp.float32(1.0)).astype(jnp.float32)
-    g_acc = jax.tree.map(lambda a, g: a + w * g.astype(jnp.float32), g_acc, grads)
+    (_, (loss, metrics, w)), grads = weighted_grad_fn(params, mb, jax.random.fold_in(rng, i))
+    g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), g_acc, grads)
     metrics = dict(metrics, loss=loss)
     m_acc = {k: m_acc[k] + (v if is_sum_metric(k, weight_key) else w * v)
              for k, v in metrics.items()}

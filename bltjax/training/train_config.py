@@ -164,7 +164,10 @@ class TrainConfig:
   seq_len: int = 512  # S: ids per row, BOS/EOS included
   max_patches: int = 0  # static patch budget per row; 0 = auto (see `resolve_max_patches`)
   min_expected_patch: float = 2.0  # auto max_patches = ceil((S + 1) / this) + 1
-  grad_accum: int = 1  # microbatches per step (lax.scan)
+  grad_accum: int = 1  # microbatches per step (lax.scan); derived when rows_per_chip > 0
+  # Rows per chip (per data x fsdp shard) in each microbatch; > 0 keeps the global batch on any
+  # slice: grad_accum = batch_size / (rows_per_chip x data x fsdp) (`derive_grad_accum`).
+  rows_per_chip: int = 0
   lr: float = 4e-4
   warmup_steps: int = 2000
   min_lr_ratio: float = 0.0  # cosine decays to lr * this
@@ -196,7 +199,7 @@ class TrainConfig:
       if not isinstance(v, int) or v < 1:
         _fail(f"train.{key}", f"must be a positive int, got {v!r}")
     for key in ("max_patches", "warmup_steps", "log_every", "eval_every", "eval_windows",
-                "eval_batch_size", "ckpt_every", "seed"):
+                "eval_batch_size", "rows_per_chip", "ckpt_every", "seed"):
       v = getattr(self, key)
       if not isinstance(v, int) or v < 0:
         _fail(f"train.{key}", f"must be an int >= 0, got {v!r}")
@@ -235,6 +238,26 @@ class TrainConfig:
       if key not in known:
         _fail(f"train.{key}", f"unknown key (known: {sorted(known)})")
     return cls(**d)
+
+
+def derive_grad_accum(train: TrainConfig, dp: int) -> TrainConfig:
+  """`train` with grad_accum = batch_size / (rows_per_chip x dp) when rows_per_chip > 0.
+
+  dp: devices along the data axes (data x fsdp). The same global batch then trains on any slice
+  (BLT-1B: 1 row per chip is 16 microbatches on v5e-16, 32 on v5e-8); `resolve` calls this, so
+  train.py, benchmarks/tpu_compile.py and benchmarks/train_memory.py all derive it one way.
+  """
+  if not train.rows_per_chip:
+    return train
+  if train.grad_accum != 1:
+    _fail("train.rows_per_chip", f"{train.rows_per_chip} derives train.grad_accum, which is "
+          f"also set ({train.grad_accum}): set train.rows_per_chip=0 to choose grad_accum")
+  rows = train.rows_per_chip * dp
+  if train.batch_size % rows:
+    _fail("train.rows_per_chip", f"{train.rows_per_chip} row(s) per chip x {dp} chips on the "
+          f"data axes = {rows} rows per microbatch does not divide train.batch_size "
+          f"{train.batch_size}")
+  return dataclasses.replace(train, grad_accum=train.batch_size // rows)
 
 
 def _fail(key: str, msg: str) -> None:
@@ -347,6 +370,7 @@ def resolve(config: ml_collections.ConfigDict | Mapping[str, Any], n_devices: in
   if train.batch_size % dp:
     _fail("train.batch_size", f"{train.batch_size} is not divisible by the data axes "
           f"({'x'.join(rules.mesh_axes('batch'))} = {dp}) of mesh.shape {mesh_shape}")
+  train = derive_grad_accum(train, dp)
   if train.micro_batch_size % dp:
     _fail("train.grad_accum", f"microbatch {train.micro_batch_size} (batch_size / grad_accum) "
           f"is not divisible by the data axes ({dp})")
