@@ -176,7 +176,7 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
   budget[:n_real] = budgets if budgets is not None else max_new
   if budget.max() > max_new:
     raise ValueError(f"a row budget exceeds max_new={max_new}")
-  return st, budget, np.asarray(st.n_closed)
+  return st, budget, np.asarray(sharding.to_host(st.n_closed, mesh))
 
 
 def trim(toks: list[int], reason: str, stops: tuple[bytes, ...]) -> list[int]:
@@ -228,10 +228,12 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
     tau=jnp.asarray(opt.draft_tau, jnp.float32))
+  if sharding.spans_processes(mesh):
+    ctx = sharding.put_replicated(ctx, mesh)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
                      max_q=max_q, opts=static)  # jit keeps the state's input shardings
-  g = jax.device_get(dataclasses.replace(g, state=None))  # ids and counters: caches stay put
+  g = sharding.to_host(dataclasses.replace(g, state=None), mesh)  # ids, counters: caches stay
   res = []
   for i in range(n_real):
     r = runloop.STOP_NAMES[int(g.reason[i])]
