@@ -12,7 +12,9 @@ Each row samples from its own key (seed, id), so its output never depends on its
 
 Several processes (`--num-processes`/`--process-id`/`--coordinator-address`, or a cluster that
 JAX detects): each decodes its share of the rows into a shard next to --output, and process 0
-folds the shards into --output in input order (`bltjax.decode_shards`; docs/multihost.md).
+folds the shards into --output in input order (`bltjax.decode_shards`; docs/multihost.md). With
+`--mesh ... --mesh-over all`, one mesh spans every process's devices instead (one model split
+across hosts): every process runs every row in lockstep and process 0 writes --output.
 """
 
 from __future__ import annotations
