@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bltjax import ar, bltd, bltdv, blts, engine, runloop, sharding
+from bltjax import ar, bltd, bltdv, blts, engine, multihost, runloop, sharding
 from bltjax.config import BOS_ID, EOS_ID, BLTConfig, ids_to_bytes
 
 
@@ -168,7 +168,12 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
     with sharding.use_mesh(mesh):
       arr, lengths = jax.device_put((arr, lengths), (sharding.batch_sharding(mesh, 2),
                                                      sharding.batch_sharding(mesh, 1)))
-      st = engine.prefill(params, cfg, arr, lengths, spec, open_latent)
+      if sharding.spans_processes(mesh):
+        st = multihost.run_in_lockstep(
+          engine.prefill, "prefill", dict(params=params, ids_BxS=arr, lengths_B=lengths),
+          dict(cfg=cfg, spec=spec, open_latent=open_latent))
+      else:
+        st = engine.prefill(params, cfg, arr, lengths, spec, open_latent)
       st = jax.device_put(st, engine.state_shardings(st, mesh))  # the loop keeps these
   if int(jnp.max(st.patch_len)) > patch_cap:
     raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
@@ -228,11 +233,15 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
     tau=jnp.asarray(opt.draft_tau, jnp.float32))
-  if sharding.spans_processes(mesh):
-    ctx = sharding.put_replicated(ctx, mesh)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
-                     max_q=max_q, opts=static)  # jit keeps the state's input shardings
+    if sharding.spans_processes(mesh):  # one model across processes
+      g = multihost.run_in_lockstep(
+        runloop.loop, f"loop-{method}",
+        dict(params=params, state=st, ctx=sharding.put_replicated(ctx, mesh)),
+        dict(cfg=cfg, cycle=METHODS[method].cycle, max_new=max_new, max_q=max_q, opts=static))
+    else:
+      g = runloop.loop(params, cfg, st, ctx, cycle=METHODS[method].cycle, max_new=max_new,
+                       max_q=max_q, opts=static)  # jit keeps the state's input shardings
   g = sharding.to_host(dataclasses.replace(g, state=None), mesh)  # ids, counters: caches stay
   res = []
   for i in range(n_real):
