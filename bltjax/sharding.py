@@ -120,20 +120,24 @@ def parse_mesh_arg(text: str, key: str = "--mesh") -> tuple[int, ...]:
   sizes ("tensor=4", "fsdp=2,tensor=-1"; unnamed axes are 1). Sizes are checked later against
   the device count (`resolve_mesh_shape`)."""
   parts = [x.strip() for x in text.split(",") if x.strip()]
-  try:
-    if parts and all("=" in x for x in parts):
-      named = {}
-      for x in parts:
-        name, size = (y.strip() for y in x.split("=", 1))
-        if name not in MESH_AXES:
-          raise ConfigError(f"{key}: unknown mesh axis {name!r} in {text!r} (axes: {MESH_AXES})")
-        if name in named:
-          raise ConfigError(f"{key}: mesh axis {name!r} given twice in {text!r}")
-        named[name] = int(size)
-      return tuple(named.get(a, 1) for a in MESH_AXES)
-    return tuple(int(x) for x in parts)
-  except ValueError:
-    raise ConfigError(f"{key}: expected sizes like 1,1,-1 or tensor=4, got {text!r}") from None
+
+  def size(x: str) -> int:
+    try:
+      return int(x)
+    except ValueError:
+      raise ConfigError(f"{key}: expected sizes like 1,1,-1 or tensor=4, got {text!r}") from None
+
+  if not parts or not all("=" in x for x in parts):
+    return tuple(size(x) for x in parts)
+  named: dict[str, int] = {}
+  for x in parts:
+    name, value = (y.strip() for y in x.split("=", 1))
+    if name not in MESH_AXES:
+      raise ConfigError(f"{key}: unknown mesh axis {name!r} in {text!r} (axes: {MESH_AXES})")
+    if name in named:
+      raise ConfigError(f"{key}: mesh axis {name!r} given twice in {text!r}")
+    named[name] = size(value)
+  return tuple(named.get(a, 1) for a in MESH_AXES)
 
 
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None,
