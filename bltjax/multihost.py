@@ -210,6 +210,16 @@ def first_call_barrier(fn: Callable, name: str) -> Callable:
   return call
 
 
+def run_in_lockstep(fn: Callable, name: str, dynamic: dict, static: dict):
+  """`fn(**dynamic, **static)` for a jitted `fn` over devices of several processes: compiled
+  ahead (AOT compilations are cached, so a later call with the same shapes only waits), then a
+  barrier, then run. Same reason as `first_call_barrier`: gloo gives up when the processes reach
+  a program's collectives more than 30 s apart, and compile times differ between processes."""
+  compiled = fn.lower(**dynamic, **static).compile()
+  barrier(f"compiled/{name}")
+  return compiled(**dynamic)
+
+
 @contextlib.contextmanager
 def fail_fast(expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
   """An exception in one of several processes ends that process at once (exit 1).

@@ -44,6 +44,35 @@ def test_decode_missing_input(tmp_path, capsys):
   _one_line(capsys.readouterr().err, str(missing))
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+  from bltjax import weights
+  from tests.model_fixtures import tiny_config, tiny_params
+
+  cfg = tiny_config()
+  return weights.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", tiny_params(cfg), cfg)
+
+
+@pytest.mark.parametrize("mesh,needle", [
+  ("tensor=3", "--mesh: product of {'data': 1, 'fsdp': 1, 'tensor': 3} is 3, but there are 8 "
+               "devices"),
+  ("tensor=2,model=4", "--mesh: unknown mesh axis 'model'"),
+  ("1,2", "--mesh: needs 3 sizes"),
+  ("tensor=four", "--mesh: expected sizes like 1,1,-1 or tensor=4"),
+])
+def test_decode_bad_mesh(mesh, needle, tmp_path, prompts, tiny_ckpt, capsys):
+  ckpt = tiny_ckpt
+  out = tmp_path / "out.jsonl"
+  assert decode.main(["--checkpoint", str(ckpt), "--input", str(prompts), "--output", str(out),
+                      "--mesh", mesh]) == 2
+  _one_line(capsys.readouterr().err, needle)
+  assert not out.exists()
+  with pytest.raises(SystemExit) as e:  # one model across processes needs a mesh to split it
+    decode.parse_args(["--checkpoint", str(ckpt), "--input", str(prompts), "--output", str(out),
+                       "--mesh-over", "all"])
+  assert e.value.code == 2 and "--mesh-over all needs --mesh" in capsys.readouterr().err
+
+
 def test_score(tmp_path, prompts, capsys):
   assert score.main(["--checkpoint", str(tmp_path / "nope"), "--file", str(prompts)]) == 2
   _one_line(capsys.readouterr().err, str(tmp_path / "nope"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -255,11 +256,14 @@ def test_fold_merges_shards_in_input_order_each_id_once(tmp_path):
   assert recs[1]["r"] == 0 and not decode_shards.shards(out)
 
 
-def test_decode_two_processes_sigkill_resume_match_one(tmp_path):
+@pytest.fixture(scope="module")
+def decode_ref(tmp_path_factory):
+  """(tmp dir, checkpoint, input with one bad line, its line count, 1-process records)."""
   import dataclasses
 
   from tests.model_fixtures import median_threshold, tiny_config, tiny_params
 
+  tmp_path = tmp_path_factory.mktemp("decode")
   cfg = tiny_config(window=16)
   params = tiny_params(cfg)
   cfg = cfg.replace(patcher=dataclasses.replace(cfg.patcher,
@@ -271,13 +275,17 @@ def test_decode_two_processes_sigkill_resume_match_one(tmp_path):
   lines.insert(5, "{not json")  # an error record, written once, first (as with one process)
   inp = tmp_path / "in.jsonl"
   inp.write_text("\n".join(lines) + "\n")
-
   one = _decode(tmp_path, "one", ckpt, inp, tmp_path / "one.jsonl", 1)
   assert one.wait() == [0], one.output()
-  two = _decode(tmp_path, "two", ckpt, inp, tmp_path / "two.jsonl", 2)
-  assert two.wait() == [0, 0], two.output()
   ref = _records(tmp_path / "one.jsonl")
   assert len(ref) == len(lines) and "error" in ref[0]
+  return tmp_path, ckpt, inp, len(lines), ref
+
+
+def test_decode_two_processes_sigkill_resume_match_one(tmp_path, decode_ref):
+  _, ckpt, inp, n_lines, ref = decode_ref
+  two = _decode(tmp_path, "two", ckpt, inp, tmp_path / "two.jsonl", 2)
+  assert two.wait() == [0, 0], two.output()
   assert _records(tmp_path / "two.jsonl") == ref  # same records, same order
   assert not list(tmp_path.glob("two.jsonl.part-*"))
 
@@ -288,14 +296,43 @@ def test_decode_two_processes_sigkill_resume_match_one(tmp_path):
                              for p in tmp_path.glob("killed.jsonl.part-*")) >= 3, timeout=400)
   run.kill()
   left = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("killed.jsonl.part-*"))
-  assert 3 <= left < len(lines) - 1
+  assert 3 <= left < n_lines - 1
   again = _decode(tmp_path, "resumed", ckpt, inp, out, 2, "--resume")
   assert again.wait() == [0, 0], again.output()
   got = [r for r in _records(out) if "error" not in r]
   ids = [json.dumps(r["id"]) for r in got]
-  assert len(ids) == len(set(ids)) == len(lines) - 1  # each id exactly once
+  assert len(ids) == len(set(ids)) == n_lines - 1  # each id exactly once
   key = lambda r: json.dumps(r["id"])  # noqa: E731
   assert sorted(got, key=key) == sorted([r for r in ref if "error" not in r], key=key)
+
+
+def test_decode_one_model_across_two_processes_matches_one(tmp_path, decode_ref):
+  # --mesh tensor=4 --mesh-over all: one mesh over both processes' 2 devices each; every weight
+  # split over tensor is split across the hosts, the jitted loop runs with cross-process
+  # collectives, and process 0 writes the records of the unsharded 1-process run.
+  _, ckpt, inp, n_lines, ref = decode_ref
+  out = tmp_path / "tp.jsonl"
+  run = _decode(tmp_path, "tp", ckpt, inp, out, 2, "--mesh", "tensor=4", "--mesh-over", "all",
+                "--batch-size", "16")  # one loop: each step runs collectives between the hosts
+  assert run.wait() == [0, 0], run.output()
+  log = run.output()
+  assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 4} over 4 devices of 2 process(es)" in log, log
+  for i in range(2):  # each device holds a part of the weights, not all of them
+    held, total = (int(x) for x in re.search(
+      rf"process {i}: weights per device (\d+) of (\d+) bytes", log).groups())
+    assert held < total, log
+  assert _records(out) == ref  # same records, same order: each id once
+  assert not list(tmp_path.glob("tp.jsonl.part-*"))
+
+  # A mesh that does not cover every device of every process stops both with one line.
+  bad = _decode(tmp_path, "bad", ckpt, inp, tmp_path / "bad.jsonl", 2, "--mesh", "tensor=2",
+                "--mesh-over", "all")
+  assert bad.wait(300) == [2, 2], bad.output()
+  for log in bad.logs:
+    err = [x for x in log.read_text().splitlines() if x.startswith("error:")]
+    assert err == ["error: --mesh: product of {'data': 1, 'fsdp': 1, 'tensor': 2} is 2, but "
+                   "there are 4 devices (2 processes x 2 devices, --mesh-over all)"], err
+  assert not (tmp_path / "bad.jsonl").exists()
 
 
 @pytest.mark.slow  # three more BLT-D compilations across processes (~5 min on 2 loaded cores)

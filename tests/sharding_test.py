@@ -46,6 +46,19 @@ def test_resolve_mesh_shape_fills_and_names_key():
     sharding.resolve_mesh_shape((-1, -1, 1), 8)
 
 
+def test_parse_mesh_arg_sizes_or_names():
+  assert sharding.parse_mesh_arg("1,1,-1") == (1, 1, -1)
+  assert sharding.parse_mesh_arg("tensor=4") == (1, 1, 4)
+  assert sharding.parse_mesh_arg("fsdp=2, tensor=-1") == (1, 2, -1)
+  assert sharding.parse_mesh_arg("tensor=2,data=2") == (2, 1, 2)
+  with pytest.raises(ConfigError, match=r"^--mesh: unknown mesh axis 'model'"):
+    sharding.parse_mesh_arg("model=4")
+  with pytest.raises(ConfigError, match=r"^--mesh: mesh axis 'tensor' given twice"):
+    sharding.parse_mesh_arg("tensor=2,tensor=2")
+  with pytest.raises(ConfigError, match=r"^--mesh: expected sizes like"):
+    sharding.parse_mesh_arg("tensor=2,4")
+
+
 def test_make_mesh_is_auto_and_named():
   mesh = sharding.make_mesh((2, 2, 2))
   assert mesh.axis_names == sharding.MESH_AXES

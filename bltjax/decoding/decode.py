@@ -13,6 +13,8 @@ Each row samples from its own key (seed, id), so its output never depends on its
 Several processes (`--num-processes`/`--process-id`/`--coordinator-address`, or a cluster that
 JAX detects): each decodes its share of the rows into a shard next to --output, and process 0
 folds the shards into --output in input order (`bltjax.decoding.decode_shards`; docs/multihost.md).
+With `--mesh ... --mesh-over all`, one mesh spans every process's devices instead (one model split
+across hosts): every process runs every row in lockstep and process 0 writes --output.
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ap.add_argument("--truncate-left", action="store_true",
                   help="left-truncate prompts longer than the context instead of failing them")
   ap.add_argument("--mesh", default=None,
-                  help="data,fsdp,tensor mesh shape for sharded decoding, e.g. 1,1,-1: weights "
-                  "and the decode state (rows over data x fsdp, heads over tensor)")
+                  help="sharded decoding: the mesh as data,fsdp,tensor sizes (e.g. 1,1,-1) or "
+                  "named sizes (e.g. tensor=4; unnamed axes 1): weights and the decode state "
+                  "(rows over data x fsdp, heads over tensor)")
+  ap.add_argument("--mesh-over", default="host", choices=("host", "all"),
+                  help="several processes: 'host' = each process a mesh over its own devices, "
+                  "decoding its share of the rows; 'all' = one mesh over every process's devices "
+                  "(one model across hosts): every process runs every row, process 0 writes")
   ap.add_argument("--coordinator-address", default=None,
                   help="several processes: host:port of process 0 (docs/multihost.md)")
   ap.add_argument("--num-processes", type=int, default=None, help="several processes: how many")
@@ -61,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.error("--max-new-bytes must be smaller than --max-context")
   if msg := options.check_args(a):
     ap.error(msg)
+  if a.mesh_over == "all" and not a.mesh:
+    ap.error("--mesh-over all needs --mesh (e.g. --mesh tensor=-1)")
   return a
 
 
@@ -109,6 +118,22 @@ def row_seed(seed: int, rid: Any) -> int:
   return zlib.crc32(json.dumps([seed, rid]).encode()) & 0x7FFFFFFF
 
 
+class _Discard:
+  """The output of a process that does not write (--mesh-over all, process > 0)."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def write(self, text: str) -> None:
+    pass
+
+  def flush(self) -> None:
+    pass
+
+
 def _fail(msg: str) -> int:
   print(f"error: {msg}", file=sys.stderr)
   return 2
@@ -143,6 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     stored_cfg = weights.load_config(a.checkpoint)
   except (weights.CheckpointError, OSError, ValueError) as e:
     return _fail(f"--checkpoint: {e}")
+  shardings = mesh = None
+  if a.mesh:
+    from bltjax.config import ConfigError  # noqa: PLC0415
+    from bltjax.modeling import model, sharding  # noqa: PLC0415
+
+    # --mesh-over host: each process decodes its own rows on its own devices; all: one mesh over
+    # every device of every process (jax.devices()), every process runs every row in lockstep.
+    devices = jax.local_devices() if pc > 1 and a.mesh_over == "host" else None
+    where = f"{pc} processes x {jax.local_device_count()}" if devices is None and pc > 1 else ""
+    try:
+      mesh = sharding.make_mesh(sharding.parse_mesh_arg(a.mesh), devices, key="--mesh")
+    except ConfigError as e:
+      return _fail(f"{e}{f' ({where} devices, --mesh-over all)' if where else ''}")
+    shardings = model.param_shardings(stored_cfg, mesh)
+    if pi == 0:
+      print(f"[decode] mesh {dict(mesh.shape)} over {mesh.size} devices of "
+            f"{len({d.process_index for d in mesh.devices.flat})} process(es)", file=sys.stderr)
+  split = a.mesh_over == "host"  # several processes: each decodes its share of the rows
+  writes = split or pi == 0  # --mesh-over all: every process has every result; process 0 writes
   if pi == 0:  # shards of a killed run: folded in (--resume) or dropped with the old output
     if a.resume:
       decode_shards.fold(out_path, decode_shards.input_order(paths.as_path(a.input)))
@@ -154,14 +198,6 @@ def main(argv: list[str] | None = None) -> int:
   done = done_ids_of(out_path) if a.resume else set()
   rows, errors = read_prompts(Path(a.input), done, quiet=pi != 0)
 
-  shardings = mesh = None
-  if a.mesh:
-    from bltjax.modeling import model, sharding  # noqa: PLC0415
-
-    shape = tuple(int(x) for x in a.mesh.split(","))
-    # Several processes: each decodes its own rows on its own devices (the mesh is per host).
-    mesh = sharding.make_mesh(shape, jax.local_devices() if pc > 1 else None, key="--mesh")
-    shardings = model.param_shardings(stored_cfg, mesh)
   try:
     cfg, params = weights.load_checkpoint(a.checkpoint, dtype=a.dtype, shardings=shardings)
   except (weights.CheckpointError, OSError) as e:
@@ -174,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {a.checkpoint}: --method {a.method}: {e}", file=sys.stderr)
     return 2
   counts = nfe.param_counts(params)
+  if mesh is not None:  # what one device holds: less than the model when it is really split
+    held = max(sharding.shard_bytes_per_device(params).values())
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    print(f"[decode] process {pi}: weights per device {held} of {total} bytes", file=sys.stderr)
   if mesh is None:  # two matrix-vector products per block input (a fused q|k|v cannot shard)
     from bltjax.modeling import layers  # noqa: PLC0415
 
@@ -197,13 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
   from tqdm import tqdm  # noqa: PLC0415
 
-  mine = ok_rows[pi::pc]  # this process's share (all rows with one process)
+  mine = ok_rows[pi::pc] if split else ok_rows  # this process's share (all rows with one)
   if pi == 0 and errors:
     with paths.LineLog(out_path) as out:
       for e in errors:
         out.write(json.dumps(e) + "\n")
-  target = out_path if pc == 1 else decode_shards.shard_path(out_path, pi, pc)
-  with paths.LineLog(target, flush_s=float("inf")) as out:  # flushed after each batch
+  target = out_path if pc == 1 or not split else decode_shards.shard_path(out_path, pi, pc)
+  with (paths.LineLog(target, flush_s=float("inf")) if writes  # flushed after each batch
+        else _Discard()) as out:
     bar = tqdm(total=len(mine), unit="prompt", desc=f"decode[{a.method}]", file=sys.stderr,
                disable=pi != 0)
     for i in range(0, len(mine), a.batch_size):
@@ -228,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
   if pc > 1:
     multihost.barrier("bltjax-decode-done")
-    if pi == 0:
+    if pi == 0 and split:
       decode_shards.fold(out_path, decode_shards.input_order(paths.as_path(a.input)))
     multihost.barrier("bltjax-decode-folded")
   return 1 if errors and not ok_rows else 0

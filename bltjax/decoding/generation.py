@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bltjax import multihost
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
 from bltjax.decoding import ar, bltd, bltdv, blts, engine, runloop, sampling
 from bltjax.decoding.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
@@ -181,7 +182,12 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
     with sharding.use_mesh(mesh):
       arr, lengths = jax.device_put((arr, lengths), (sharding.batch_sharding(mesh, 2),
                                                      sharding.batch_sharding(mesh, 1)))
-      st = engine.prefill(params, cfg, arr, lengths, spec, open_latent)
+      if sharding.spans_processes(mesh):
+        st = multihost.run_in_lockstep(
+          engine.prefill, "prefill", dict(params=params, ids_BxS=arr, lengths_B=lengths),
+          dict(cfg=cfg, spec=spec, open_latent=open_latent))
+      else:
+        st = engine.prefill(params, cfg, arr, lengths, spec, open_latent)
       st = jax.device_put(st, engine.state_shardings(st, mesh))  # the loop keeps these
   if int(jnp.max(st.patch_len)) > patch_cap:
     raise ValueError(f"a prompt has an open patch longer than patch_cap={patch_cap}")
@@ -189,7 +195,7 @@ def prepare(params, cfg: BLTConfig, prompts: list[bytes], *, max_new: int, max_q
   budget[:n_real] = budgets if budgets is not None else max_new
   if budget.max() > max_new:
     raise ValueError(f"a row budget exceeds max_new={max_new}")
-  return st, budget, np.asarray(st.n_closed)
+  return st, budget, np.asarray(sharding.to_host(st.n_closed, mesh))
 
 
 def trim(toks: list[int], reason: str, stops: tuple[bytes, ...]) -> list[int]:
@@ -233,9 +239,15 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
     tau=jnp.asarray(opt.draft_tau, jnp.float32), sampled=opt.temperature > 0)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    g = runloop.loop(params, cfg, st, ctx, cycle=m.cycle, max_new=max_new,
-                     max_q=max_q, opts=static)  # jit keeps the state's input shardings
-  g = jax.device_get(dataclasses.replace(g, state=None))  # ids and counters: caches stay put
+    if sharding.spans_processes(mesh):  # one model across processes
+      g = multihost.run_in_lockstep(
+        runloop.loop, f"loop-{method}",
+        dict(params=params, state=st, ctx=sharding.put_replicated(ctx, mesh)),
+        dict(cfg=cfg, cycle=m.cycle, max_new=max_new, max_q=max_q, opts=static))
+    else:
+      g = runloop.loop(params, cfg, st, ctx, cycle=m.cycle, max_new=max_new,
+                       max_q=max_q, opts=static)  # jit keeps the state's input shardings
+  g = sharding.to_host(dataclasses.replace(g, state=None), mesh)  # ids, counters: caches stay
   res = []
   for i in range(n_real):
     r = runloop.STOP_NAMES[int(g.reason[i])]

@@ -114,6 +114,31 @@ def resolve_mesh_shape(shape: Sequence[int], n_devices: int, key: str = "mesh.sh
   return shape  # type: ignore[return-value]
 
 
+def parse_mesh_arg(text: str, key: str = "--mesh") -> tuple[int, ...]:
+  """A mesh shape from the command line: sizes in (data, fsdp, tensor) order ("1,1,-1") or named
+  sizes ("tensor=4", "fsdp=2,tensor=-1"; unnamed axes are 1). Sizes are checked later against
+  the device count (`resolve_mesh_shape`)."""
+  parts = [x.strip() for x in text.split(",") if x.strip()]
+
+  def size(x: str) -> int:
+    try:
+      return int(x)
+    except ValueError:
+      raise ConfigError(f"{key}: expected sizes like 1,1,-1 or tensor=4, got {text!r}") from None
+
+  if not parts or not all("=" in x for x in parts):
+    return tuple(size(x) for x in parts)
+  named: dict[str, int] = {}
+  for x in parts:
+    name, value = (y.strip() for y in x.split("=", 1))
+    if name not in MESH_AXES:
+      raise ConfigError(f"{key}: unknown mesh axis {name!r} in {text!r} (axes: {MESH_AXES})")
+    if name in named:
+      raise ConfigError(f"{key}: mesh axis {name!r} given twice in {text!r}")
+    named[name] = size(value)
+  return tuple(named.get(a, 1) for a in MESH_AXES)
+
+
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None,
               key: str = "mesh.shape") -> Mesh:
   """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
@@ -237,6 +262,40 @@ def constrain_rows(x: jax.Array, rules: ShardingRules = ShardingRules()) -> jax.
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def spans_processes(mesh: Mesh | None) -> bool:
+  """Whether `mesh` holds devices of other processes (a model split across hosts)."""
+  return mesh is not None and any(d.process_index != jax.process_index()
+                                  for d in mesh.devices.flat)
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host values (the same on every process) as arrays replicated over `mesh`.
+
+  A jitted program over devices of several processes takes no single-device arrays: each
+  process places its identical copy on its own devices of the mesh. PRNG key arrays go through
+  their raw data.
+  """
+  rep = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(x)), rep),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), rep)
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any, mesh: Mesh | None = None) -> Any:
+  """numpy copies of a tree of arrays; over a mesh that spans processes, every process gets the
+  whole of each array (`process_allgather`), not only its own shards."""
+  if spans_processes(mesh):
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
 
 
 def shard_bytes_per_device(abstract_tree: Any) -> dict[Any, int]:
