@@ -14,11 +14,13 @@ with --resume skips what it already wrote):
   bltd-Z      BLT-D with blocks of Z bytes, started from the BLT's weights (`train.init_from_blt`,
               arXiv 2605.08044 §4; docs/bltd.md)
   heldout     held-out bits per byte of each model next to the order-0 entropy
-  samples     greedy continuations of held-out prompts (AR and BLT-D)
   eval        `bltjax.eval` suites: likelihood suites (bpb, mc) once per model; generation suites
               (translation, humaneval) with AR and BLT-S on the BLT, AR, BLT-D and BLT-DV on each
-              BLT-D (AR on a BLT-D gives the report's per-checkpoint baseline)
-  report      `bltjax.report` over every evaluation run -> DIR/report/report.md + PNGs
+              BLT-D (AR on a BLT-D gives the report's per-checkpoint baseline); the `gen` suite's
+              grid (`gen_plan`: every method and setting at each temperature, scored under the BLT)
+  samples     continuations of held-out prompts (read from the gen runs when there are any)
+  report      `bltjax.report` over every evaluation run -> DIR/report/report.md + PNGs, and the
+              `generation` rows of DIR/results.json (`report.generation_rows`)
 
 `tiny` is what `make demo` runs (two CPU cores, ~15 minutes). `small` and `1b` are for
 accelerators: `--dry-run` prints their plan (configs, steps, bytes, parameters, memory) without
@@ -144,6 +146,7 @@ class State:
   bltd_exports: dict[int, Path] = dataclasses.field(default_factory=dict)
   results: dict[str, Any] = dataclasses.field(default_factory=dict)
   seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # this process's CPU
   runs: list[str] = dataclasses.field(default_factory=list)
   t0: float = 0.0
 
@@ -575,7 +578,8 @@ def stage_report(st: State) -> None:
 
 def _write_results(st: State) -> None:
   st.results.update(scale=st.scale.name, source=st.source, unigram_bits=st.unigram,
-                    seconds=st.seconds, threshold=st.threshold, max_patches=st.max_patches,
+                    seconds=st.seconds, cpu_seconds=st.cpu_seconds, threshold=st.threshold,
+                    max_patches=st.max_patches,
                     entropy_export=st.entropy_export and str(st.entropy_export),
                     blt_export=st.blt_export and str(st.blt_export),
                     bltd_exports={z: str(p) for z, p in st.bltd_exports.items()})
@@ -704,13 +708,18 @@ def run(st: State) -> State:
   steps += [("heldout", stage_heldout), ("eval", stage_eval), ("samples", stage_samples),
             ("report", stage_report)]
   for name, fn in steps:
-    t = time.time()
+    t, c = time.time(), time.process_time()
     fn(st)
     st.seconds[name] = round(time.time() - t, 1)
+    st.cpu_seconds[name] = round(time.process_time() - c, 1)
     _write_results(st)
   total = time.time() - st.t0
+  # CPU seconds (all threads) next to wall seconds: on a shared machine the wall time grows with
+  # the other load, the CPU time much less.
   print(f"\ndone in {total:.0f}s ({total / 60:.1f} min): "
-        + ", ".join(f"{k} {v:.0f}s" for k, v in st.seconds.items()), flush=True)
+        + ", ".join(f"{k} {v:.0f}s" for k, v in st.seconds.items())
+        + f"\nCPU seconds: {sum(st.cpu_seconds.values()):.0f} ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in st.cpu_seconds.items()) + ")", flush=True)
   st.results["total_seconds"] = round(total, 1)
   _write_results(st)
   return st
