@@ -14,11 +14,13 @@ with --resume skips what it already wrote):
   bltd-Z      BLT-D with blocks of Z bytes, started from the BLT's weights (`train.init_from_blt`,
               arXiv 2605.08044 §4; docs/bltd.md)
   heldout     held-out bits per byte of each model next to the order-0 entropy
-  samples     greedy continuations of held-out prompts (AR and BLT-D)
   eval        `bltjax.eval` suites: likelihood suites (bpb, mc) once per model; generation suites
               (translation, humaneval) with AR and BLT-S on the BLT, AR, BLT-D and BLT-DV on each
-              BLT-D (AR on a BLT-D gives the report's per-checkpoint baseline)
-  report      `bltjax.report` over every evaluation run -> DIR/report/report.md + PNGs
+              BLT-D (AR on a BLT-D gives the report's per-checkpoint baseline); the `gen` suite's
+              grid (`gen_plan`: every method and setting at each temperature, scored under the BLT)
+  samples     continuations of held-out prompts (read from the gen runs when there are any)
+  report      `bltjax.report` over every evaluation run -> DIR/report/report.md + PNGs, and the
+              `generation` rows of DIR/results.json (`report.generation_rows`)
 
 `tiny` is what `make demo` runs (two CPU cores, ~15 minutes). `small` and `1b` are for
 accelerators: `--dry-run` prints their plan (configs, steps, bytes, parameters, memory) without
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_PATCH = 4.0  # mean patch length θ is calibrated for (BLT's release regime)
 GENERATE = ("translation", "humaneval")
 LIKELIHOOD = ("bpb", "mc")
+GEN = "gen"  # generative quality per method and setting (bltjax/eval/gen.py)
 
 
 class UsageError(Exception):
@@ -77,6 +80,14 @@ class Scale:
   eval_batch: int
   draft_k: int = 8
   est_s: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds (ETA)
+  # The gen suite's grid (arXiv 2605.08044's trade-offs): every method at each temperature
+  # (0 = greedy), BLT-S at each k, BLT-D one-step and confidence decoding at each α.
+  temperatures: tuple[float, ...] = (1.0, 0.7, 0.0)
+  draft_ks: tuple[int, ...] = (4, 8, 16)
+  alphas: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+  gen_max_new: int = 128
+  prompt_bytes: int = 64
+  gen_batch: int = 16
 
 
 SCALES = {
@@ -87,7 +98,10 @@ SCALES = {
     # 2.93 vs 3.14 bits/byte for the same 2 M bytes, hash tables of 8191 vs 4099 rows too).
     blt=Run("blt_tiny", 1000, 256, 8, 6e-3, 60),
     bltd=Run("blt_tiny", 100, 256, 8, 2e-3, 20),
-    block_sizes=(8,), limits={"bpb": 1, "mc": 24, "translation": 4, "humaneval": 0},
+    # Task suites (translation, HumanEval, MC) need models far larger than a CPU demo trains
+    # (BLEU 0, MC at chance): the demo runs the gen suite instead; held-out bpb comes from the
+    # training runs' own evaluation (the heldout stage).
+    block_sizes=(8,), limits={"bpb": 0, "mc": 0, "translation": 0, "humaneval": 0, "gen": 16},
     max_new={"translation": 96, "humaneval": 128}, eval_batch=8,
     est_s={"data": 5, "entropy": 150, "calibrate": 5, "blt": 370, "bltd": 130, "heldout": 1,
            "samples": 35, "eval": 195, "report": 2}),
@@ -100,7 +114,8 @@ SCALES = {
             {"model.patcher.mode": "entropy", "model.patcher.max_patch_length": 16}),
     bltd=Run("bench_20m", 5_000, 1024, 64, 5e-4, 200,
              {"model.patcher.mode": "entropy", "model.patcher.max_patch_length": 16}),
-    block_sizes=(4, 8, 16), limits={"bpb": None, "mc": None, "translation": 200, "humaneval": None},
+    block_sizes=(4, 8, 16), limits={"bpb": None, "mc": None, "translation": 200, "humaneval": None,
+                                    "gen": 64},
     max_new={"translation": 512, "humaneval": 512}, eval_batch=32,
     est_s={"entropy": 600, "blt": 2400, "bltd": 1800, "eval": 1800}),
   "1b": Scale(
@@ -113,7 +128,7 @@ SCALES = {
     blt=Run("blt_1b", 100_000, 8192, 256, 4e-4, 2000),
     bltd=Run("blt_1b", 20_000, 8192, 256, 1e-4, 500),
     block_sizes=(4, 8, 16), limits={"bpb": None, "mc": None, "translation": None,
-                                    "humaneval": None},
+                                    "humaneval": None, "gen": 128},
     max_new={"translation": 512, "humaneval": 512}, eval_batch=64),
 }
 
@@ -133,6 +148,7 @@ class State:
   bltd_exports: dict[int, Path] = dataclasses.field(default_factory=dict)
   results: dict[str, Any] = dataclasses.field(default_factory=dict)
   seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # this process's CPU
   runs: list[str] = dataclasses.field(default_factory=list)
   t0: float = 0.0
 
@@ -213,7 +229,7 @@ def _stage_names(st: State) -> list[str]:
   if st.blt_weights is None:
     names += ["entropy", "calibrate", "blt"]
   names += [f"bltd-{z}" for z in st.scale.block_sizes]
-  return names + ["heldout", "samples", "eval", "report"]
+  return names + ["heldout", "eval", "samples", "report"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,10 +403,14 @@ def stage_heldout(st: State) -> None:
 
 
 def stage_samples(st: State, prompt_bytes: int = 64, new_bytes: int = 96) -> None:
-  """Greedy continuations of one held-out prompt per domain: AR on the BLT, BLT-D on a BLT-D."""
+  """Continuations of one held-out prompt per domain: from the gen suite's runs when the plan
+  has them (no extra decoding), else greedy AR on the BLT and BLT-D on a BLT-D."""
   from bltjax import data, weights
   from bltjax.decoding import generation
 
+  gen_runs = [r for r in st.runs if Path(r).name.startswith(f"{GEN}-")]
+  if gen_runs:
+    return _gen_samples(st, gen_runs)
   _say(st, "samples", "greedy continuations of held-out prompts")
   prompts, names = [], []
   for dom in data.heldout_domains(st.data_cfg):
@@ -422,6 +442,39 @@ def stage_samples(st: State, prompt_bytes: int = 64, new_bytes: int = 96) -> Non
   _write_results(st)
 
 
+def _gen_samples(st: State, runs: list[str]) -> None:
+  """Prints and stores one continuation per domain of a few gen runs: AR and BLT-D at the
+  highest α, at the lowest sampling temperature and greedy."""
+  from bltjax.eval.runner import EXAMPLES, read_records
+
+  sc = st.scale
+  t_low = min((t for t in sc.temperatures if t), default=0.0)
+  a_hi = f"a{max(sc.alphas):g}" if sc.alphas else "onestep"
+  want = [f"{GEN}-BLT-ar-{_tname(t)}" for t in (t_low, 0.0)]
+  want += [f"{GEN}-BLT-D-{z}-bltd-{a_hi}-{_tname(t)}" for z in sc.block_sizes
+           for t in (t_low, 0.0)]
+  _say(st, "samples", "continuations of held-out prompts (from the gen runs): "
+       + ", ".join(want))
+  show = lambda b: b.replace("\n", "\\n")  # noqa: E731
+  out = {}
+  for name in want:
+    path = next((Path(r) for r in runs if Path(r).name == name), None)
+    if path is None:
+      continue
+    recs, seen = [], set()
+    for r in read_records(path / EXAMPLES):
+      if r["group"] not in seen:
+        seen.add(r["group"])
+        recs.append(r)
+    print(f"  {name}:")
+    for r in recs:
+      print(f"    [{r['group']}] {show(r['prompt'])}\u2192{show(r['completion'])}")
+    out[name] = [{"domain": r["group"], "prompt": r["prompt"], "completion": r["completion"],
+                  "gen_bpb": r["bpb"]} for r in recs]
+  st.results["samples"] = out
+  _write_results(st)
+
+
 def eval_plan(st: State) -> list[tuple[str, str, Path, str, list[str]]]:
   """[(run name, model label, checkpoint, suite, bltjax.eval argv tail)] for every suite x
   method at this scale."""
@@ -448,7 +501,51 @@ def eval_plan(st: State) -> list[tuple[str, str, Path, str, list[str]]]:
         if suite == "bpb" and sc.name == "tiny":
           tail += ["--max-doc-bytes", "4096", "--window", "1024"]
         plan.append((f"{suite}-{label}-{m}", label, ckpt, suite, tail))
+  if sc.limits.get(GEN) != 0:
+    plan += gen_plan(st, models, blt)
   return plan
+
+
+def gen_plan(st: State, models, reference: Path) -> list[tuple[str, str, Path, str, list[str]]]:
+  """The gen suite's runs: each model's methods at each setting and temperature, every
+  generation scored under the BLT (the AR reference)."""
+  sc = st.scale
+  out = []
+  for label, ckpt, methods in models:
+    # AR runs on the BLT only: the BLT-D rows compare with the BLT's AR sampling (the BLT-D's
+    # causal path is the BLT fine-tuned; its held-out bpb is in the heldout stage).
+    settings: list[tuple[str, str, list[str]]] = [("ar", "ar", [])] if "blts" in methods else []
+    if "blts" in methods:
+      settings += [("blts", f"blts-k{k}", ["--draft-k", str(k)]) for k in sc.draft_ks]
+    if "bltd" in methods:
+      settings.append(("bltd", "bltd-onestep", ["--rule", "one_step"]))
+      settings += [("bltd", f"bltd-a{a:g}", ["--rule", "confidence", "--alpha", str(a)])
+                   for a in sc.alphas]
+    for t in sc.temperatures:
+      for m, tag, extra in settings:
+        if m == "bltdv":
+          continue
+        out.append((f"gen-{label}-{tag}-{_tname(t)}", label, ckpt, GEN,
+                    _gen_tail(sc, label, m, t, reference, extra)))
+      if "bltdv" in methods:  # sampled BLT-DV needs the one-step rule (exact speculative sampling)
+        extra = ["--rule", "one_step"] if t else []
+        out.append((f"gen-{label}-bltdv-{_tname(t)}", label, ckpt, GEN,
+                    _gen_tail(sc, label, "bltdv", t, reference, extra)))
+  return out
+
+
+def _tname(t: float) -> str:
+  return f"T{t:g}" if t else "greedy"
+
+
+def _gen_tail(sc: Scale, label: str, method: str, t: float, reference: Path,
+              extra: list[str]) -> list[str]:
+  tail = ["--suite", GEN, "--method", method, "--name", label, "--batch-size",
+          str(sc.gen_batch), "--max-new-bytes", str(sc.gen_max_new), "--prompt-bytes",
+          str(sc.prompt_bytes), "--temperature", f"{t:g}", "--reference", str(reference), *extra]
+  if sc.limits.get(GEN):
+    tail += ["--limit", str(sc.limits[GEN])]
+  return tail
 
 
 def stage_eval(st: State) -> None:
@@ -479,6 +576,7 @@ def stage_report(st: State) -> None:
   _say(st, "report", f"tables and figures -> {out}")
   runs = [report.load_run(r) for r in st.runs]
   path = report.write_report(runs, out)
+  st.results["generation"] = report.generation_rows(runs)
   text = path.read_text()
   print(text.split("## Figures")[0].split("\n", 2)[-1].rstrip())
   print(f"\n  report: {path}  (figures: {', '.join(p.name for p in sorted(out.glob('*.png')))})")
@@ -487,7 +585,8 @@ def stage_report(st: State) -> None:
 
 def _write_results(st: State) -> None:
   st.results.update(scale=st.scale.name, source=st.source, unigram_bits=st.unigram,
-                    seconds=st.seconds, threshold=st.threshold, max_patches=st.max_patches,
+                    seconds=st.seconds, cpu_seconds=st.cpu_seconds, threshold=st.threshold,
+                    max_patches=st.max_patches,
                     entropy_export=st.entropy_export and str(st.entropy_export),
                     blt_export=st.blt_export and str(st.blt_export),
                     bltd_exports={z: str(p) for z, p in st.bltd_exports.items()})
@@ -613,16 +712,21 @@ def run(st: State) -> State:
   if st.blt_weights is None:
     steps += [("entropy", stage_entropy), ("calibrate", stage_calibrate), ("blt", stage_blt)]
   steps += [(f"bltd-{z}", lambda s, z=z: stage_bltd(s, z)) for z in st.scale.block_sizes]
-  steps += [("heldout", stage_heldout), ("samples", stage_samples), ("eval", stage_eval),
+  steps += [("heldout", stage_heldout), ("eval", stage_eval), ("samples", stage_samples),
             ("report", stage_report)]
   for name, fn in steps:
-    t = time.time()
+    t, c = time.time(), time.process_time()
     fn(st)
     st.seconds[name] = round(time.time() - t, 1)
+    st.cpu_seconds[name] = round(time.process_time() - c, 1)
     _write_results(st)
   total = time.time() - st.t0
+  # CPU seconds (all threads) next to wall seconds: on a shared machine the wall time grows with
+  # the other load, the CPU time much less.
   print(f"\ndone in {total:.0f}s ({total / 60:.1f} min): "
-        + ", ".join(f"{k} {v:.0f}s" for k, v in st.seconds.items()), flush=True)
+        + ", ".join(f"{k} {v:.0f}s" for k, v in st.seconds.items())
+        + f"\nCPU seconds: {sum(st.cpu_seconds.values()):.0f} ("
+        + ", ".join(f"{k} {v:.0f}" for k, v in st.cpu_seconds.items()) + ")", flush=True)
   st.results["total_seconds"] = round(total, 1)
   _write_results(st)
   return st

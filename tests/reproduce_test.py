@@ -10,9 +10,14 @@ def test_tiny_dry_run_prints_the_plan(tmp_path, capsys):
   out = capsys.readouterr().out
   for stage in ("entropy", "calibrate", "blt", "bltd-8", "eval", "report"):
     assert f"  {stage}" in out, stage
-  for run in ("bpb-BLT-ar", "mc-BLT-D-8-ar", "translation-BLT-blts", "translation-BLT-D-8-bltd",
-              "translation-BLT-D-8-bltdv"):
+  # The demo drops the task suites (not meaningful at this scale) for the gen suite's grid.
+  for run in ("gen-BLT-ar-T1", "gen-BLT-ar-T0.7", "gen-BLT-ar-greedy",
+              "gen-BLT-blts-k4-T1", "gen-BLT-blts-k16-greedy", "gen-BLT-D-8-bltd-onestep-T1",
+              "gen-BLT-D-8-bltd-a0.9-greedy", "gen-BLT-D-8-bltdv-T0.7"):
     assert run in out, run
+  assert "--rule one_step" in out and "--reference" in out
+  for suite in ("translation-", "mc-", "humaneval-", "bpb-"):
+    assert suite not in out, suite
   assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -30,3 +35,4 @@ def test_small_dry_run_and_overrides(tmp_path, capsys):
                          "--block-sizes", "4", "--limit", "humaneval=0"]) == 0
   out = capsys.readouterr().out
   assert "bltd-4" in out and "bltd-8" not in out and "humaneval-" not in out
+  assert "translation-BLT-D-4-bltd" in out and "gen-BLT-D-4-bltd-a0.9-T1" in out
