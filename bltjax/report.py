@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bltjax.decoding import options
+
 SUITE_ORDER = ("gen", "translation", "humaneval", "mc", "bpb")
 
 
@@ -38,30 +40,13 @@ def load_run(path: str) -> dict[str, Any]:
 
 
 def method_label(r: dict[str, Any]) -> str:
-  z = r.get("settings", {}).get("block_size")
-  return {"ar": "BLT", "blts": "BLT-S", "bltd": f"BLT-D-{z}", "bltdv": f"BLT-DV-{z}"}.get(
-    r["method"], r["method"])
+  return options.label(r["method"], r.get("settings", {}).get("block_size"))
 
 
 def setting_label(r: dict[str, Any]) -> str:
-  s, m = r.get("settings", {}), r["method"]
   if r.get("kind") == "likelihood":
     return "causal"
-  if m == "ar":
-    out = "AR"
-  elif m == "blts":
-    out = f"k={s.get('draft_k')}"
-  else:
-    rule = s.get("rule") or ("confidence" if m == "bltd" else "entropy")
-    out = {"confidence": f"conf α={s.get('alpha')}", "entropy": f"EB γ={s.get('gamma')}",
-           "one_step": "one-step"}.get(rule, rule)
-    if rule == "entropy" and s.get("eb_rule", "sum_minus_max") != "sum_minus_max":
-      out += f" ({s['eb_rule']})"
-    if s.get("block_latent", "partial_last_patch") != "partial_last_patch":
-      out += f", {s['block_latent']}"
-  if s.get("temperature"):
-    out += f", T={s['temperature']}"
-  return out
+  return options.setting_label(r["method"], r.get("settings", {}))
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
