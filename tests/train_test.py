@@ -86,7 +86,7 @@ def test_7b_has_k4_and_projection():
   (lambda c: c.train.update(grad_accum=3), r"^train.grad_accum: 3 does not divide"),
   (lambda c: c.train.update(rows_per_chip=3), r"^train.rows_per_chip: 3 row\(s\) per chip x 8"),
   (lambda c: c.train.update(rows_per_chip=1, grad_accum=2),
-   r"^train.rows_per_chip: 1 derives train.grad_accum, which is also set \(2\)"),
+   r"^train.rows_per_chip: 1 derives train.grad_accum = 1, which is also set to 2"),
   (lambda c: c.train.update(rows_per_chip=-1), r"^train.rows_per_chip: must be an int >= 0"),
   (lambda c: c.model.global_model.update(n_heads=3),
    r"^model.global_model.n_heads: dim 64 is not "),
@@ -119,6 +119,8 @@ def test_rows_per_chip_derives_grad_accum(devices, mesh, accum):
   t = resolve(c, devices).train
   assert (t.batch_size, t.rows_per_chip, t.grad_accum) == (256, 1, accum)
   assert t.micro_batch_size == 256 // accum
+  c.train.grad_accum = accum  # a resolved config read back resolves the same
+  assert resolve(c, devices).train.grad_accum == accum
 
 
 def test_unknown_train_key_fails():

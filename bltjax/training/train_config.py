@@ -249,15 +249,18 @@ def derive_grad_accum(train: TrainConfig, dp: int) -> TrainConfig:
   """
   if not train.rows_per_chip:
     return train
-  if train.grad_accum != 1:
-    _fail("train.rows_per_chip", f"{train.rows_per_chip} derives train.grad_accum, which is "
-          f"also set ({train.grad_accum}): set train.rows_per_chip=0 to choose grad_accum")
   rows = train.rows_per_chip * dp
   if train.batch_size % rows:
     _fail("train.rows_per_chip", f"{train.rows_per_chip} row(s) per chip x {dp} chips on the "
           f"data axes = {rows} rows per microbatch does not divide train.batch_size "
           f"{train.batch_size}")
-  return dataclasses.replace(train, grad_accum=train.batch_size // rows)
+  accum = train.batch_size // rows
+  # grad_accum left at 1, or already the derived value (a resolved config read back), is fine.
+  if train.grad_accum not in (1, accum):
+    _fail("train.rows_per_chip", f"{train.rows_per_chip} derives train.grad_accum = {accum}, "
+          f"which is also set to {train.grad_accum}: set train.rows_per_chip=0 to choose "
+          "grad_accum")
+  return dataclasses.replace(train, grad_accum=accum)
 
 
 def _fail(key: str, msg: str) -> None:
