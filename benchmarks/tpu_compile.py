@@ -120,6 +120,33 @@ def load_config(path: str):
   return load(path)
 
 
+def apply_sets(c, sets: list[str]) -> None:
+  """`--set KEY=VALUE` config overrides (e.g. model.hash.vocab=500002) for proxy geometries;
+  VALUE is a Python literal, else a string. An unknown key stops with an error naming it."""
+  import ast
+
+  for item in sets:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *path, last = key.split(".")
+    node = c
+    for k in path:
+      if k not in node:
+        raise SystemExit(f"error: --set {item!r}: the config has no key {k!r}")
+      node = node[k]
+    if last not in node:
+      raise SystemExit(f"error: --set {item!r}: the config has no key {key!r}")
+    try:
+      node[last] = value
+    except (TypeError, ValueError) as e:
+      raise SystemExit(f"error: --set {item!r}: {e}") from None
+
+
 def set_attention(c, attention: str | None) -> str:
   """Sets model.attention when BLTConfig has that field; the attention that gets compiled."""
   from bltjax.config import BLTConfig
@@ -174,6 +201,7 @@ def target(a, log: Clock):
   devices = topology_devices(a.topology)
   log(f"{a.topology}: {len(devices)} x {devices[0].device_kind}")
   c = load_config(a.config)
+  apply_sets(c, a.set)
   return chip, devices, c, set_attention(c, a.attention)
 
 
@@ -554,6 +582,8 @@ def main(argv=None) -> int:
                    help="model.attention to compile (auto|xla|pallas|cudnn) when the config has it")
     p.add_argument("--json", default=None)
     p.add_argument("--mesh", default=None, help="data,fsdp,tensor (default: the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. model.hash.vocab=500002)")
   tp = sub.choices["train"]
   tp.add_argument("--seq-len", type=int, default=0, help="default: the config's train.seq_len")
   tp.add_argument("--batch-size", type=int, default=0, help="global rows (default: config)")
