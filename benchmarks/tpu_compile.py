@@ -17,6 +17,10 @@ on the CPU (`jax.experimental.topologies.get_topology_desc`), nothing executes, 
            `optimal_seconds` when positive, and a roofline bytes/s per method from the cycle's
            time and the bytes it yields (assumptions in the JSON), x AR, next to the Eq. 8
            ratio (arXiv 2605.08044 Eq. 8, `bltjax.decoding.nfe`).
+  all      both (the default when no sub-command is named): one JSON {"train": ..., "decode": ...}
+
+  python benchmarks/tpu_compile.py --topology v5e:2x4 --config configs/blt_1b.py \\
+    --seq-len 8192 --json /tmp/blt1b_v5e8.json                # train and decode, one file
 
   python benchmarks/tpu_compile.py train --topology v5e:2x2 --config configs/blt_tiny.py \\
     --seq-len 256 --json /tmp/tiny_train.json
@@ -526,10 +530,13 @@ def run_decode(a, log: Clock) -> dict:
 
 
 def table(paths: list[str]) -> str:
-  """Markdown tables of `train` and `decode` JSON files (docs/accelerators.md)."""
+  """Markdown tables of `train`, `decode` and `all` JSON files (docs/accelerators.md)."""
   out_t, out_d = [], []
+  results = []
   for path in paths:
     r = json.loads(Path(path).read_text())
+    results += [r["train"], r["decode"]] if r["section"] == "all" else [r]
+  for r in results:
     if r["section"] == "train":
       m = r["memory_gib_per_chip"]
       out_t.append(
@@ -574,7 +581,9 @@ def main(argv=None) -> int:
     print("skipped: tpu_compile.py needs a sub-command (train | decode | table); see "
           "docs/accelerators.md")
     return 0
-  for name in ("train", "decode"):
+  if argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
+    argv = ["all", *argv]  # no sub-command: train and decode
+  for name in ("train", "decode", "all"):
     p = sub.add_parser(name)
     p.add_argument("--topology", required=True, help="e.g. v5e:2x4, v5e:4x4, v5p:2x2x1")
     p.add_argument("--config", required=True)
@@ -584,22 +593,22 @@ def main(argv=None) -> int:
     p.add_argument("--mesh", default=None, help="data,fsdp,tensor (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. model.hash.vocab=500002)")
-  tp = sub.choices["train"]
-  tp.add_argument("--seq-len", type=int, default=0, help="default: the config's train.seq_len")
-  tp.add_argument("--batch-size", type=int, default=0, help="global rows (default: config)")
-  tp.add_argument("--grad-accum", type=int, default=0,
-                  help="default: the config's (or derived from train.rows_per_chip)")
-  tp.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
-  dp = sub.choices["decode"]
-  dp.add_argument("--batch", type=int, nargs="+", default=[1, 64])
-  dp.add_argument("--methods", default="",
-                  help=f"comma-separated ar | blts:K | bltd:Z | bltdv:Z (default: "
-                       f"{','.join(DEFAULT_METHODS)})")
-  dp.add_argument("--prompt-len", type=int, default=128, help="prompt ids (a power of two)")
-  dp.add_argument("--max-new", type=int, default=256)
-  dp.add_argument("--dump-hlo", default=None, help="write each compiled program's HLO here")
-  dp.add_argument("--patch", type=float, default=4.0,
-                  help="mean patch length assumed for AR's global passes (fast_decode.py's 4)")
+  for tp in (sub.choices["train"], sub.choices["all"]):
+    tp.add_argument("--seq-len", type=int, default=0, help="default: the config's train.seq_len")
+    tp.add_argument("--batch-size", type=int, default=0, help="global rows (default: config)")
+    tp.add_argument("--grad-accum", type=int, default=0,
+                    help="default: the config's (or derived from train.rows_per_chip)")
+    tp.add_argument("--remat", default=None, help="none | full | dots (default: the config's)")
+  for dp in (sub.choices["decode"], sub.choices["all"]):
+    dp.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    dp.add_argument("--methods", default="",
+                    help=f"comma-separated ar | blts:K | bltd:Z | bltdv:Z (default: "
+                         f"{','.join(DEFAULT_METHODS)})")
+    dp.add_argument("--prompt-len", type=int, default=128, help="prompt ids (a power of two)")
+    dp.add_argument("--max-new", type=int, default=256)
+    dp.add_argument("--dump-hlo", default=None, help="write each compiled program's HLO here")
+    dp.add_argument("--patch", type=float, default=4.0,
+                    help="mean patch length assumed for AR's global passes (fast_decode.py's 4)")
   a = ap.parse_args(argv)
   if a.cmd == "table":
     print(table(a.files))
@@ -608,7 +617,11 @@ def main(argv=None) -> int:
 
   logging.set_verbosity(logging.WARNING)
   log = Clock()
-  res = run_train(a, log) if a.cmd == "train" else run_decode(a, log)
+  if a.cmd == "all":  # train, then decode (its partial JSON is not written: one file at the end)
+    part = argparse.Namespace(**{**vars(a), "json": None})
+    res = {"section": "all", "train": run_train(part, log), "decode": run_decode(part, log)}
+  else:
+    res = run_train(a, log) if a.cmd == "train" else run_decode(a, log)
   print(json.dumps(res, indent=2), flush=True)
   if a.json:
     Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

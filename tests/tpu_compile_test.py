@@ -100,3 +100,23 @@ def test_set_overrides_config_keys_and_names_bad_ones():
                    ("model.hashes.vocab=3", "no key 'hashes'"), ("model.hash.vocab", "KEY=VALUE")):
     with pytest.raises(SystemExit, match=msg):
       tpu_compile.apply_sets(c, [bad])
+
+
+def test_bare_command_runs_train_and_decode_into_one_json(tmp_path, monkeypatch):
+  """The issue's verify command names no sub-command: both sections, one file, one table."""
+  seen = []
+
+  def fake(section):
+    def run(a, log):
+      seen.append((section, a.json, a.topology, a.seq_len))
+      return {"section": section}
+    return run
+
+  monkeypatch.setattr(tpu_compile, "run_train", fake("train"))
+  monkeypatch.setattr(tpu_compile, "run_decode", fake("decode"))
+  out = tmp_path / "all.json"
+  assert tpu_compile.main(["--topology", TOPOLOGY, "--config", "configs/blt_tiny.py",
+                           "--seq-len", "64", "--json", str(out)]) == 0
+  assert seen == [("train", None, TOPOLOGY, 64), ("decode", None, TOPOLOGY, 64)]
+  assert json.loads(out.read_text()) == {"section": "all", "train": {"section": "train"},
+                                         "decode": {"section": "decode"}}
