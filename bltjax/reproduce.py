@@ -97,7 +97,10 @@ SCALES = {
     # Rows of 8: at this size more updates beat bigger batches byte for byte (held-out mean
     # 2.93 vs 3.14 bits/byte for the same 2 M bytes, hash tables of 8191 vs 4099 rows too).
     blt=Run("blt_tiny", 1000, 256, 8, 6e-3, 60),
-    bltd=Run("blt_tiny", 100, 256, 8, 2e-3, 20),
+    # BLT-D-8: the block stream starts from nothing (MASK inputs, no block ever seen), so it gets
+    # the BLT's learning rate and 200 steps; 32 blocks per row (of ~66 patches) halve the step.
+    bltd=Run("blt_tiny", 200, 256, 8, 6e-3, 20,
+             {"model.diffusion.max_blocks": 32, "model.diffusion.stratified_t": True}),
     # Task suites (translation, HumanEval, MC) need models far larger than a CPU demo trains
     # (BLEU 0, MC at chance): the demo runs the gen suite instead; held-out bpb comes from the
     # training runs' own evaluation (the heldout stage).
