@@ -108,7 +108,7 @@ SCALES = {
     block_sizes=(8,), limits={"bpb": 0, "mc": 0, "translation": 0, "humaneval": 0, "gen": 16},
     max_new={"translation": 96, "humaneval": 128}, eval_batch=8,
     est_s={"data": 5, "entropy": 150, "calibrate": 5, "blt": 370, "bltd": 80, "heldout": 1,
-           "eval": 300, "samples": 1, "report": 3}),
+           "eval": 280, "samples": 1, "report": 3}),
   "small": Scale(
     name="small", needs="one accelerator with >= 16 GB (e.g. a T4/L4 GPU or TPU v4-8 core); "
     "about an hour; ~20 M non-hash parameters (configs/bench_20m.py)",
