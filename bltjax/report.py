@@ -210,6 +210,10 @@ def gen_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
           "bytes/s", "New bytes"]
   out = []
   body = []
+  order = {"ar": 0, "blts": 1, "bltd": 2, "bltdv": 3}
+  rows = sorted(rows, key=lambda x: (x["model"] != "BLT", str(x["model"]), order.get(
+    x["method"], 9), x["temperature"] == 0, -x["temperature"], x["alpha"] is not None,
+    x["alpha"] or 0, _k(x) if x["method"] == "blts" else 0))
   for x in rows:
     q = "–" if x["gen_bpb"] is None else (
       f"{x['gen_bpb']:.3f}" + ("" if x["gen_bpb_se"] is None else f" ± {x['gen_bpb_se']:.3f}"))
