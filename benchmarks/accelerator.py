@@ -7,10 +7,10 @@ recorded, the JSON rewritten after every section and every table row:
   environment   device, JAX/jaxlib/CUDA versions; HBM bandwidth of a device copy (bytes read +
                 written / time: the roofline's bandwidth) and the bf16 matmul peak (N^3)
   exactness     greedy BLT-S and BLT-DV against AR, byte for byte, on the table's geometry and
-                prompts, batch 1: exact mode (bf16 weights, fp32 compute and caches:
-                cfg.dtype = float32) and the default bf16 mode (bf16 weights and compute).
-                Where exact mode differs, it is re-run under
-                jax.default_matmul_precision("highest") (XLA:GPU's default fp32 dot is TF32)
+                prompts, batch 1: exact mode as decode.py --exact runs it (bf16 weights,
+                fp32 compute and caches, fp32 matmuls at "highest" precision: XLA:GPU's
+                default fp32 dot is TF32), warm-ups included, and the default bf16 mode
+                (bf16 weights and compute, default precision)
   table_b1 / table_b64   benchmarks/fast_decode.py's table (`fast_decode.table`, the same code
                 as on CPU) on configs/blt_1b.py geometry, random bf16 weights, entropy
                 threshold calibrated to 4-byte patches: bytes/s, x AR, Eq. 8 ratio, counted
@@ -197,34 +197,35 @@ def exactness(run: Run, deadline: float) -> dict:
            ("ar", f"blts:{s['exact_k']}", f"bltdv:{s['exact_z']}:one_step")]
   out = dict(prompts=len(prompts), max_new=s["max_new"], modes={})
   slowest = 0.0
-  modes = (("exact", "float32"), ("bf16", "bfloat16"))
+  # (name, compute dtype, matmul precision): exact mode is `precision.apply(exact=True)`'s.
+  modes = (("exact", "float32", "highest"), ("bf16", "bfloat16", None))
 
-  def call(spec, dtype, prompt, budgets=None):
+  def call(spec, dtype, precision, prompt, budgets=None):
     pz, cz = variants(spec)
-    return generation.generate(pz, cz.replace(dtype=dtype), [prompt], method=spec.name,
-                               max_new=s["max_new"], options=spec.opt, budgets=budgets,
-                               stop_at_eos=False)[0].new_ids
+    # The precision is part of the compile key and thread-local: set it in the calling thread.
+    with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
+      return generation.generate(pz, cz.replace(dtype=dtype), [prompt], method=spec.name,
+                                 max_new=s["max_new"], options=spec.opt, budgets=budgets,
+                                 stop_at_eos=False)[0].new_ids
 
   ready = set()
   if s["warm_threads"] > 1:  # every program of both modes compiled first, a few at a time
     for spec in specs:
       variants(spec)
     ready = fast_decode.warm_concurrently(
-      {(spec.name, dt): functools.partial(call, spec, dt, prompts[0], [1])
-       for _, dt in modes for spec in specs}, s["warm_threads"], deadline, run.log)
+      {(spec.name, dt): functools.partial(call, spec, dt, prec, prompts[0], [1])
+       for _, dt, prec in modes for spec in specs}, s["warm_threads"], deadline, run.log)
 
   def mode(name: str, dtype: str, precision: str | None) -> dict | None:
     nonlocal slowest
     res, row = {}, {"compute_dtype": dtype, "matmul_precision": precision or "default"}
     for spec in specs:
-      warm = precision is None and (spec.name, dtype) in ready
+      warm = (spec.name, dtype) in ready
       if not warm and time.monotonic() + slowest > deadline:
         row["skipped"] = "time"  # what ran is still compared below
         break
       t = time.monotonic()
-      with jax.default_matmul_precision(precision) if precision else \
-          contextlib.nullcontext():
-        res[spec.name] = [call(spec, dtype, p) for p in prompts]
+      res[spec.name] = [call(spec, dtype, precision, p) for p in prompts]
       if not warm:
         slowest = max(slowest, time.monotonic() - t)
     ar = res.get("ar")
@@ -246,12 +247,9 @@ def exactness(run: Run, deadline: float) -> dict:
       row["_ar"] = ar
     return row
 
-  for name, dtype in modes:
-    out["modes"][name] = mode(name, dtype, None)
+  for name, dtype, precision in modes:
+    out["modes"][name] = mode(name, dtype, precision)
   exact = out["modes"]["exact"]
-  if "skipped" not in exact and not all(v["all_identical"] for v in exact.values()
-                                        if isinstance(v, dict)):
-    out["modes"]["exact_highest"] = mode("exact_highest", "float32", "highest")
   # How far bf16 compute moves AR's own output from the exact mode's.
   ar_exact, ar_bf16 = exact.get("_ar"), out["modes"]["bf16"].get("_ar")
   if ar_exact and ar_bf16:

@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
   import jax.numpy as jnp
   import numpy as np
 
-  from bltjax import diffusion, losses, weights
+  from bltjax import weights
   from bltjax.data import corpus, pipeline
+  from bltjax.training import diffusion, losses
 
   cfg, params = weights.load_checkpoint(a.checkpoint)
   if not cfg.diffusion.enabled:
