@@ -129,6 +129,9 @@ def apply_sets(c, sets: list[str]) -> None:
   VALUE is a Python literal, else a string. An unknown key stops with an error naming it."""
   import ast
 
+  from bltjax.config import ConfigError
+  from bltjax.training import train_config
+
   for item in sets:
     key, sep, raw = item.partition("=")
     if not sep or not key:
@@ -137,17 +140,9 @@ def apply_sets(c, sets: list[str]) -> None:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = raw
-    *path, last = key.split(".")
-    node = c
-    for k in path:
-      if k not in node:
-        raise SystemExit(f"error: --set {item!r}: the config has no key {k!r}")
-      node = node[k]
-    if last not in node:
-      raise SystemExit(f"error: --set {item!r}: the config has no key {key!r}")
     try:
-      node[last] = value
-    except (TypeError, ValueError) as e:
+      train_config.set_key(c, key, value)
+    except ConfigError as e:
       raise SystemExit(f"error: --set {item!r}: {e}") from None
 
 

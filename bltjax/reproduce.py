@@ -173,24 +173,18 @@ def load_config(name: str):
   return load_config_file(path)
 
 
-def _set(c, key: str, value: Any) -> None:
-  node = c
-  *parents, leaf = key.split(".")
-  for p in parents:
-    if p not in node:
-      raise UsageError(f"{key}: no such config key")
-    node = node[p]
-  if leaf not in node:
-    raise UsageError(f"{key}: no such config key")
-  node[leaf] = value
-
-
 def run_config(run: Run, data_cfg: Any = None, *, task: str = "blt", block_size: int = 0,
                progress: bool = True):
   """`run.config` with this scale's steps, shapes, optimiser and overrides."""
+  from bltjax.config import ConfigError
+  from bltjax.training import train_config
+
   c = load_config(run.config)
   for k, v in run.overrides.items():
-    _set(c, k, v)
+    try:
+      train_config.set_key(c, k, v)
+    except ConfigError as e:
+      raise UsageError(str(e)) from None
   c.train.update(task=task, steps=run.steps, seq_len=run.seq_len, batch_size=run.batch_size,
                  lr=run.lr, warmup_steps=run.warmup, progress=progress)
   if block_size:

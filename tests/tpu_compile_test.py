@@ -96,8 +96,9 @@ def test_set_overrides_config_keys_and_names_bad_ones():
   tpu_compile.apply_sets(c, ["model.hash.vocab=500002", "model.patcher.mode=static",
                              "model.encoder.dim=512"])
   assert (c.model.hash.vocab, c.model.patcher.mode, c.model.encoder.dim) == (500002, "static", 512)
-  for bad, msg in (("model.hash.vocabs=3", "no key 'model.hash.vocabs'"),
-                   ("model.hashes.vocab=3", "no key 'hashes'"), ("model.hash.vocab", "KEY=VALUE")):
+  for bad, msg in (("model.hash.vocabs=3", "model.hash.vocabs: no such config key"),
+                   ("model.hashes.vocab=3", "'hashes' is missing"),
+                   ("model.hash.vocab", "KEY=VALUE")):
     with pytest.raises(SystemExit, match=msg):
       tpu_compile.apply_sets(c, [bad])
 

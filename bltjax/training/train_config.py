@@ -267,6 +267,23 @@ def _fail(key: str, msg: str) -> None:
   raise ConfigError(f"{key}: {msg}")
 
 
+def set_key(c: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """`c.<dotted key> = value` for an existing key; `ConfigError` naming the key otherwise (or
+  when the value's type does not fit the field)."""
+  node = c
+  *parents, leaf = key.split(".")
+  for p in parents:
+    if p not in node:
+      raise ConfigError(f"{key}: no such config key ({p!r} is missing)")
+    node = node[p]
+  if leaf not in node:
+    raise ConfigError(f"{key}: no such config key")
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{key}: {e}") from None
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every section and key with its default; config files override what differs."""
   from bltjax.data import pipeline  # Lazy: grain is only needed when data is configured.
