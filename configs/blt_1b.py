@@ -9,7 +9,9 @@ fsdp sharding; point train.entropy_checkpoint at an entropy_100m run's export.
 
 Global batch 256 rows of 8192 bytes in microbatches of 1 row per chip (train.rows_per_chip), so
 grad_accum is derived from the slice: 16 on v5e-16, 32 on v5e-8 (16 GiB HBM per chip), remat
-"full". docs/accelerators.md has the TPU compiler's memory figures (benchmarks/tpu_compile.py).
+"full". docs/accelerators.md has the TPU compiler's memory figures (benchmarks/tpu_compile.py):
+on v5e-8 this step does not fit (17.8 GiB per chip with the einsum attention); v5e-16 is not
+yet compiled.
 """
 
 from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
