@@ -101,6 +101,7 @@ def test_7b_has_k4_and_projection():
   (lambda c: c.mesh.rules.update(embed="model"), r"^mesh.rules.embed: unknown mesh axis"),
   (lambda c: c.model.diffusion.update(block_prefix_window=0),
    r"^model.diffusion.block_prefix_window: must be a positive int or None"),
+  (lambda c: c.train.update(mu_dtype="fp8"), r"^train.mu_dtype: must be 'float32' or"),
 ])
 def test_bad_configs_fail_naming_the_key(edit, key):
   c = tiny_train_config.get_config("blt")
@@ -214,17 +215,17 @@ def blt_run():
   batch["doc_ids"] = np.where(batch["valid"], batch["doc_ids"], 0)
   cache = {}
 
-  def run(mesh_shape, n_micro=1):
-    key = (mesh_shape, n_micro)
+  def run(mesh_shape, n_micro=1, rows=False):
+    key = (mesh_shape, n_micro, rows)
     if key not in cache:
       devices = jax.devices()[: int(np.prod(mesh_shape))]
-      cache[key] = _loss_and_grads(r, params, batch, mesh_shape, devices, n_micro)
+      cache[key] = _loss_and_grads(r, params, batch, mesh_shape, devices, n_micro, rows)
     return cache[key]
 
   return run
 
 
-def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1):
+def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1, rows=False):
   mesh = sharding.make_mesh(mesh_shape, devices)
   shards = model.param_shardings(r.model, mesh, r.rules, model.BLT_KEYS)
   params = jax.device_put(params_host, shards)
@@ -236,9 +237,14 @@ def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1):
     mb = dict(mb, start=losses.train_patch_starts(p, r.model, mb))
     return loss_fn(p, r.model, mb, rng)
 
+  # The training step's row-by-row hash-table gradient (optim.RowGradient), else autodiff's.
+  hash_rows = optim.RowGradient(
+    model.HASH_TABLE_PATH, lambda mb: model.hash_ids(r.model, mb["ids"], mb["valid"]),
+    model.hash_rows, model.add_hash_rows) if rows else None
+
   @jax.jit
   def f(p, b):
-    return optim.accumulate_gradients(micro, p, b, jax.random.key(0), n_micro)
+    return optim.accumulate_gradients(micro, p, b, jax.random.key(0), n_micro, rows=hash_rows)
 
   with sharding.use_mesh(mesh):
     loss, metrics, grads = f(params, batch)
@@ -264,6 +270,56 @@ def test_gradient_accumulation_equals_full_batch(blt_run):
   np.testing.assert_allclose(m2["nll_bytes_sum"], m1["nll_bytes_sum"], rtol=LOSS_RTOL)
   for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.parametrize("n_micro", [1, 2])
+def test_hash_table_rows_gradient_equals_autodiff(blt_run, n_micro):
+  """The step's row-by-row hash-table gradient (gather first, scatter into the accumulator)
+  equals autodiff's table gradient, on a sharded mesh, with and without accumulation."""
+  l1, m1, g1, _ = blt_run((2, 2, 2), n_micro=n_micro)
+  l2, m2, g2, _ = blt_run((2, 2, 2), n_micro=n_micro, rows=True)
+  np.testing.assert_allclose(l2, l1, rtol=LOSS_RTOL)
+  assert m2["weight"] == m1["weight"]
+  table = g1
+  for k in model.HASH_TABLE_PATH:
+    table = table[k]
+  assert np.count_nonzero(table) > 0  # the tiny config has hash tables and they are read
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=str(path))
+
+
+def test_bf16_first_moment_halves_it_and_follows_fp32_adam():
+  """`train.mu_dtype="bfloat16"`: Adam's first moment is stored in bf16 (nu and the update stay
+  fp32) and three steps move the parameters as fp32 Adam does, to bf16's precision."""
+  r32 = resolve(tiny_train_config.get_config("blt"), 8)
+  c = tiny_train_config.get_config("blt")
+  c.train.mu_dtype = "bfloat16"
+  r16 = resolve(c, 8)
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.standard_normal((64, 32)), jnp.float32)}
+  out = {}
+  for name, rr in (("f32", r32), ("bf16", r16)):
+    tx, _ = optim.make_optimizer(rr.train)
+    p, st = params, tx.init(params)
+    for k in range(3):
+      g = {"w": jnp.asarray(np.random.default_rng(k).standard_normal((64, 32)), jnp.float32)}
+      u, st = tx.update(g, st, p)
+      p = optax_apply(p, u)
+    mu = [x for x in jax.tree.leaves(st) if getattr(x, "shape", None) == (64, 32)]
+    out[name] = (p["w"], mu)
+  assert [m.dtype for m in out["bf16"][1]] == [jnp.bfloat16, jnp.float32]  # mu, nu
+  assert [m.dtype for m in out["f32"][1]] == [jnp.float32, jnp.float32]
+  step_f32 = np.asarray(out["f32"][0] - params["w"])
+  step_bf16 = np.asarray(out["bf16"][0] - params["w"])
+  assert np.abs(step_f32).max() > 0
+  # bf16 keeps 8 bits: mu's rounding error is relative to the terms it sums (2^-8 of them per
+  # step), not to a small sum, so the bound is a fraction of the largest step.
+  np.testing.assert_allclose(step_bf16, step_f32, rtol=0, atol=1e-2 * np.abs(step_f32).max())
+  assert np.abs(step_bf16 - step_f32).max() > 0  # it did store mu in bf16
+
+
+def optax_apply(p, u):
+  return jax.tree.map(lambda a, b: a + b, p, u)
 
 
 def test_lr_schedule_and_decay_mask():

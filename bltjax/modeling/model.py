@@ -51,15 +51,54 @@ class HashEmbeddings(nn.Module):
 
   @nn.compact
   def __call__(self, hash_ids_BxSxT, weight_BxSxT):
-    table = self.param(
-      # Rows over (fsdp, tensor); the width has no axis of its own, so the fsdp share of rows
-      # that 8 does not divide (500002) moves there (`sharding.logical_to_physical`).
-      "embedding", nn.with_logical_partitioning(trunc_normal(self.dim**-0.5),
-                                                ("hash_tables", "hash_vocab", None)),
-      (self.num_tables, self.vocab, self.dim), self.param_dtype)
-    t_idx = jnp.arange(self.num_tables)[None, None, :]
-    e_BxSxTxD = table[t_idx, hash_ids_BxSxT].astype(self.dtype)
-    return jnp.einsum("bstd,bst->bsd", e_BxSxTxD, weight_BxSxT.astype(self.dtype))
+    if self.has_variable("params", "embedding") and \
+        self.get_variable("params", "embedding").ndim == 4:
+      # The training step passed the rows these ids select, gathered before the differentiated
+      # function ([B, S, T, D]): it scatters their gradient into its accumulator itself
+      # (`optim.RowGradient`, docs/accelerators.md).
+      e_BxSxTxD = self.get_variable("params", "embedding")
+    else:
+      table = self.param(
+        # Rows over (fsdp, tensor); the width has no axis of its own, so the fsdp share of rows
+        # that 8 does not divide (500002) moves there (`sharding.logical_to_physical`).
+        "embedding", nn.with_logical_partitioning(trunc_normal(self.dim**-0.5),
+                                                  ("hash_tables", "hash_vocab", None)),
+        (self.num_tables, self.vocab, self.dim), self.param_dtype)
+      e_BxSxTxD = hash_rows(table, hash_ids_BxSxT)
+    # Summed in the tables' precision, then cast: were the rows cast first, XLA would cast the
+    # whole table once (a bf16 copy of every shard, 0.73 GiB per chip for BLT-1B on 8 chips)
+    # and gather from that. (A 0/1-weighted sum of T rows: no matmul.)
+    w_BxSxTx1 = weight_BxSxT.astype(e_BxSxTxD.dtype)[..., None]
+    return jnp.sum(e_BxSxTxD * w_BxSxTx1, axis=2).astype(self.dtype)
+
+
+# One table at a time: indexing [T, vocab, D] with (table, row) pairs makes XLA flatten it to
+# [T·vocab, D], and on TPU that reshape is a copy of the whole shard (vocab 500002 is not a
+# multiple of the 8-row tile): a bf16 table copy for the gather, a second fp32 table for the
+# gradient's scatter (1.43 GiB per chip for BLT-1B on 8 chips, docs/accelerators.md).
+def hash_rows(table_TxVxD, hash_ids_BxSxT):
+  """The rows [B, S, T, D] the hash ids select, table t for id column t."""
+  return jnp.stack([table_TxVxD[t][hash_ids_BxSxT[..., t]]
+                    for t in range(table_TxVxD.shape[0])], axis=2)
+
+
+def add_hash_rows(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
+  """`acc` plus the rows' gradient scattered back (the transpose of `hash_rows`)."""
+  for t in range(acc_TxVxD.shape[0]):
+    acc_TxVxD = acc_TxVxD.at[t].set(
+      acc_TxVxD[t].at[hash_ids_BxSxT[..., t]].add(g_BxSxTxD[:, :, t].astype(acc_TxVxD.dtype)))
+  return acc_TxVxD
+
+
+def hash_ids(cfg: BLTConfig, ids_BxS, valid_BxS):
+  """The encoder's hash n-gram ids [B, S, T] (one function for the lookup and its gradient)."""
+  h = cfg.hash
+  return hashing.hash_ngram_ids(jnp.where(valid_BxS, ids_BxS, 0), group_sizes=h.group_sizes,
+                                nb_functions=h.nb_functions, vocab=h.vocab)
+
+
+# Where the hash tables sit in the parameter tree.
+HASH_TABLE_PATH = ("local_encoder", "hash_embeddings", "embedding")
 
 
 class LocalEncoder(nn.Module):
@@ -87,17 +126,15 @@ class LocalEncoder(nn.Module):
   def embed(self, ids_BxS, pos_BxS, valid_BxS):
     """Byte embedding plus the hash n-gram embeddings (no scaling in the release)."""
     c = self.cfg
-    ids_BxS = jnp.where(valid_BxS, ids_BxS, 0)
-    x = self.tok_embeddings(ids_BxS)
+    x = self.tok_embeddings(jnp.where(valid_BxS, ids_BxS, 0))
     if c.hash.num_tables:
       h = c.hash
-      hash_ids = hashing.hash_ngram_ids(ids_BxS, group_sizes=h.group_sizes,
-                                        nb_functions=h.nb_functions, vocab=h.vocab)
-      w_BxSxT = jnp.ones(hash_ids.shape, jnp.float32)
+      hash_ids_BxSxT = hash_ids(c, ids_BxS, valid_BxS)
+      w_BxSxT = jnp.ones(hash_ids_BxSxT.shape, jnp.float32)
       if h.short_ngrams == "omit":
         w_BxSxT = hashing.ngram_valid_mask(pos_BxS, group_sizes=h.group_sizes,
                                            nb_functions=h.nb_functions).astype(jnp.float32)
-      x = x + self.hash_embeddings(hash_ids, w_BxSxT)
+      x = x + self.hash_embeddings(hash_ids_BxSxT, w_BxSxT)
       if h.normalize == "mean":
         x = x / (len(h.group_sizes) + 1)
     return x

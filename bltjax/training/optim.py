@@ -8,6 +8,7 @@ fights the loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +53,7 @@ def make_optimizer(tc: TrainConfig) -> tuple[optax.GradientTransformation, optax
   tx = optax.chain(
     optax.clip_by_global_norm(tc.clip_norm),
     optax.adamw(sched, b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
-                mask=decay_mask),
+                mask=decay_mask, mu_dtype=jnp.dtype(tc.mu_dtype)),
   )
   return tx, sched
 
@@ -81,9 +82,39 @@ def split_microbatches(batch: dict[str, jax.Array], n: int, constrain: Callable 
   return jax.tree.map(one, batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowGradient:
+  """A lookup table whose gradient is accumulated row by row.
+
+  `path` names the table leaf in the parameter tree; `ids(microbatch)` the ids the microbatch
+  reads; `gather(table, ids)` the rows, `scatter_add(acc, ids, rows_grad)` its transpose. The
+  rows are gathered before the gradient and stand in for the table in the differentiated
+  parameters (the model reads a leaf of rank `table.ndim + 1` as rows already gathered); their
+  gradient is then scattered into the accumulator itself. Autodiff's gradient of a lookup is a
+  table-sized scatter into zeros that XLA need not fuse into the accumulator's add.
+  """
+  path: tuple[str, ...]
+  ids: Callable[[dict[str, jax.Array]], jax.Array]
+  gather: Callable[[jax.Array, jax.Array], jax.Array]
+  scatter_add: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _set(tree: Any, path: tuple[str, ...], value: Any) -> Any:
+  if not path:
+    return value
+  return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
+
+
 def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
                          rng: jax.Array, n_micro: int, constrain: Callable | None = None,
-                         weight_key: str = "weight") -> tuple[jax.Array, dict[str, Any], Any]:
+                         weight_key: str = "weight", rows: RowGradient | None = None
+                         ) -> tuple[jax.Array, dict[str, Any], Any]:
   """Loss, metrics and gradients of the whole batch from `n_micro` scanned microbatches.
 
   Each microbatch's mean loss is weighted by its `metrics[weight_key]` (the number of scored
@@ -99,10 +130,31 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
     n_micro: number of microbatches (1 = plain value_and_grad).
     constrain: optional sharding constraint for each [n, B/n, ...] array.
     weight_key: metrics entry holding the microbatch's target count.
+    rows: a table whose gradient is scattered row by row (`RowGradient`), or None.
   """
+  if rows is not None:
+    table = _get(params, rows.path)
+
+    def row_grads(fn):
+      """fn's (value, grads) with the table's rows gathered first and its gradient scattered
+      into `acc` (zeros for one pass): grads then hold `acc` plus this microbatch's rows."""
+
+      def run(p, mb, r, acc):
+        ids = rows.ids(mb)
+        (value, grads) = fn(_set(p, rows.path, rows.gather(table, ids)), mb, r)
+        return value, _set(grads, rows.path,
+                           rows.scatter_add(acc, ids, _get(grads, rows.path)))
+
+      return run
+
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if n_micro == 1:
-    (loss, metrics), grads = grad_fn(params, batch, rng)
+    if rows is not None:
+      acc = jnp.zeros(table.shape, jnp.float32)
+      (loss, metrics), grads = row_grads(grad_fn)(params, batch, rng, acc)
+      grads = _set(grads, rows.path, _get(grads, rows.path).astype(table.dtype))
+    else:
+      (loss, metrics), grads = grad_fn(params, batch, rng)
     return loss, metrics, grads
 
   def weighted_loss(p, mb, r):
@@ -124,8 +176,17 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
   def body(carry, xs):
     i, mb = xs
     g_acc, m_acc, w_acc = carry
-    (_, (loss, metrics, w)), grads = weighted_grad_fn(params, mb, jax.random.fold_in(rng, i))
-    g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), g_acc, grads)
+    r = jax.random.fold_in(rng, i)
+    if rows is None:
+      (_, (loss, metrics, w)), grads = weighted_grad_fn(params, mb, r)
+      g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), g_acc, grads)
+    else:  # the table's entry already holds the accumulator with this microbatch scattered in
+      acc = _get(g_acc, rows.path)
+      (_, (loss, metrics, w)), grads = row_grads(weighted_grad_fn)(params, mb, r, acc)
+      g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32),
+                           _set(g_acc, rows.path, jnp.zeros((), jnp.float32)),
+                           _set(grads, rows.path, jnp.zeros((), jnp.float32)))
+      g_acc = _set(g_acc, rows.path, _get(grads, rows.path))
     metrics = dict(metrics, loss=loss)
     m_acc = {k: m_acc[k] + (v if is_sum_metric(k, weight_key) else w * v)
              for k, v in metrics.items()}

@@ -404,6 +404,14 @@ class Trainer:
       spec = P(None, rules.batch, *([None] * (y.ndim - 2)))
       return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
 
+    # BLT's hash tables: gradients scattered row by row into the accumulator (RowGradient).
+    # Not for BLT-D, whose block stream may embed other ids (`block_input="encoder_states"`).
+    hash_rows = None
+    if tc.task == "blt" and cfg.hash.num_tables:
+      hash_rows = optim.RowGradient(
+        model.HASH_TABLE_PATH, lambda mb: model.hash_ids(cfg, mb["ids"], mb["valid"]),
+        model.hash_rows, model.add_hash_rows)
+
     def step_fn(state, frozen, batch):
       rng = jax.random.fold_in(base_key, state["step"])
 
@@ -415,7 +423,7 @@ class Trainer:
         return loss_fn(full, cfg, mb, r)
 
       loss, metrics, grads = optim.accumulate_gradients(
-        micro_loss, state["params"], batch, rng, tc.grad_accum, constrain)
+        micro_loss, state["params"], batch, rng, tc.grad_accum, constrain, rows=hash_rows)
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       params = optax.apply_updates(state["params"], updates)
       metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),

@@ -176,6 +176,9 @@ class TrainConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1  # masked off norms, embeddings and hash tables
   clip_norm: float = 1.0
+  # Adam's first moment: "float32", or "bfloat16" to halve its memory (the second moment and the
+  # parameters stay fp32). BLT-1B on a v5e-8 needs it (docs/accelerators.md).
+  mu_dtype: str = "float32"
   seed: int = 0
   entropy_checkpoint: str = ""  # task blt + entropy patching: a bltjax checkpoint dir
   init_from_blt: str = ""  # task blt: start a new run from this checkpoint's BLT weights
@@ -219,6 +222,8 @@ class TrainConfig:
       _fail("train.eps", f"must be positive, got {self.eps}")
     if self.weight_decay < 0:
       _fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+    if self.mu_dtype not in ("float32", "bfloat16"):
+      _fail("train.mu_dtype", f"must be 'float32' or 'bfloat16', got {self.mu_dtype!r}")
     if not self.clip_norm > 0:
       _fail("train.clip_norm", f"must be positive, got {self.clip_norm}")
     if not self.min_expected_patch >= 1:
