@@ -129,8 +129,8 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
     dm = m.local_decoder
     x, _, _ = run_stack(dm.layers, x.astype(dtype_of(cfg.dtype)), pos, every,
                         prefix_keys(st.dec, start_B, z, wb),
-                        cross=lambda i, x: dm.cross_attn_layers[i].one_latent(x, lat_k[i],
-                                                                              lat_v[i]))
+                        cross=lambda i, x: dm.cross_attn_layers[i].latent(x, lat_k[i][:, None],
+                                                                          lat_v[i][:, None]))
     return dm.head(x)
 
   return model.blt_module(cfg).apply({"params": model.blt_params(params)}, ids_BxZ, method=run)

@@ -50,7 +50,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bltjax.config import BLTConfig
-from bltjax.modeling import model, patching, sharding
+from bltjax.modeling import kernels, model, patching, sharding
 from bltjax.modeling.layers import (
   CACHE_CHUNK,
   CacheKeys,
@@ -320,6 +320,11 @@ def flush_patch(state: State) -> tuple[jax.Array, jax.Array]:
   return put(state.patch_k, state.pend_hk), put(state.patch_v, state.pend_hv)
 
 
+def _open_max(state: State, on_B) -> jax.Array:
+  """The open patch's running max where `on_B` (its bytes continue it), else -inf (none)."""
+  return jnp.where(on_B[:, None], state.patch_max, -jnp.inf)
+
+
 def global_slots(state: State) -> int:
   """Slots of the global cache (patches a row may close)."""
   return state.glob_k[0].shape[1]
@@ -463,10 +468,7 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
   jj = jnp.arange(q, dtype=jnp.int32)
   old_len, patch, closes = lay.old_len, lay.patch, lay.closes
   hd = h_BxQxD.astype(st.patch_max.dtype)
-  pmax = jax.vmap(lambda x, i: jax.ops.segment_max(x, i, num_segments=q + 1))(hd, lay.seg)[:, :q]
-  pmax = pmax.at[:, 0].set(jnp.where((old_len > 0)[:, None],
-                                     jnp.maximum(pmax[:, 0], st.patch_max), pmax[:, 0]))
-  pmax = jnp.where(jnp.isneginf(pmax), 0, pmax)  # empty patches: finite (their output is unused)
+  pmax = kernels.max_pool(hd, patch, valid_BxQ, q, open_BxD=_open_max(st, old_len > 0))
   patch_k, patch_v = flush_patch(st)
   cap = patch_k.shape[1]
   p_q = jj[:, None]  # [Q(patch), 1]
@@ -562,7 +564,7 @@ def _decoder_stage(params, cfg: BLTConfig, st: State, h_BxQxD, pos_BxQ, valid_Bx
     dec = m.local_decoder
     x, ring = run_on_ring(
       dec.layers, h.astype(dtype_of(cfg.dtype)), pos_BxQ, valid_BxQ, ring, cfg.decoder.window,
-      cross=lambda i, x: dec.cross_attn_layers[i].gathered(x, lat_k[i], lat_v[i]))
+      cross=lambda i, x: dec.cross_attn_layers[i].latent(x, lat_k[i], lat_v[i]))
     return dec.head(x), ring
 
   return _blt(params, cfg, dec_fn, h_BxQxD, st.dec)
@@ -641,8 +643,8 @@ def commit(ext: Extension, a_B, active_B) -> State:
     pk = st.patch_k.at[rows, slot].set(hk, mode="drop")
     pv = st.patch_v.at[rows, slot].set(hv, mode="drop")
     pend = dict(pend_slot=jnp.full_like(st.pend_slot, cap))
-  pmax = jnp.max(jnp.where(mine[..., None], ext.h, -jnp.inf), axis=1)
-  pmax = jnp.where(((p_a == 0) & (old_len > 0))[:, None], jnp.maximum(pmax, st.patch_max), pmax)
+  pmax = kernels.max_pool(ext.h, jnp.zeros_like(ext.patch), mine, 1,
+                          open_BxD=_open_max(st, (p_a == 0) & (old_len > 0)))[:, 0]
   n_new_closed = jnp.sum((ext.start & (jj <= a[:, None])).astype(jnp.int32), axis=1)
   start_a = at(ext.start)
   # The open latent: patch p_a pooled over the window (valid when a is the window's last
@@ -751,8 +753,8 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
     h, enc = encoder_states(m, cfg, hist[:, None], pos, w, enc)
     d = m.local_decoder
     x, dec = run_on_ring(d.layers, h.astype(dtype_of(cfg.dtype)), pos, w, dec, cfg.decoder.window,
-                         cross=lambda i, x: d.cross_attn_layers[i].one_latent(x, lat_k[i],
-                                                                              lat_v[i]))
+                         cross=lambda i, x: d.cross_attn_layers[i].latent(x, lat_k[i][:, None],
+                                                                          lat_v[i][:, None]))
     return d.head(x)[:, 0], enc, dec
 
   tick("encoder", active_B)

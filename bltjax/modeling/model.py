@@ -118,14 +118,14 @@ class LocalEncoder(nn.Module):
     pool = lambda scan: lambda h, i, m: kernels.max_pool(h, i, m, num_patches, scan)  # noqa: E731
     pooled = accel.by_backend(c.attention, pool(True), pool(False), h_BxSxD, patch_ids_BxS,
                               valid_BxS)
-    q_BxPxE = self.patch_embedding_projection(pooled)
-    k = c.cross_attn_k
-    q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
     xa = self.cross_attn_layers[0]
-    if not kernels.pool_is_segmented(xa.n_heads, num_patches * k, s):
-      out = xa(q_BxQxD, h_BxSxD, kernels.patch_mask(patch_ids_BxS, valid_BxS, num_patches, k))
-      return out.reshape(b, num_patches, k * d)
+    k = c.cross_attn_k
     k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
+    if not kernels.pool_is_segmented(xa.n_heads, num_patches * k, s):
+      ok_BxPxS = ((patch_ids_BxS[:, None, :] == jnp.arange(num_patches)[None, :, None])
+                  & valid_BxS[:, None, :])
+      return self.pool_patches(pooled, k_BxSxHxK, v_BxSxHxK, ok_BxPxS)
+    q_BxQxD = self.patch_embedding_projection(pooled).reshape(b, num_patches * k, d)
     q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, num_patches, k, *k_BxSxHxK.shape[2:])
     att = lambda scan: lambda *a: kernels.patch_attend(*a, scan=scan)  # noqa: E731
     o = accel.by_backend(c.attention, att(True), att(False), q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK,
@@ -139,7 +139,8 @@ class LocalEncoder(nn.Module):
 
   def pool_patches(self, pmax_BxPxD, k_BxTxHxK, v_BxTxHxK, ok_BxPxT):
     """P patches per row from their max-pooled states and one set of byte keys/values (a
-    patch's bytes marked in ok): equals `pool` for those patches, [B, P, C·De]."""
+    patch's bytes marked in ok): C queries per patch attend its bytes, [B, P, C·De]. `pool`
+    (dense) and the decoding engine's pooling."""
     b, p, d = pmax_BxPxD.shape
     c = self.cfg.cross_attn_k
     q_BxQxD = self.patch_embedding_projection(pmax_BxPxD).reshape(b, p * c, d)
@@ -207,12 +208,13 @@ class LocalDecoder(nn.Module):
                   v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
     return out
 
-  def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxS):
-    """Layer i's cross-attention: each byte reads the C keys of latent lat_idx."""
+  def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxG):
+    """Layer i's cross-attention: the S positions of a row in G equal runs (G = S: one byte
+    each), run g reading the C keys of latent lat_idx[g] (`CrossAttention.latent`)."""
     k_BxPxCxHxK, v_BxPxCxHxK = kv_i
     take = jax.vmap(lambda a, idx: a[idx])
-    return self.cross_attn_layers[i].gathered(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxS),
-                                              take(v_BxPxCxHxK, lat_idx_BxS))
+    return self.cross_attn_layers[i].latent(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxG),
+                                            take(v_BxPxCxHxK, lat_idx_BxG))
 
   def head(self, h_BxSxD):
     return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)

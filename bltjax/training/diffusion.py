@@ -156,24 +156,6 @@ def _sub(params: Params, stack: str, names: tuple[str, ...]) -> Params:
   return {stack: tree}
 
 
-def _block_cross(cfg: BLTConfig, dec, i: int, hb_BxMxZxD, kv_i, lat_BxM):
-  """Decoder cross-attention for blocks: block m reads the C keys of latent lat[m] only.
-
-  Same math as `LocalDecoder.cross` with one latent per block instead of a per-byte gather.
-  """
-  xa = dec.cross_attn_layers[i]
-  b, m, z, d = hb_BxMxZxD.shape
-  take = jax.vmap(lambda a, idx: a[idx])
-  k_BxMxCxHxK, v_BxMxCxHxK = take(kv_i[0], lat_BxM), take(kv_i[1], lat_BxM)
-  q = xa.query(hb_BxMxZxD.reshape(b, m * z, d)).reshape(b, m, z, *k_BxMxCxHxK.shape[3:])
-  sc = jnp.einsum("bmzhk,bmchk->bmzhc", q, k_BxMxCxHxK,
-                  preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  p = jax.nn.softmax(sc, axis=-1).astype(v_BxMxCxHxK.dtype)
-  o = jnp.einsum("bmzhc,bmchk->bmzhk", p, v_BxMxCxHxK)
-  x = hb_BxMxZxD.reshape(b, m * z, d)
-  return xa.output(x, o.reshape(b, m * z, *o.shape[3:])).reshape(b, m, z, d)
-
-
 def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
   """One encoder/decoder layer over both streams: (clean h, block h or None) -> same + clean kv.
 
@@ -195,9 +177,9 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     if hb is None:
       return hc, None
     b, nm, z, d = hb.shape
-    if stack == "local_decoder":
-      hb = _block_cross(cfg, mod, i, hb, kv_i, bl["lat_BxM"])
     flat = hb.reshape(b, nm * z, d)
+    if stack == "local_decoder":  # block m reads the C keys of latent lat[m] only
+      flat = mod.cross(i, flat, kv_i, bl["lat_BxM"])
     qb, kb, vb = blk.attn_in(flat, bl["pos_BxMxZ"].reshape(b, nm * z))
     unflat = lambda x: x.reshape(b, nm, z, *x.shape[2:])
     kern = (kernels.block_dense_prefix_attend if plan.block_prefix == "dense"
