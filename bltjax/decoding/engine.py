@@ -739,7 +739,7 @@ def state_shardings(state: State, mesh, rules=None) -> State:
 
 
 # ------------------------------------------------------------------------------------------------
-# Local stacks only: drafts, x0 of BLT-DV, the force_boundary re-run.
+# Local stacks only: drafts, x0 of BLT-DV; closing the open patch (BLT-D's force_boundary).
 
 
 def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, lat_v, active_B):
@@ -762,8 +762,34 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
   return _blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
 
 
+def close_open_patch(params, cfg: BLTConfig, state: State, active_B) -> tuple[State, jax.Array]:
+  """Closes the open patch holding byte n-1 for active rows (BLT-D's "force_boundary",
+  docs/choices.md): slot n starts a patch. Its global keys (computed by the previous forward,
+  `open_gk/gv`) are written as a real closed patch and its latent (`open_k/v`) becomes the one
+  byte n-1 and the next block read, as in training. Byte n-1 now ends a patch, so by the
+  previous-patch rule its decoder position reads that latent too: the encoder and decoder step
+  at n-1 is re-run (ring keys and the logits at n-1 replaced). Returns (state, rows that
+  closed). The mode's own decision for slot n (`rule_start`) is kept for the threshold_add
+  guard, as a `max_patch_length` split keeps it."""
+  st = state
+  close = active_B & ~st.next_start & (st.patch_len > 0)
+  rows = jnp.arange(close.shape[0])
+  slot = jnp.where(close, st.n_closed, global_slots(st))
+  gk, gv = flush_global(st)
+  gk = layer_scatter(gk, rows, slot, st.open_gk)
+  gv = layer_scatter(gv, rows, slot, st.open_gv)
+  logits, enc, dec = draft_step(params, cfg, st, st.n - 1, st.hist, st.open_k, st.open_v, close)
+  sel = close[None, :, None, None, None]
+  return dataclasses.replace(
+    st, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
+    pend_idx=jnp.full_like(st.pend_idx, global_slots(st)),
+    n_closed=st.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, st.open_k, st.lat_k),
+    lat_v=jnp.where(sel, st.open_v, st.lat_v), next_start=st.next_start | close,
+    logits=jnp.where(close[:, None], logits, st.logits)), close
+
+
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
-           "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
-           "encoder_states", "empty_state", "cache_dtype", "layer_scatter", "global_slots",
-           "flush_patch", "check_supported", "uses_entropy", "hist_len", "decoding_config",
-           "state_logical_axes", "state_shardings"]
+           "prefill", "draft_step", "close_open_patch", "flush_global", "ring_keys", "ring_write",
+           "run_on_ring", "encoder_states", "empty_state", "cache_dtype", "layer_scatter",
+           "global_slots", "flush_patch", "check_supported", "uses_entropy", "hist_len",
+           "decoding_config", "state_logical_axes", "state_shardings"]
