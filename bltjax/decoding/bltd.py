@@ -28,7 +28,7 @@ from bltjax.config import MASK_ID, BLTConfig
 from bltjax.decoding import engine, runloop, sampling
 from bltjax.decoding.options import BLOCK_LATENTS, EB_RULES, RULES
 from bltjax.modeling import model, patching
-from bltjax.modeling.layers import CacheKeys, dtype_of, run_stack
+from bltjax.modeling.layers import CacheKeys, attending
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +126,11 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
       all_pos = jnp.concatenate([cpos, pos], axis=1)
       all_ids = jnp.concatenate([st.hist[:, st.hist.shape[1] - g:], ids], axis=1)
       x = enc.embed(all_ids, jnp.maximum(all_pos, 0), all_pos >= 0)[:, g:]
-      x, _, _ = run_stack(enc.layers, x, pos, every, prefix_keys(st.enc, start_B, z, wb))
-    dm = m.local_decoder
-    x, _, _ = run_stack(dm.layers, x.astype(dtype_of(cfg.dtype)), pos, every,
-                        prefix_keys(st.dec, start_B, z, wb),
-                        cross=lambda i, x: dm.cross_attn_layers[i].latent(x, lat_k[i][:, None],
-                                                                          lat_v[i][:, None]))
-    return dm.head(x)
+      x, _ = enc.states(x, pos, attending(every, prefix_keys(st.enc, start_B, z, wb)))
+    return m.local_decoder.logits(x, pos, attending(every, prefix_keys(st.dec, start_B, z, wb)),
+                                  lambda i: (lat_k[i][:, None], lat_v[i][:, None]))[0]
 
-  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, ids_BxZ, method=run)
+  return model.apply_blt(params, cfg, run, ids_BxZ)
 
 
 def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rule: tuple,

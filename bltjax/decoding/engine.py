@@ -54,6 +54,7 @@ from bltjax.modeling import kernels, model, patching, sharding
 from bltjax.modeling.layers import (
   CACHE_CHUNK,
   CacheKeys,
+  attending,
   dtype_of,
   local_mask,
   run_stack,
@@ -177,10 +178,6 @@ def hist_len(cfg: BLTConfig) -> int:
   return max((*cfg.hash.group_sizes, 2)) if cfg.hash.num_tables else 2
 
 
-def _blt(params, cfg: BLTConfig, fn, *args):
-  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, *args, method=fn)
-
-
 class _Instrument:
   """Host-side count of the passes each stack really executes (tests compare it with the
   per-row `passes` counters). Off unless `instrument()` is active when a program is traced."""
@@ -262,6 +259,13 @@ def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | N
   x, k, v = run_stack(layers, x_BxQxD, pos_BxQ, mask, ring_keys(ring, pos_BxQ, window), cross)
   last = jnp.max(jnp.where(valid_BxQ, pos_BxQ, -1), axis=1, keepdims=True)
   return x, ring_write(ring, k, v, pos_BxQ, valid_BxQ & (pos_BxQ > last - r))
+
+
+def on_ring(ring: Ring, valid_BxQ, window: int | None):
+  """How a stack attends over Q new positions against its ring, as the model's stage functions
+  take it (`layers.attending`): `run(layers, x, pos, cross=None) -> (x, the ring written)`."""
+  return lambda layers, x, pos, cross=None: run_on_ring(layers, x, pos, valid_BxQ, ring, window,
+                                                        cross)
 
 
 def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
@@ -400,8 +404,7 @@ def _entropy_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_Bx
   tick("entropy", row_on_B)
 
   def ent_fn(m, ids, pos, ring):
-    x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid_BxQ, ring, m.cfg.window)
-    return m.head(x), ring
+    return m.logits(ids, pos, on_ring(ring, valid_BxQ, m.cfg.window))
 
   e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxQ,
                                                  pos_BxQ, st.ent, method=ent_fn)
@@ -420,7 +423,7 @@ def _encoder_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_Bx
     h, ring = encoder_states(m, cfg, hist, pos, valid_BxQ, ring)
     return h, ring, m.local_encoder.pool_kv(h)
 
-  h, enc, (hk, hv) = _blt(params, cfg, enc_fn, hist_BxQxNh, pos_BxQ, st.enc)
+  h, enc, (hk, hv) = model.apply_blt(params, cfg, enc_fn, hist_BxQxNh, pos_BxQ, st.enc)
   return h, enc, hk, hv
 
 
@@ -491,14 +494,13 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
     keys = jnp.concatenate([patch_k, hk.astype(patch_k.dtype)], axis=1)
     vals = jnp.concatenate([patch_v, hv.astype(patch_v.dtype)], axis=1)
     x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
-    x, nk, nv = run_stack(g.layers, g.project_in(x_g), gpos, new_ok,
-                          CacheKeys(gk, gv, used=st.n_closed))
+    x, (nk, nv) = g.latents(x_g, gpos, attending(new_ok, CacheKeys(gk, gv, used=st.n_closed)))
     lk = m.local_decoder.latent_kv(x)
     lat = jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
     return (jnp.stack(nk), jnp.stack(nv), *lat)
 
   def glob_all():
-    return _blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
+    return model.apply_blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
 
   def glob_some(g: int):
     """The global step over each row's first g wanted local patches only (a verification
@@ -507,7 +509,7 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
     sel = jnp.argsort(~wanted, axis=1, stable=True)[:, :g]  # ascending local patch index
     take = lambda x: jnp.take_along_axis(  # noqa: E731
       x, sel.reshape(sel.shape + (1,) * (x.ndim - 2)), axis=1)
-    outs = _blt(params, cfg, glob_fn, take(pmax), take(key_ok), take(gpos),
+    outs = model.apply_blt(params, cfg, glob_fn, take(pmax), take(key_ok), take(gpos),
                 jnp.take_along_axis(take(new_ok), sel[:, None, :], axis=2), gk, gv)
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], sel.shape)
     put = lambda x: jnp.zeros(x.shape[:2] + (q,) + x.shape[3:], x.dtype).at[  # noqa: E731
@@ -561,13 +563,10 @@ def _latent_read(st: State, lay: _Layout, lk, lv):
 def _decoder_stage(params, cfg: BLTConfig, st: State, h_BxQxD, pos_BxQ, valid_BxQ, lat_k, lat_v):
   """(next-byte logits [B, Q, V], decoder ring)."""
   def dec_fn(m, h, ring):
-    dec = m.local_decoder
-    x, ring = run_on_ring(
-      dec.layers, h.astype(dtype_of(cfg.dtype)), pos_BxQ, valid_BxQ, ring, cfg.decoder.window,
-      cross=lambda i, x: dec.cross_attn_layers[i].latent(x, lat_k[i], lat_v[i]))
-    return dec.head(x), ring
+    return m.local_decoder.logits(h, pos_BxQ, on_ring(ring, valid_BxQ, cfg.decoder.window),
+                                  lambda i: (lat_k[i], lat_v[i]))
 
-  return _blt(params, cfg, dec_fn, h_BxQxD, st.dec)
+  return model.apply_blt(params, cfg, dec_fn, h_BxQxD, st.dec)
 
 
 def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bool = False,
@@ -604,7 +603,7 @@ def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Rin
   hpos = pos_BxQ[..., None] - (nh - 1) + jnp.arange(nh)[None, None]
   e = enc.embed(hist_BxQxNh.reshape(b * q, nh), hpos.reshape(b * q, nh),
                 hpos.reshape(b * q, nh) >= 0)[:, -1].reshape(b, q, -1)
-  return run_on_ring(enc.layers, e, pos_BxQ, valid_BxQ, ring, cfg.encoder.window)
+  return enc.states(e, pos_BxQ, on_ring(ring, valid_BxQ, cfg.encoder.window))
 
 
 @jax.jit
@@ -751,15 +750,13 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
 
   def fn(m, hist, enc, dec):
     h, enc = encoder_states(m, cfg, hist[:, None], pos, w, enc)
-    d = m.local_decoder
-    x, dec = run_on_ring(d.layers, h.astype(dtype_of(cfg.dtype)), pos, w, dec, cfg.decoder.window,
-                         cross=lambda i, x: d.cross_attn_layers[i].latent(x, lat_k[i][:, None],
-                                                                          lat_v[i][:, None]))
-    return d.head(x)[:, 0], enc, dec
+    logits, dec = m.local_decoder.logits(h, pos, on_ring(dec, w, cfg.decoder.window),
+                                         lambda i: (lat_k[i][:, None], lat_v[i][:, None]))
+    return logits[:, 0], enc, dec
 
   tick("encoder", active_B)
   tick("decoder", active_B)
-  return _blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
+  return model.apply_blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
 
 
 def close_open_patch(params, cfg: BLTConfig, state: State, active_B) -> tuple[State, jax.Array]:
@@ -790,6 +787,6 @@ def close_open_patch(params, cfg: BLTConfig, state: State, active_B) -> tuple[St
 
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
            "prefill", "draft_step", "close_open_patch", "flush_global", "ring_keys", "ring_write",
-           "run_on_ring", "encoder_states", "empty_state", "cache_dtype", "layer_scatter",
-           "global_slots", "flush_patch", "check_supported", "uses_entropy", "hist_len",
-           "decoding_config", "state_logical_axes", "state_shardings"]
+           "run_on_ring", "on_ring", "encoder_states", "empty_state", "cache_dtype",
+           "layer_scatter", "global_slots", "flush_patch", "check_supported", "uses_entropy",
+           "hist_len", "decoding_config", "state_logical_axes", "state_shardings"]

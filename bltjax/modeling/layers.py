@@ -255,6 +255,17 @@ def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = No
   return x_BxQxD, tuple(ks), tuple(vs)
 
 
+def attending(mask_BxQxT, cache: CacheKeys | None = None):
+  """How a stack's layers attend, as the stages take it (`model`'s `states`, `latents`,
+  `logits`): `run(layers, x, pos, cross=None) -> (x, (k, v) per layer)` over `run_stack` with
+  this mask (dense or an `AttnKernel`) and, optionally, a cache read besides the new keys. The
+  decoding engine's rings give the same contract (`engine.on_ring`)."""
+  def run(layers, x_BxQxD, pos_BxQ, cross=None):
+    x_BxQxD, ks, vs = run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache, cross)
+    return x_BxQxD, (ks, vs)
+  return run
+
+
 def local_mask(qpos_BxQ, kpos_BxT, qdoc_BxQ, kdoc_BxT, kvalid_BxT, window: int | None):
   """Causal (optionally windowed, W keys incl. self) mask that never crosses a document."""
   d = qpos_BxQ[:, :, None] - kpos_BxT[:, None, :]
