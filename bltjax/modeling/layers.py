@@ -446,9 +446,12 @@ class CrossAttention(nn.Module):
     per byte, BLT; G = blocks: BLT-D's block stream; G = 1: a draft or block shares one)."""
     b, q, _ = x_BxQxD.shape
     g = k_BxGxCxHxK.shape[1]
-    q_BxGxZxHxK = self.query(x_BxQxD).reshape(b, g, q // g, *k_BxGxCxHxK.shape[3:])
-    s = jnp.einsum("bgzhk,bgchk->bgzhc", q_BxGxZxHxK, k_BxGxCxHxK,
+    # Runs of one position (G = Q) drop the run axis: a size-1 axis costs transposes per step.
+    z, run = (q // g, "z") if g < q else (1, "")
+    q_BxGxZxHxK = self.query(x_BxQxD).reshape(b, g, *((z,) if run else ()),
+                                              *k_BxGxCxHxK.shape[3:])
+    s = jnp.einsum(f"bg{run}hk,bgchk->bg{run}hc", q_BxGxZxHxK, k_BxGxCxHxK,
                    preferred_element_type=jnp.float32) / math.sqrt(q_BxGxZxHxK.shape[-1])
     p = jax.nn.softmax(s, axis=-1).astype(v_BxGxCxHxK.dtype)
-    o = jnp.einsum("bgzhc,bgchk->bgzhk", p, v_BxGxCxHxK)
-    return self.output(x_BxQxD, o.reshape(b, q, *o.shape[3:]))
+    o = jnp.einsum(f"bg{run}hc,bgchk->bg{run}hk", p, v_BxGxCxHxK)
+    return self.output(x_BxQxD, o.reshape(b, q, *o.shape[-2:]))
