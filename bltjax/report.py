@@ -39,6 +39,10 @@ def load_run(path: str) -> dict[str, Any]:
   return res
 
 
+def _info(r: dict[str, Any]) -> options.MethodInfo:
+  return options.info(r["method"])
+
+
 def method_label(r: dict[str, Any]) -> str:
   return options.label(r["method"], r.get("settings", {}).get("block_size"))
 
@@ -58,7 +62,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 def _baseline(r: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any] | None:
   ckpt = r.get("settings", {}).get("checkpoint")
   for b in runs:
-    if b["suite"] == r["suite"] and b["method"] == "ar" and \
+    if b["suite"] == r["suite"] and _info(b).baseline and \
         b.get("settings", {}).get("checkpoint") == ckpt:
       return b
   return None
@@ -80,7 +84,7 @@ def efficiency_cells(r: dict[str, Any], runs: list[dict[str, Any]], group: str |
     zero = "0 B" if "new_bytes" in e else "–"
     return [zero, zero, zero, "–", _fmt(e.get("bytes_per_second"), ".1f"), "–"]
   gb, bgb = pb["est_bandwidth_gb"], (bpb or {}).get("est_bandwidth_gb")
-  if r["method"] == "ar":
+  if _info(r).baseline:
     dec = "–"
   elif base is not None and not bpb:
     dec = "– (AR: 0 B)"
@@ -137,15 +141,10 @@ def suite_tables(suite: str, runs: list[dict[str, Any]]) -> list[tuple[str, str]
   return []
 
 
-GEN_KEYS = ("model", "method", "setting", "temperature", "alpha", "gen_bpb", "gen_bpb_se",
+GEN_KEYS = ("model", "method", "setting", "temperature", "alpha", "k", "gen_bpb", "gen_bpb_se",
             "entropy", "eq8_gb_per_byte", "nfe_decoder_per_byte", "nfe_global_per_byte",
             "steps_per_block", "acceptance", "agreement", "bytes_per_verification", "bytes_per_s",
             "new_bytes", "empty_rows")
-
-
-def _rule(r: dict[str, Any]) -> str:
-  return r.get("settings", {}).get("rule") or {"bltd": "confidence", "bltdv": "entropy"}.get(
-    r["method"], "")
 
 
 def generation_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,19 +156,19 @@ def generation_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
   for r in runs:
     if r["suite"] != "gen":
       continue
-    s, sc, m = r.get("settings", {}), r["scores"], r["method"]
+    s, sc, m, mi = r.get("settings", {}), r["scores"], r["method"], _info(r)
     pb, nfe = r.get("per_byte") or {}, r.get("nfe") or {}
     spec, blocks = r.get("speculation"), r.get("blocks")
+    cycles = (blocks or spec or {}).get("blocks" if blocks else "cycles")
     steps = None
-    if m == "bltd" and blocks and blocks.get("blocks"):
-      steps = nfe["decoder"] / blocks["blocks"]  # pooled: Σ steps / Σ blocks
-    elif m == "bltdv" and spec and spec.get("cycles"):
-      steps = nfe["decoder"] / spec["cycles"] - 1  # the paper counts steps + 1 per cycle
+    if mi.denoises and cycles:  # pooled: Σ steps / Σ cycles; BLT-DV's verification pass aside
+      steps = nfe["decoder"] / cycles - mi.verify_passes
     label = setting_label({**r, "settings": {**s, "temperature": 0}})
     rows.append({
       "model": r.get("model"), "method": m, "setting": label,
       "temperature": s.get("temperature", 0.0),
-      "alpha": s.get("alpha") if m == "bltd" and _rule(r) == "confidence" else None,
+      "alpha": mi.swept(s) if mi.sweep == "alpha" else None,
+      "k": mi.swept(s) if mi.sweep == "draft_k" else None,
       "gen_bpb": sc.get("gen_bpb"), "gen_bpb_se": sc.get("gen_bpb_se"),
       "entropy": sc.get("entropy"), "eq8_gb_per_byte": pb.get("est_bandwidth_gb"),
       "nfe_decoder_per_byte": pb.get("nfe_decoder"),
@@ -195,16 +194,16 @@ def gen_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
           "bytes/s", "New bytes"]
   out = []
   body = []
-  order = {"ar": 0, "blts": 1, "bltd": 2, "bltdv": 3}
+  order = {m: i for i, m in enumerate(options.METHODS)}
   rows = sorted(rows, key=lambda x: (x["model"] != "BLT", str(x["model"]), order.get(
     x["method"], 9), x["temperature"] == 0, -x["temperature"], x["alpha"] is not None,
-    x["alpha"] or 0, _k(x) if x["method"] == "blts" else 0))
+    x["alpha"] or 0, x["k"] or 0))
   for x in rows:
     q = "–" if x["gen_bpb"] is None else (
       f"{x['gen_bpb']:.3f}" + ("" if x["gen_bpb_se"] is None else f" ± {x['gen_bpb_se']:.3f}"))
     acc = "–" if x["acceptance"] is None else f"{x['acceptance']:.2f} / {x['agreement']:.2f}"
     gb = x["eq8_gb_per_byte"]
-    body.append([str(x["model"]), _METHOD_NAMES.get(x["method"], x["method"]), x["setting"],
+    body.append([str(x["model"]), options.info(x["method"]).short, x["setting"],
                  _temp(x["temperature"]), q, _fmt(x["entropy"], ".2f"),
                  "0 B" if gb is None else _fmt(gb * 1e3, ".4g"),
                  "0 B" if gb is None else _fmt(x["nfe_decoder_per_byte"], ".3f"),
@@ -220,24 +219,16 @@ def gen_tables(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
       [[str(x["model"]), _temp(x["temperature"]), f"{x['alpha']:g}",
         _fmt(x["steps_per_block"], ".2f"), _fmt(x["gen_bpb"], ".3f"), _fmt(x["entropy"], ".2f"),
         _fmt(x["eq8_gb_per_byte"] and x["eq8_gb_per_byte"] * 1e3, ".4g")] for x in alpha])))
-  spec = sorted((x for x in rows if x["method"] == "blts"),
-                key=lambda x: (x["temperature"], _k(x)))
+  spec = sorted((x for x in rows if x["k"] is not None), key=lambda x: (x["temperature"], x["k"]))
   if spec:
     out.append(("BLT-S draft length k (figure: blts_vs_k.png)", _table(
       ["Decoding", "k", "Acceptance (a) accepted / drafted", "Agreement (b)",
        "Bytes / verification", "Gen. bpb", "Est. MB / B"],
-      [[_temp(x["temperature"]), str(_k(x)), _fmt(x["acceptance"], ".3f"),
+      [[_temp(x["temperature"]), str(x["k"]), _fmt(x["acceptance"], ".3f"),
         _fmt(x["agreement"], ".3f"), _fmt(x["bytes_per_verification"], ".2f"),
         _fmt(x["gen_bpb"], ".3f"),
         _fmt(x["eq8_gb_per_byte"] and x["eq8_gb_per_byte"] * 1e3, ".4g")] for x in spec])))
   return out
-
-
-_METHOD_NAMES = {"ar": "AR", "blts": "BLT-S", "bltd": "BLT-D", "bltdv": "BLT-DV"}
-
-
-def _k(x: dict[str, Any]) -> int:
-  return int(x["setting"].split("=")[1].split(",")[0])
 
 
 def _pct(x: float | None) -> float | None:
@@ -296,13 +287,14 @@ def figures(runs: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
     fig.savefig(out / "speed_vs_bandwidth.png", dpi=120)
     plt.close(fig)
     made.append(("Wall-clock speed vs estimated bandwidth", "speed_vs_bandwidth.png"))
-  made += _line_figure(plt, [r for r in runs if r["method"] == "blts" and r.get("speculation")],
+  made += _line_figure(plt, [r for r in runs if _info(r).sweep == "draft_k"
+                             and r.get("speculation")],
                        lambda r: r["settings"].get("draft_k"),
                        lambda r: r["speculation"].get("acceptance"), lambda r: r["suite"],
                        "draft length k", "acceptance (accepted / drafted)",
                        out / "acceptance_vs_draft.png", "BLT-S acceptance vs draft length")
-  bltd = [r for r in runs if r["method"] == "bltd" and r.get("blocks")
-          and (r["settings"].get("rule") or "confidence") == "confidence"]
+  bltd = [r for r in runs if _info(r).sweep == "alpha" and r.get("blocks")
+          and _info(r).swept(r["settings"]) is not None]
   made += _line_figure(plt, bltd, lambda r: r["settings"].get("alpha"),
                        lambda r: r["blocks"].get("decoder_steps_per_block"),
                        lambda r: f"{r['suite']} {method_label(r)}", "confidence threshold α",
@@ -311,21 +303,15 @@ def figures(runs: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
   return made
 
 
-_STYLE = {"ar": ("k", "*"), "blts": ("tab:blue", "o"), "bltd": ("tab:red", "s"),
-          "bltdv": ("tab:green", "^")}
-
-
 def _family(x: dict[str, Any]) -> tuple[str, str]:
   """(legend label, method) of a generation row: one line or point per family."""
-  m, lab = x["method"], _METHOD_NAMES.get(x["method"], x["method"])
-  if m == "ar":
-    return f"AR ({x['model']})", m
-  if m == "bltd":
+  mi = options.info(x["method"])
+  if mi.sweep == "draft_k":
+    return f"{mi.short} k", mi.name
+  if mi.sweep == "alpha":
     return (f"{x['model']} conf α" if x["alpha"] is not None
-            else f"{x['model']} {x['setting']}"), m
-  if m == "bltdv":
-    return f"BLT-DV ({x['model']})", m
-  return f"{lab} k", m
+            else f"{x['model']} {x['setting']}"), mi.name
+  return f"{mi.short} ({x['model']})", mi.name
 
 
 _OFFSETS = ((3, 6), (3, -11))  # points: neighbouring labels alternate above and below
@@ -339,14 +325,14 @@ def _clusters(xs: list[dict[str, Any]], method: str, ax) -> list[tuple[tuple[flo
   out: list[list] = []
   for x in xs:
     px, py = x["eq8_gb_per_byte"] * 1e3, x["gen_bpb"]
-    name = f"{x['alpha']:g}" if method == "bltd" else str(_k(x))
+    name = f"{x['alpha']:g}" if x["alpha"] is not None else str(x["k"])
     for c in out:
       if abs(c[0] - px) < 0.03 * span_x and abs(c[1] - py) < 0.03 * span_y:
         c[2].append(name)
         break
     else:
       out.append([px, py, [name]])
-  key = "α" if method == "bltd" else "k"
+  key = "α" if options.info(method).sweep == "alpha" else "k"
   return [((px, py), f"{key}={','.join(names)}") for px, py, names in out]
 
 
@@ -367,13 +353,12 @@ def gen_figures(plt, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, s
       if x["temperature"] == t:
         fams.setdefault(_family(x), []).append(x)
     for (lab, m), xs in sorted(fams.items()):
-      key = (lambda x: x["alpha"]) if m == "bltd" and xs[0]["alpha"] is not None else (
-        _k if m == "blts" else (lambda x: 0))
-      xs = sorted(xs, key=key)
-      color, marker = _STYLE[m]
-      if "BLT-D" in str(xs[0]["model"]) and m == "ar":
+      mi = options.info(m)
+      xs = sorted(xs, key=lambda x: x["alpha"] or x["k"] or 0)
+      color, marker = mi.style
+      if "BLT-D" in str(xs[0]["model"]) and mi.baseline:
         color = "tab:gray"
-      if m == "bltd" and xs[0]["alpha"] is None:
+      if mi.sweep == "alpha" and xs[0]["alpha"] is None:
         marker = "D"
       ax.plot([x["eq8_gb_per_byte"] * 1e3 for x in xs], [x["gen_bpb"] for x in xs],
               marker=marker, color=color, label=lab, lw=1, ms=6, alpha=0.85)
@@ -415,7 +400,7 @@ def gen_figures(plt, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, s
                    color=c, label=lab)
       axes[1].plot([x["alpha"] for x in xs], [x["gen_bpb"] for x in xs], marker="o", color=c,
                    label=lab)
-      ref = [x for x in rows if x["method"] == "ar" and x["temperature"] == t
+      ref = [x for x in rows if options.info(x["method"]).baseline and x["temperature"] == t
              and x["model"] == "BLT"]
       if ref:
         axes[1].axhline(ref[0]["gen_bpb"], color=c, ls=":", lw=1)
@@ -431,13 +416,13 @@ def gen_figures(plt, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, s
     plt.close(fig)
     made.append(("BLT-D: steps per block and generative bpb vs α", "alpha_curves.png"))
 
-  spec = [x for x in rows if x["method"] == "blts"]
+  spec = [x for x in rows if x["k"] is not None]
   if spec:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for t, c in zip(sorted({x["temperature"] for x in spec}), ("k", "tab:blue", "tab:cyan"),
                     strict=False):
-      xs = sorted((x for x in spec if x["temperature"] == t), key=_k)
-      ks = [_k(x) for x in xs]
+      xs = sorted((x for x in spec if x["temperature"] == t), key=lambda x: x["k"])
+      ks = [x["k"] for x in xs]
       axes[0].plot(ks, [x["acceptance"] for x in xs], marker="o", color=c,
                    label=f"{_temp(t)}: (a) accepted / drafted")
       axes[0].plot(ks, [x["agreement"] for x in xs], marker="x", ls="--", color=c,
@@ -447,7 +432,7 @@ def gen_figures(plt, rows: list[dict[str, Any]], out: Path) -> list[tuple[str, s
     axes[0].set(xlabel="draft length k", ylabel="acceptance", title="BLT-S acceptance vs k")
     axes[1].set(xlabel="draft length k", ylabel="bytes per verification",
                 title="BLT-S bytes per verification vs k")
-    ks = sorted({_k(x) for x in spec})
+    ks = sorted({x["k"] for x in spec})
     for ax in axes:
       ax.set_xscale("log", base=2)
       ax.set_xticks(ks, [str(k) for k in ks])

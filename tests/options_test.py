@@ -40,3 +40,24 @@ def test_bad_flag_combinations_name_the_flag(flags, msg, capsys):
   assert e.value.code == 2 and msg in capsys.readouterr().err
   assert eval_main.main(["--suite", "bpb", "--output", "o", "--checkpoint", "c", *flags]) == 2
   assert msg in capsys.readouterr().err
+
+
+def test_no_caller_switches_on_a_method_name():
+  """The report and the option checks read the method records (`options.INFO`), never a name:
+  a method's labels, defaults and figure roles live in its record."""
+  from pathlib import Path
+
+  from bltjax import report
+  for mod in (report, options):
+    src = Path(mod.__file__).read_text()
+    if mod is options:  # its functions, past the records and the --method flag's default
+      body = src[src.index("def info("):src.index("def add_args(")] + src[src.index(
+        "def check_args("):]
+    else:
+      body = src
+    for name in options.METHODS:
+      assert f'"{name}"' not in body and f"'{name}'" not in body, (mod.__name__, name)
+  assert options.check("ar", options.Options(block_latent="force_boundary")) == (
+    "block_latent", "force_boundary applies to bltd only")
+  assert options.check("blts", options.Options(draft_k=0))[0] == "draft_k"
+  assert options.check("ar", options.Options(draft_k=0)) is None  # ar takes no draft window

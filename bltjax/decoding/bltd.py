@@ -4,7 +4,8 @@ Per cycle, with n committed ids:
   latent   the block latent L: the latent of the patch holding byte n-1, pooled over the bytes
            it has ("partial_last_patch", docs/choices.md): `state.open_k/v`, which the engine's
            previous forward computed at its last position (no extra global pass).
-           "force_boundary" instead closes that patch for good at the block start.
+           "force_boundary" instead closes that patch for good at the block start
+           (`engine.close_open_patch`).
   denoise  Z positions n..n+Z-1 start as [MASK]; each step runs the local decoder over the block
            only (bidirectional within it, cross-attending L, causal onto the clean decoder ring
            within diffusion.block_prefix_window of the block start) and commits masked positions
@@ -27,7 +28,7 @@ from bltjax.config import MASK_ID, BLTConfig
 from bltjax.decoding import engine, runloop, sampling
 from bltjax.decoding.options import BLOCK_LATENTS, EB_RULES, RULES
 from bltjax.modeling import model, patching
-from bltjax.modeling.layers import CacheKeys, dtype_of, run_stack
+from bltjax.modeling.layers import CacheKeys, attending
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +126,11 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
       all_pos = jnp.concatenate([cpos, pos], axis=1)
       all_ids = jnp.concatenate([st.hist[:, st.hist.shape[1] - g:], ids], axis=1)
       x = enc.embed(all_ids, jnp.maximum(all_pos, 0), all_pos >= 0)[:, g:]
-      x, _, _ = run_stack(enc.layers, x, pos, every, prefix_keys(st.enc, start_B, z, wb))
-    dm = m.local_decoder
-    x, _, _ = run_stack(dm.layers, x.astype(dtype_of(cfg.dtype)), pos, every,
-                        prefix_keys(st.dec, start_B, z, wb),
-                        cross=lambda i, x: dm.cross_attn_layers[i].one_latent(x, lat_k[i],
-                                                                              lat_v[i]))
-    return dm.head(x)
+      x, _ = enc.states(x, pos, attending(every, prefix_keys(st.enc, start_B, z, wb)))
+    return m.local_decoder.logits(x, pos, attending(every, prefix_keys(st.dec, start_B, z, wb)),
+                                  lambda i: (lat_k[i][:, None], lat_v[i][:, None]))[0]
 
-  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, ids_BxZ, method=run)
+  return model.apply_blt(params, cfg, run, ids_BxZ)
 
 
 def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rule: tuple,
@@ -176,31 +173,6 @@ def denoise(params, cfg: BLTConfig, st: engine.State, start_B, lat_k, lat_v, rul
                                          jnp.zeros((b, z, cfg.vocab_size), jnp.float32)))
 
 
-def force_boundary(params, cfg: BLTConfig, st: engine.State, active_B):
-  """Closes the open patch holding byte n-1 ("force_boundary", docs/choices.md): slot n starts
-  a patch. Its global keys (computed by the previous forward) are written as a real closed
-  patch and its latent is what the block reads, as in training. Byte n-1 now ends a patch, so by
-  the previous-patch rule its decoder position reads that latent too: the encoder and decoder
-  step at n-1 is re-run (ring keys and the logits at n-1 replaced). Returns (state, rows that
-  closed). The mode's own decision for slot n (`rule_start`) is kept for the threshold_add
-  guard, as a `max_patch_length` split keeps it."""
-  close = active_B & ~st.next_start & (st.patch_len > 0)
-  rows = jnp.arange(close.shape[0])
-  slot = jnp.where(close, st.n_closed, engine.global_slots(st))
-  gk, gv = engine.flush_global(st)
-  gk = engine.layer_scatter(gk, rows, slot, st.open_gk)
-  gv = engine.layer_scatter(gv, rows, slot, st.open_gv)
-  logits, enc, dec = engine.draft_step(params, cfg, st, st.n - 1, st.hist, st.open_k,
-                                       st.open_v, close)
-  sel = close[None, :, None, None, None]
-  return dataclasses.replace(
-    st, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
-    pend_idx=jnp.full_like(st.pend_idx, engine.global_slots(st)),
-    n_closed=st.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, st.open_k, st.lat_k),
-    lat_v=jnp.where(sel, st.open_v, st.lat_v), next_start=st.next_start | close,
-    logits=jnp.where(close[:, None], logits, st.logits)), close
-
-
 def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, opts):
   rule, block_latent = opts
   st = g.state
@@ -209,7 +181,7 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
   enc_states = cfg.diffusion.block_input == "encoder_states"
   closed = jnp.zeros_like(active)
   if block_latent == "force_boundary":
-    st, closed = force_boundary(params, cfg, st, active)
+    st, closed = engine.close_open_patch(params, cfg, st, active)
   ids, steps, _ = denoise(params, cfg, st, st.n, st.open_k, st.open_v, rule, ctx, active)
   # BLT-D keeps its own ids (no verification): one forward caches them and computes the next
   # block's latent at its last position.
@@ -225,4 +197,4 @@ def cycle(params, cfg: BLTConfig, g: runloop.GenState, ctx: runloop.LoopArgs, op
 
 
 __all__ = ["BlockRule", "RULES", "EB_RULES", "BLOCK_LATENTS", "check_supported", "commit_mask",
-           "prefix_keys", "block_logits", "denoise", "force_boundary", "cycle"]
+           "prefix_keys", "block_logits", "denoise", "cycle"]

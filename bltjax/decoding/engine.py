@@ -50,10 +50,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bltjax.config import BLTConfig
-from bltjax.modeling import model, patching, sharding
+from bltjax.modeling import kernels, model, patching, sharding
 from bltjax.modeling.layers import (
   CACHE_CHUNK,
   CacheKeys,
+  attending,
   dtype_of,
   local_mask,
   run_stack,
@@ -177,10 +178,6 @@ def hist_len(cfg: BLTConfig) -> int:
   return max((*cfg.hash.group_sizes, 2)) if cfg.hash.num_tables else 2
 
 
-def _blt(params, cfg: BLTConfig, fn, *args):
-  return model.blt_module(cfg).apply({"params": model.blt_params(params)}, *args, method=fn)
-
-
 class _Instrument:
   """Host-side count of the passes each stack really executes (tests compare it with the
   per-row `passes` counters). Off unless `instrument()` is active when a program is traced."""
@@ -264,6 +261,13 @@ def run_on_ring(layers, x_BxQxD, pos_BxQ, valid_BxQ, ring: Ring, window: int | N
   return x, ring_write(ring, k, v, pos_BxQ, valid_BxQ & (pos_BxQ > last - r))
 
 
+def on_ring(ring: Ring, valid_BxQ, window: int | None):
+  """How a stack attends over Q new positions against its ring, as the model's stage functions
+  take it (`layers.attending`): `run(layers, x, pos, cross=None) -> (x, the ring written)`."""
+  return lambda layers, x, pos, cross=None: run_on_ring(layers, x, pos, valid_BxQ, ring, window,
+                                                        cross)
+
+
 def _empty_ring(n_layers: int, b: int, g: int, r: int, kd: int, dtype) -> Ring:
   z = (jnp.zeros((b * g, r, kd), dtype),) * n_layers
   return Ring(z, z, jnp.full((b, r), -1, jnp.int32))
@@ -318,6 +322,11 @@ def flush_patch(state: State) -> tuple[jax.Array, jax.Array]:
   rows = jnp.broadcast_to(jnp.arange(state.pend_slot.shape[0])[:, None], state.pend_slot.shape)
   put = lambda buf, x: buf.at[rows, state.pend_slot].set(x, mode="drop")  # noqa: E731
   return put(state.patch_k, state.pend_hk), put(state.patch_v, state.pend_hv)
+
+
+def _open_max(state: State, on_B) -> jax.Array:
+  """The open patch's running max where `on_B` (its bytes continue it), else -inf (none)."""
+  return jnp.where(on_B[:, None], state.patch_max, -jnp.inf)
 
 
 def global_slots(state: State) -> int:
@@ -395,8 +404,7 @@ def _entropy_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_Bx
   tick("entropy", row_on_B)
 
   def ent_fn(m, ids, pos, ring):
-    x, ring = run_on_ring(m.layers, m.embed(ids), pos, valid_BxQ, ring, m.cfg.window)
-    return m.head(x), ring
+    return m.logits(ids, pos, on_ring(ring, valid_BxQ, m.cfg.window))
 
   e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxQ,
                                                  pos_BxQ, st.ent, method=ent_fn)
@@ -415,7 +423,7 @@ def _encoder_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_Bx
     h, ring = encoder_states(m, cfg, hist, pos, valid_BxQ, ring)
     return h, ring, m.local_encoder.pool_kv(h)
 
-  h, enc, (hk, hv) = _blt(params, cfg, enc_fn, hist_BxQxNh, pos_BxQ, st.enc)
+  h, enc, (hk, hv) = model.apply_blt(params, cfg, enc_fn, hist_BxQxNh, pos_BxQ, st.enc)
   return h, enc, hk, hv
 
 
@@ -463,10 +471,7 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
   jj = jnp.arange(q, dtype=jnp.int32)
   old_len, patch, closes = lay.old_len, lay.patch, lay.closes
   hd = h_BxQxD.astype(st.patch_max.dtype)
-  pmax = jax.vmap(lambda x, i: jax.ops.segment_max(x, i, num_segments=q + 1))(hd, lay.seg)[:, :q]
-  pmax = pmax.at[:, 0].set(jnp.where((old_len > 0)[:, None],
-                                     jnp.maximum(pmax[:, 0], st.patch_max), pmax[:, 0]))
-  pmax = jnp.where(jnp.isneginf(pmax), 0, pmax)  # empty patches: finite (their output is unused)
+  pmax = kernels.max_pool(hd, patch, valid_BxQ, q, open_BxD=_open_max(st, old_len > 0))
   patch_k, patch_v = flush_patch(st)
   cap = patch_k.shape[1]
   p_q = jj[:, None]  # [Q(patch), 1]
@@ -489,14 +494,13 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
     keys = jnp.concatenate([patch_k, hk.astype(patch_k.dtype)], axis=1)
     vals = jnp.concatenate([patch_v, hv.astype(patch_v.dtype)], axis=1)
     x_g = enc_m.pool_patches(pmax, keys, vals, key_ok)
-    x, nk, nv = run_stack(g.layers, g.project_in(x_g), gpos, new_ok,
-                          CacheKeys(gk, gv, used=st.n_closed))
+    x, (nk, nv) = g.latents(x_g, gpos, attending(new_ok, CacheKeys(gk, gv, used=st.n_closed)))
     lk = m.local_decoder.latent_kv(x)
     lat = jnp.stack([a for a, _ in lk]), jnp.stack([a for _, a in lk])
     return (jnp.stack(nk), jnp.stack(nv), *lat)
 
   def glob_all():
-    return _blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
+    return model.apply_blt(params, cfg, glob_fn, pmax, key_ok, gpos, new_ok, gk, gv)
 
   def glob_some(g: int):
     """The global step over each row's first g wanted local patches only (a verification
@@ -505,7 +509,7 @@ def _global_stage(params, cfg: BLTConfig, st: State, lay: _Layout, h_BxQxD, hk, 
     sel = jnp.argsort(~wanted, axis=1, stable=True)[:, :g]  # ascending local patch index
     take = lambda x: jnp.take_along_axis(  # noqa: E731
       x, sel.reshape(sel.shape + (1,) * (x.ndim - 2)), axis=1)
-    outs = _blt(params, cfg, glob_fn, take(pmax), take(key_ok), take(gpos),
+    outs = model.apply_blt(params, cfg, glob_fn, take(pmax), take(key_ok), take(gpos),
                 jnp.take_along_axis(take(new_ok), sel[:, None, :], axis=2), gk, gv)
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], sel.shape)
     put = lambda x: jnp.zeros(x.shape[:2] + (q,) + x.shape[3:], x.dtype).at[  # noqa: E731
@@ -559,13 +563,10 @@ def _latent_read(st: State, lay: _Layout, lk, lv):
 def _decoder_stage(params, cfg: BLTConfig, st: State, h_BxQxD, pos_BxQ, valid_BxQ, lat_k, lat_v):
   """(next-byte logits [B, Q, V], decoder ring)."""
   def dec_fn(m, h, ring):
-    dec = m.local_decoder
-    x, ring = run_on_ring(
-      dec.layers, h.astype(dtype_of(cfg.dtype)), pos_BxQ, valid_BxQ, ring, cfg.decoder.window,
-      cross=lambda i, x: dec.cross_attn_layers[i].gathered(x, lat_k[i], lat_v[i]))
-    return dec.head(x), ring
+    return m.local_decoder.logits(h, pos_BxQ, on_ring(ring, valid_BxQ, cfg.decoder.window),
+                                  lambda i: (lat_k[i], lat_v[i]))
 
-  return _blt(params, cfg, dec_fn, h_BxQxD, st.dec)
+  return model.apply_blt(params, cfg, dec_fn, h_BxQxD, st.dec)
 
 
 def _forward(params, cfg: BLTConfig, st: State, ids_BxQ, valid_BxQ, *, fresh: bool = False,
@@ -602,7 +603,7 @@ def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Rin
   hpos = pos_BxQ[..., None] - (nh - 1) + jnp.arange(nh)[None, None]
   e = enc.embed(hist_BxQxNh.reshape(b * q, nh), hpos.reshape(b * q, nh),
                 hpos.reshape(b * q, nh) >= 0)[:, -1].reshape(b, q, -1)
-  return run_on_ring(enc.layers, e, pos_BxQ, valid_BxQ, ring, cfg.encoder.window)
+  return enc.states(e, pos_BxQ, on_ring(ring, valid_BxQ, cfg.encoder.window))
 
 
 @jax.jit
@@ -641,8 +642,8 @@ def commit(ext: Extension, a_B, active_B) -> State:
     pk = st.patch_k.at[rows, slot].set(hk, mode="drop")
     pv = st.patch_v.at[rows, slot].set(hv, mode="drop")
     pend = dict(pend_slot=jnp.full_like(st.pend_slot, cap))
-  pmax = jnp.max(jnp.where(mine[..., None], ext.h, -jnp.inf), axis=1)
-  pmax = jnp.where(((p_a == 0) & (old_len > 0))[:, None], jnp.maximum(pmax, st.patch_max), pmax)
+  pmax = kernels.max_pool(ext.h, jnp.zeros_like(ext.patch), mine, 1,
+                          open_BxD=_open_max(st, (p_a == 0) & (old_len > 0)))[:, 0]
   n_new_closed = jnp.sum((ext.start & (jj <= a[:, None])).astype(jnp.int32), axis=1)
   start_a = at(ext.start)
   # The open latent: patch p_a pooled over the window (valid when a is the window's last
@@ -737,7 +738,7 @@ def state_shardings(state: State, mesh, rules=None) -> State:
 
 
 # ------------------------------------------------------------------------------------------------
-# Local stacks only: drafts, x0 of BLT-DV, the force_boundary re-run.
+# Local stacks only: drafts, x0 of BLT-DV; closing the open patch (BLT-D's force_boundary).
 
 
 def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, lat_v, active_B):
@@ -749,19 +750,43 @@ def draft_step(params, cfg: BLTConfig, state: State, pos_B, hist_BxNh, lat_k, la
 
   def fn(m, hist, enc, dec):
     h, enc = encoder_states(m, cfg, hist[:, None], pos, w, enc)
-    d = m.local_decoder
-    x, dec = run_on_ring(d.layers, h.astype(dtype_of(cfg.dtype)), pos, w, dec, cfg.decoder.window,
-                         cross=lambda i, x: d.cross_attn_layers[i].one_latent(x, lat_k[i],
-                                                                              lat_v[i]))
-    return d.head(x)[:, 0], enc, dec
+    logits, dec = m.local_decoder.logits(h, pos, on_ring(dec, w, cfg.decoder.window),
+                                         lambda i: (lat_k[i][:, None], lat_v[i][:, None]))
+    return logits[:, 0], enc, dec
 
   tick("encoder", active_B)
   tick("decoder", active_B)
-  return _blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
+  return model.apply_blt(params, cfg, fn, hist_BxNh, state.enc, state.dec)
+
+
+def close_open_patch(params, cfg: BLTConfig, state: State, active_B) -> tuple[State, jax.Array]:
+  """Closes the open patch holding byte n-1 for active rows (BLT-D's "force_boundary",
+  docs/choices.md): slot n starts a patch. Its global keys (computed by the previous forward,
+  `open_gk/gv`) are written as a real closed patch and its latent (`open_k/v`) becomes the one
+  byte n-1 and the next block read, as in training. Byte n-1 now ends a patch, so by the
+  previous-patch rule its decoder position reads that latent too: the encoder and decoder step
+  at n-1 is re-run (ring keys and the logits at n-1 replaced). Returns (state, rows that
+  closed). The mode's own decision for slot n (`rule_start`) is kept for the threshold_add
+  guard, as a `max_patch_length` split keeps it."""
+  st = state
+  close = active_B & ~st.next_start & (st.patch_len > 0)
+  rows = jnp.arange(close.shape[0])
+  slot = jnp.where(close, st.n_closed, global_slots(st))
+  gk, gv = flush_global(st)
+  gk = layer_scatter(gk, rows, slot, st.open_gk)
+  gv = layer_scatter(gv, rows, slot, st.open_gv)
+  logits, enc, dec = draft_step(params, cfg, st, st.n - 1, st.hist, st.open_k, st.open_v, close)
+  sel = close[None, :, None, None, None]
+  return dataclasses.replace(
+    st, enc=enc, dec=dec, glob_k=gk, glob_v=gv,
+    pend_idx=jnp.full_like(st.pend_idx, global_slots(st)),
+    n_closed=st.n_closed + close.astype(jnp.int32), lat_k=jnp.where(sel, st.open_k, st.lat_k),
+    lat_v=jnp.where(sel, st.open_v, st.lat_v), next_start=st.next_start | close,
+    logits=jnp.where(close[:, None], logits, st.logits)), close
 
 
 __all__ = ["Ring", "State", "CacheSpec", "Extension", "PASSES", "forward", "commit", "step",
-           "prefill", "draft_step", "flush_global", "ring_keys", "ring_write", "run_on_ring",
-           "encoder_states", "empty_state", "cache_dtype", "layer_scatter", "global_slots",
-           "flush_patch", "check_supported", "uses_entropy", "hist_len", "decoding_config",
-           "state_logical_axes", "state_shardings"]
+           "prefill", "draft_step", "close_open_patch", "flush_global", "ring_keys", "ring_write",
+           "run_on_ring", "on_ring", "encoder_states", "empty_state", "cache_dtype",
+           "layer_scatter", "global_slots", "flush_patch", "check_supported", "uses_entropy",
+           "hist_len", "decoding_config", "state_logical_axes", "state_shardings"]

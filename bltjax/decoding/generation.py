@@ -26,7 +26,7 @@ import numpy as np
 
 from bltjax import multihost
 from bltjax.config import BOS_ID, EOS_ID, OFFSET, BLTConfig, encode_prompt, ids_to_bytes
-from bltjax.decoding import ar, bltd, bltdv, blts, engine, runloop, sampling
+from bltjax.decoding import ar, bltd, bltdv, blts, engine, options, runloop, sampling
 from bltjax.decoding.options import BLOCK_LATENTS, RULE_DEFAULTS, Options
 from bltjax.modeling import model, sharding
 
@@ -83,6 +83,16 @@ class Method:
   blocks: bool = False  # reports per-block statistics (BLT-D)
   open_latent: bool = False  # the prefill also computes the open patch's latent
 
+  @property
+  def info(self) -> options.MethodInfo:
+    """Labels, options, defaults: the jax-free part of the record (`options.INFO`)."""
+    return options.info(self.name)
+
+  def program(self, cfg: BLTConfig, opt: Options) -> tuple[int, Any, bool]:
+    """(max_q, the cycle's static options, sampled): what its compiled programs depend on
+    besides shapes (greedy programs carry no probability tensors)."""
+    return (*self.static(cfg, opt), opt.temperature > 0)
+
 
 def _rule(name: str, opt: Options) -> tuple[str, str]:
   return opt.rule or RULE_DEFAULTS[name], opt.eb_rule
@@ -103,18 +113,13 @@ def _check_blocks(name: str, one_step_to_sample: str | None = None):
   return check_options
 
 
-def _check_draft_k(opt: Options) -> None:
-  if opt.draft_k < 1:
-    raise ValueError(f"draft_k: the draft window must be >= 1, got {opt.draft_k}")
-
-
 METHODS: dict[str, Method] = {
   "ar": Method("ar", "cached autoregressive BLT", engine.check_supported, ar.cycle,
                static=lambda cfg, opt: (1, None)),
   "blts": Method("blts", "BLT-S self-speculation (= ar: greedy bytes, sampled distribution)",
                  engine.check_supported, blts.cycle,
                  static=lambda cfg, opt: (opt.draft_k + 1, opt.draft_k),
-                 check_options=_check_draft_k, window=lambda cfg, opt: opt.draft_k),
+                 window=lambda cfg, opt: opt.draft_k),
   "bltd": Method("bltd", "BLT-D block diffusion", bltd.check_supported, bltd.cycle,
                  static=lambda cfg, opt: (cfg.diffusion.block_size,
                                           (_rule("bltd", opt), opt.block_latent)),
@@ -136,10 +141,8 @@ def method(name: str) -> Method:
 def check(name: str, cfg: BLTConfig, opt: Options = Options()) -> None:
   """Refuses (ValueError) a method/checkpoint/option combination before any work is done."""
   m = method(name)
-  if not 0 <= opt.draft_tau <= 1:
-    raise ValueError(f"draft_tau: must be in [0, 1], got {opt.draft_tau}")
-  if opt.block_latent != Options.block_latent and not m.open_latent:
-    raise ValueError("block_latent: force_boundary applies to bltd only")
+  if err := options.check(name, opt):
+    raise ValueError(f"{err[0]}: {err[1]}")
   m.check_options(opt)
   m.check(cfg)
 
@@ -222,7 +225,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
   check(method, cfg, options)
   opt = options
   m = METHODS[method]
-  max_q, static = m.static(cfg, opt)
+  max_q, static, sampled = m.program(cfg, opt)
   st, budget, pre = prepare(params, cfg, prompts, max_new=max_new, max_q=max_q, budgets=budgets,
                             max_patches=max_patches, patch_cap=patch_cap,
                             batch_bucket=batch_bucket, open_latent=m.open_latent, mesh=mesh)
@@ -237,7 +240,7 @@ def generate(params, cfg: BLTConfig, prompts: list[bytes], *, method: str, max_n
     stop_ids=stop_ids, stop_len=stop_len,
     eos=jnp.asarray(EOS_ID if stop_at_eos else -1, jnp.int32),
     alpha=jnp.asarray(opt.alpha, jnp.float32), gamma=jnp.asarray(opt.gamma, jnp.float32),
-    tau=jnp.asarray(opt.draft_tau, jnp.float32), sampled=opt.temperature > 0)
+    tau=jnp.asarray(opt.draft_tau, jnp.float32), sampled=sampled)
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     if sharding.spans_processes(mesh):  # one model across processes
       g = multihost.run_in_lockstep(

@@ -12,11 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-# ar: cached autoregressive BLT; blts: self-speculation (greedy: ar greedy's bytes, sampled: ar's
-# distribution); bltd: block diffusion (BLT-D weights); bltdv: diffusion drafts verified causally.
-METHODS = ("ar", "blts", "bltd", "bltdv")
 RULES = ("confidence", "entropy", "one_step")
-RULE_DEFAULTS = {"bltd": "confidence", "bltdv": "entropy"}  # methods that denoise blocks
 EB_RULES = ("sum_minus_max", "cumulative")
 BLOCK_LATENTS = ("partial_last_patch", "force_boundary")  # docs/choices.md
 DTYPES = ("float32", "bfloat16")
@@ -39,31 +35,101 @@ class Options:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Options))
-_LABELS = {"ar": "BLT", "blts": "BLT-S", "bltd": "BLT-D-{z}", "bltdv": "BLT-DV-{z}"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+  """What a caller without jax needs of one method (the CLI, the report); generation's `Method`
+  adds the programs. Callers read these fields, never the method's name."""
+
+  name: str
+  label: str  # the paper's name on a model; {z}: the block size (BLT-D-16)
+  short: str  # the family's name in tables and legends
+  options: tuple[str, ...] = ()  # the `Options` fields of its own (beyond sampling)
+  rule_default: str | None = None  # block denoising: the default commit rule
+  sweep: str | None = None  # the option its curve sweeps: "draft_k" (BLT-S) or "alpha" (BLT-D)
+  verify_passes: int = 0  # decoder passes per cycle besides denoising steps (BLT-DV verifies)
+  style: tuple[str, str] = ("k", "*")  # figure colour and marker
+  baseline: bool = False  # the method every other one is compared with (speed, bandwidth)
+
+  @property
+  def denoises(self) -> bool:
+    return self.rule_default is not None
+
+  def rule(self, s: Mapping[str, Any]) -> str | None:
+    """The commit rule a run used (block methods), `s` the options as a run records them."""
+    return (s.get("rule") or self.rule_default) if self.denoises else None
+
+  def swept(self, s: Mapping[str, Any]) -> float | int | None:
+    """The value of the option its curve sweeps (α only under the confidence rule)."""
+    if self.sweep == "alpha" and self.rule(s) != "confidence":
+      return None
+    return s.get(self.sweep) if self.sweep else None
+
+  def setting(self, s: Mapping[str, Any]) -> str:
+    """A run's method settings in a few characters (`s`: the options as a run records them)."""
+    if self.sweep == "draft_k":
+      out = f"k={s.get('draft_k')}"
+    elif self.denoises:
+      rule = self.rule(s)
+      out = {"confidence": f"conf α={s.get('alpha')}", "entropy": f"EB γ={s.get('gamma')}",
+             "one_step": "one-step"}.get(rule, rule)
+      if rule == "entropy" and s.get("eb_rule", Options.eb_rule) != Options.eb_rule:
+        out += f" ({s['eb_rule']})"
+      if s.get("block_latent", Options.block_latent) != Options.block_latent:
+        out += f", {s['block_latent']}"
+    else:
+      out = "AR"
+    if s.get("temperature"):
+      out += f", T={s['temperature']}"
+    return out
+
+
+_BLOCK_OPTIONS = ("rule", "alpha", "gamma", "eb_rule")
+INFO: dict[str, MethodInfo] = {m.name: m for m in (
+  # cached autoregressive BLT
+  MethodInfo("ar", "BLT", "AR", baseline=True),
+  # self-speculation (greedy: ar greedy's bytes, sampled: ar's distribution)
+  MethodInfo("blts", "BLT-S", "BLT-S", ("draft_k", "draft_tau"), sweep="draft_k",
+             style=("tab:blue", "o")),
+  # block diffusion (BLT-D weights)
+  MethodInfo("bltd", "BLT-D-{z}", "BLT-D", _BLOCK_OPTIONS + ("block_latent",),
+             rule_default="confidence", sweep="alpha", style=("tab:red", "s")),
+  # diffusion drafts verified causally (BLT-D weights)
+  MethodInfo("bltdv", "BLT-DV-{z}", "BLT-DV", _BLOCK_OPTIONS, rule_default="entropy",
+             verify_passes=1, style=("tab:green", "^")),
+)}
+METHODS = tuple(INFO)
+RULE_DEFAULTS = {m.name: m.rule_default for m in INFO.values() if m.denoises}
+
+
+def info(method: str) -> MethodInfo:
+  """The method's record; a name this version does not know (an older run) gets a plain one."""
+  return INFO.get(method) or MethodInfo(method, method, method)
 
 
 def label(method: str, block_size: int | None = None) -> str:
   """The paper's name of a method on a model: BLT, BLT-S, BLT-D-Z, BLT-DV-Z."""
-  return _LABELS.get(method, method).format(z=block_size)
+  return info(method).label.format(z=block_size)
 
 
 def setting_label(method: str, s: Mapping[str, Any]) -> str:
   """A run's method settings in a few characters (`s`: the options as a run records them)."""
-  if method == "ar":
-    out = "AR"
-  elif method == "blts":
-    out = f"k={s.get('draft_k')}"
-  else:
-    rule = s.get("rule") or RULE_DEFAULTS.get(method, "confidence")
-    out = {"confidence": f"conf α={s.get('alpha')}", "entropy": f"EB γ={s.get('gamma')}",
-           "one_step": "one-step"}.get(rule, rule)
-    if rule == "entropy" and s.get("eb_rule", Options.eb_rule) != Options.eb_rule:
-      out += f" ({s['eb_rule']})"
-    if s.get("block_latent", Options.block_latent) != Options.block_latent:
-      out += f", {s['block_latent']}"
-  if s.get("temperature"):
-    out += f", T={s['temperature']}"
-  return out
+  return info(method).setting(s)
+
+
+def check(method: str, opt: Options) -> tuple[str, str] | None:
+  """The first option of `opt` that `method` refuses, as (Options field, problem); None if fine.
+  The one home of these checks: `generation.check` raises them, `check_args` names the flag."""
+  m = info(method)
+  if "draft_k" in m.options and opt.draft_k < 1:
+    return "draft_k", f"must be positive (the draft window), got {opt.draft_k}"
+  if not 0 <= opt.draft_tau <= 1:
+    return "draft_tau", f"must be in [0, 1], got {opt.draft_tau}"
+  if opt.block_latent != Options.block_latent and "block_latent" not in m.options:
+    with_it = " | ".join(x.name for x in INFO.values() if "block_latent" in x.options)
+    return "block_latent", f"{opt.block_latent} applies to {with_it} only"
+  return None
 
 
 def add_args(ap: argparse.ArgumentParser | argparse._ArgumentGroup, *, greedy_note: str = ""
@@ -106,14 +172,13 @@ def from_args(a: argparse.Namespace) -> Options:
 
 def check_args(a: argparse.Namespace) -> str | None:
   """The first flag combination no method accepts, as a message naming the flag; None if fine."""
-  if a.method == "blts" and a.draft_k < 1:
-    return "--draft-k must be positive"
-  if a.block_latent != Options.block_latent and a.method != "bltd":
-    return "--block-latent force_boundary applies to --method bltd only"
+  if err := check(a.method, from_args(a)):
+    return f"--{err[0].replace('_', '-')} {err[1]}"
   if a.temperature < 0:
     return f"--temperature must be >= 0, got {a.temperature}"
   return None
 
 
-__all__ = ["METHODS", "RULES", "RULE_DEFAULTS", "EB_RULES", "BLOCK_LATENTS", "DTYPES", "Options",
-           "label", "setting_label", "add_args", "from_args", "check_args"]
+__all__ = ["METHODS", "INFO", "MethodInfo", "RULES", "RULE_DEFAULTS", "EB_RULES", "BLOCK_LATENTS",
+           "DTYPES", "Options", "info", "label", "setting_label", "check", "add_args",
+           "from_args", "check_args"]

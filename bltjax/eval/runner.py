@@ -73,8 +73,8 @@ class Context:
                                       seeds=seeds)
     # Compile outside the timed call, so bytes/s is the steady-state speed; a program this
     # process already ran (reproduce runs many suites in one process) is not run twice.
-    key = (self.method, self.cfg, generation.method(self.method).static(self.cfg, self.opt),
-           self.opt.temperature > 0, a.max_new_bytes, len(prompts),
+    key = (self.method, self.cfg, generation.method(self.method).program(self.cfg, self.opt),
+           a.max_new_bytes, len(prompts),
            max(map(len, prompts), default=0), len(stops))
     if a.warmup and not self._warm and key not in _WARMED:
       run()

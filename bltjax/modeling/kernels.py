@@ -39,7 +39,13 @@ import jax.numpy as jnp
 
 from bltjax.config import BLTConfig, TransformerConfig
 from bltjax.modeling import accel
-from bltjax.modeling.layers import AttnKernel, attend, local_mask
+from bltjax.modeling.layers import (
+  AttnKernel,
+  attend,
+  local_mask,
+  online_softmax,
+  online_softmax_result,
+)
 
 # Transient attention buffers (scores, probabilities, gathered K/V) per row per chunk: chunking
 # starts when one layer's attention would need more than this.
@@ -152,20 +158,11 @@ def causal_attend(q_BxSxHxK: jnp.ndarray, k_BxSxGxK: jnp.ndarray, v_BxSxGxK: jnp
 
     def visit(carry, kb):
       _, k, v, kpos, kdoc, kvalid = kb
-      m_BxGxRxT, l_BxGxRxT, acc_BxGxRxTxK = carry
       mask = local_mask(qpos, kpos, qdoc, kdoc, kvalid, None)[:, None, None]
       sc = jnp.einsum("bqgrk,btgk->bgrqt", q, k,
                       preferred_element_type=jnp.float32) / math.sqrt(kd)
-      sc = jnp.where(mask, sc, -jnp.inf)
-      # The running max only shifts the softmax: no gradient through it.
-      mx = jax.lax.stop_gradient(jnp.maximum(m_BxGxRxT, jnp.max(sc, axis=-1)))
-      shift = jnp.where(jnp.isfinite(mx), mx, 0.0)
-      rescale = jnp.exp(m_BxGxRxT - shift)  # 0 while nothing was visible (m = -inf)
-      e = jnp.exp(sc - shift[..., None])
-      pv = jnp.einsum("bgrqt,btgk->bgrqk", e.astype(v.dtype), v,
-                      preferred_element_type=jnp.float32)
-      return (mx, l_BxGxRxT * rescale + jnp.sum(e, axis=-1),
-              acc_BxGxRxTxK * rescale[..., None] + pv)
+      return online_softmax(carry, sc, mask, lambda e: jnp.einsum(
+        "bgrqt,btgk->bgrqk", e.astype(v.dtype), v, preferred_element_type=jnp.float32))
 
     def step(carry, kb):
       return jax.lax.cond(kb[0] <= i, visit, lambda c, _: c, carry, kb), None
@@ -173,8 +170,8 @@ def causal_attend(q_BxSxHxK: jnp.ndarray, k_BxSxGxK: jnp.ndarray, v_BxSxGxK: jnp
     init = (jnp.full((b, g, h // g, block), -jnp.inf, jnp.float32),
             jnp.zeros((b, g, h // g, block), jnp.float32),
             jnp.zeros((b, g, h // g, block, kd), jnp.float32))
-    (_, l, acc), _ = jax.lax.scan(jax.checkpoint(step), init, keys)
-    o = jnp.where((l > 0)[..., None], acc / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
+    acc, _ = jax.lax.scan(jax.checkpoint(step), init, keys)
+    o = online_softmax_result(acc)
     return o.transpose(0, 3, 1, 2, 4).reshape(b, block, h, kd).astype(v_BxSxGxK.dtype)
 
   o_NxBxTxHxK = jax.lax.map(jax.checkpoint(query_block),
@@ -401,19 +398,28 @@ class PatchRuns:
     return _patch_to_bytes(x_BxPx, self.ids_BxS, self.last_BxP, self.has_BxP)
 
 
-def max_pool(h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int, scan: bool = False):
-  """Max of each patch's valid byte states, 0 for a patch without one: [B, P, D].
+def max_pool(h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int, scan: bool = False,
+             open_BxD=None):
+  """Max of each patch's valid byte states, 0 for a patch without one: [B, P, D]. The one
+  max-pool of the package: training's pooling and decoding's open patch.
 
-  `scan`: scatter-free (`PatchRuns`, for TPU); otherwise `segment_max`. Same values."""
+  `open_BxD`: the running max of patch 0's earlier bytes (decoding: the patch left open by the
+  previous call; -inf where there are none), merged in. `scan`: scatter-free (`PatchRuns`, for
+  TPU); otherwise `segment_max` (one patch: a masked max). Same values."""
   if scan:
-    runs = PatchRuns(patch_ids_BxS, valid_BxS, num_patches)
-    pooled, count = runs.per_patch(h_BxSxD, jnp.maximum, -jnp.inf), runs.count_BxP
+    pooled = PatchRuns(patch_ids_BxS, valid_BxS, num_patches).per_patch(h_BxSxD, jnp.maximum,
+                                                                        -jnp.inf)
+  elif num_patches == 1:
+    ok_BxS = valid_BxS & (patch_ids_BxS == 0)
+    pooled = jnp.max(jnp.where(ok_BxS[..., None], h_BxSxD, -jnp.inf), axis=1, keepdims=True)
   else:
     seg_BxS = jnp.where(valid_BxS, patch_ids_BxS, num_patches)  # pads go to a dropped segment
     pooled = jax.vmap(lambda h, i: jax.ops.segment_max(h, i, num_segments=num_patches + 1))(
       h_BxSxD, seg_BxS)[:, :num_patches]
-    count = jax.vmap(lambda i: jnp.bincount(i, length=num_patches + 1))(seg_BxS)[:, :num_patches]
-  return jnp.where(count[..., None] > 0, pooled, 0).astype(h_BxSxD.dtype)  # empty: 0
+  if open_BxD is not None:
+    pooled = pooled.at[:, 0].set(jnp.maximum(pooled[:, 0], open_BxD.astype(pooled.dtype)))
+  # A patch without a byte is -inf (the max's identity; byte states are finite): 0.
+  return jnp.where(jnp.isneginf(pooled), 0, pooled).astype(h_BxSxD.dtype)
 
 
 def patch_attend(q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK, patch_ids_BxS, valid_BxS,

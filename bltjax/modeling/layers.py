@@ -192,23 +192,8 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
     o = cache_mix(p[..., :c], cache.v) + jnp.einsum("bgrqt,btgk->bqgrk", p[..., c:], v_BxTxGxK)
     return o.reshape(b, q, h, kd)
 
-  # Online softmax over chunks of the used cache slots, then the new keys.
-  def block(s_BxGxRxQxT, ok_BxQxT, mix):
-    s_BxGxRxQxT = jnp.where(ok_BxQxT[:, None, None], s_BxGxRxQxT, -jnp.inf)
-    mx = jnp.max(s_BxGxRxQxT, axis=-1)
-    e = jnp.exp(s_BxGxRxQxT - jnp.where(jnp.isfinite(mx), mx, 0.0)[..., None])
-    return mx, jnp.sum(e, axis=-1), mix(e)
-
-  def merge(x, y):
-    m1, l1, a1 = x
-    m2, l2, a2 = y
-    mx = jnp.maximum(m1, m2)
-    safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
-    c1 = jnp.where(jnp.isfinite(m1), jnp.exp(m1 - safe), 0.0)
-    c2 = jnp.where(jnp.isfinite(m2), jnp.exp(m2 - safe), 0.0)
-    return mx, l1 * c1 + l2 * c2, a1 * c1[..., None] + a2 * c2[..., None]
-
-  acc = block(s, mask_BxQxT, lambda e: jnp.einsum(
+  # Online softmax over the new keys, then chunks of the used cache slots.
+  acc = online_softmax(None, s, mask_BxQxT[:, None, None], lambda e: jnp.einsum(
     "bgrqt,btgk->bgrqk", e, v_BxTxGxK, preferred_element_type=jnp.float32))
   chunk = min(CACHE_CHUNK, cache.k.shape[1])
 
@@ -217,12 +202,37 @@ def attend(q_BxQxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxQxT, cache: CacheKeys | None 
     vc = jax.lax.dynamic_slice_in_dim(cache.v, c * chunk, chunk, axis=1)
     ok = (c * chunk + jnp.arange(chunk))[None, None, :] < cache.used[:, None, None]
     mix = lambda e: cache_mix(e, vc.astype(jnp.float32)).transpose(0, 2, 3, 1, 4)  # noqa: E731
-    return merge(carry, block(cache_scores(kc), jnp.broadcast_to(ok, (b, q, chunk)), mix))
+    return online_softmax(carry, cache_scores(kc), ok[:, None, None], mix)
 
   acc = jax.lax.fori_loop(0, (jnp.max(cache.used) + chunk - 1) // chunk, body, acc)
-  _, l, a = acc
-  o = jnp.where((l > 0)[..., None], a / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
+  o = online_softmax_result(acc)
   return o.transpose(0, 3, 1, 2, 4).reshape(b, q, h, kd).astype(v_BxTxGxK.dtype)
+
+
+def online_softmax(carry, s_Nx, ok_Nx, mix):
+  """One step of the online softmax (FlashAttention, arXiv 2205.14135 §3.1): the running (max
+  m, sum l, weighted values a) after one more block of scores s [..., T] (ok: visible keys,
+  broadcast against s; `mix(e)` the block's unnormalised probabilities times its values).
+  `carry` None: the first block. The max only shifts the softmax: no gradient through it.
+  Every blocked attention of the package (`attend`'s cache chunks, `kernels.causal_attend`)
+  accumulates with it; `online_softmax_result` normalises."""
+  s_Nx = jnp.where(ok_Nx, s_Nx, -jnp.inf)
+  mx = jnp.max(s_Nx, axis=-1)
+  if carry is not None:
+    mx = jnp.maximum(carry[0], mx)
+  mx = jax.lax.stop_gradient(mx)
+  shift = jnp.where(jnp.isfinite(mx), mx, 0.0)
+  e = jnp.exp(s_Nx - shift[..., None])
+  if carry is None:
+    return mx, jnp.sum(e, axis=-1), mix(e)
+  rescale = jnp.exp(carry[0] - shift)  # 0 while nothing was visible (m = -inf)
+  return mx, carry[1] * rescale + jnp.sum(e, axis=-1), carry[2] * rescale[..., None] + mix(e)
+
+
+def online_softmax_result(carry):
+  """The attention output a / l of an `online_softmax` carry; 0 for rows that saw no key."""
+  _, l, a = carry
+  return jnp.where((l > 0)[..., None], a / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
 
 
 def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = None,
@@ -243,6 +253,17 @@ def run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache: CacheKeys | None = No
     ks.append(k)
     vs.append(v)
   return x_BxQxD, tuple(ks), tuple(vs)
+
+
+def attending(mask_BxQxT, cache: CacheKeys | None = None):
+  """How a stack's layers attend, as the stages take it (`model`'s `states`, `latents`,
+  `logits`): `run(layers, x, pos, cross=None) -> (x, (k, v) per layer)` over `run_stack` with
+  this mask (dense or an `AttnKernel`) and, optionally, a cache read besides the new keys. The
+  decoding engine's rings give the same contract (`engine.on_ring`)."""
+  def run(layers, x_BxQxD, pos_BxQ, cross=None):
+    x_BxQxD, ks, vs = run_stack(layers, x_BxQxD, pos_BxQ, mask_BxQxT, cache, cross)
+    return x_BxQxD, (ks, vs)
+  return run
 
 
 def local_mask(qpos_BxQ, kpos_BxT, qdoc_BxQ, kdoc_BxT, kvalid_BxT, window: int | None):
@@ -419,19 +440,18 @@ class CrossAttention(nn.Module):
     k, v = self.kv(kv_BxTxD)
     return self.output(x_BxQxD, attend(self.query(x_BxQxD), k, v, mask_BxQxT))
 
-  def gathered(self, x_BxQxD, k_BxQxCxHxK, v_BxQxCxHxK):
-    """Each query attends only its own C keys (the decoder's one-latent-per-byte pattern)."""
-    q = self.query(x_BxQxD)
-    kd = q.shape[-1]
-    s = jnp.einsum("bqhk,bqchk->bqhc", q, k_BxQxCxHxK,
-                   preferred_element_type=jnp.float32) / math.sqrt(kd)
-    p = jax.nn.softmax(s, axis=-1).astype(v_BxQxCxHxK.dtype)
-    return self.output(x_BxQxD, jnp.einsum("bqhc,bqchk->bqhk", p, v_BxQxCxHxK))
-
-  def one_latent(self, x_BxQxD, k_BxCxHxK, v_BxCxHxK):
-    """Every query of a row reads the same C keys (blocks and drafts share one latent)."""
-    q = self.query(x_BxQxD)
-    s = jnp.einsum("bqhk,bchk->bqhc", q, k_BxCxHxK,
-                   preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    p = jax.nn.softmax(s, axis=-1).astype(v_BxCxHxK.dtype)
-    return self.output(x_BxQxD, jnp.einsum("bqhc,bchk->bqhk", p, v_BxCxHxK))
+  def latent(self, x_BxQxD, k_BxGxCxHxK, v_BxGxCxHxK):
+    """The decoder's latent cross-attention: the Q queries of a row in G equal runs of
+    consecutive positions, run g reading only the C keys of its latent g (G = Q: one latent
+    per byte, BLT; G = blocks: BLT-D's block stream; G = 1: a draft or block shares one)."""
+    b, q, _ = x_BxQxD.shape
+    g = k_BxGxCxHxK.shape[1]
+    # Runs of one position (G = Q) drop the run axis: a size-1 axis costs transposes per step.
+    z, run = (q // g, "z") if g < q else (1, "")
+    q_BxGxZxHxK = self.query(x_BxQxD).reshape(b, g, *((z,) if run else ()),
+                                              *k_BxGxCxHxK.shape[3:])
+    s = jnp.einsum(f"bg{run}hk,bgchk->bg{run}hc", q_BxGxZxHxK, k_BxGxCxHxK,
+                   preferred_element_type=jnp.float32) / math.sqrt(q_BxGxZxHxK.shape[-1])
+    p = jax.nn.softmax(s, axis=-1).astype(v_BxGxCxHxK.dtype)
+    o = jnp.einsum(f"bg{run}hc,bgchk->bg{run}hk", p, v_BxGxCxHxK)
+    return self.output(x_BxQxD, o.reshape(b, q, *o.shape[-2:]))

@@ -28,9 +28,9 @@ from bltjax.modeling.layers import (
   Einsum,
   RMSNorm,
   attend,
+  attending,
   dtype_of,
   remat_policy,
-  run_stack,
   trunc_normal,
 )
 
@@ -143,9 +143,13 @@ class LocalEncoder(nn.Module):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
     mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS,
                                   attention=self.cfg.attention)
-    x, _, _ = run_stack(self.layers, x, pos_BxS, mask)
-    x = sharding.constrain_rows(x)
+    x = sharding.constrain_rows(self.states(x, pos_BxS, attending(mask))[0])
     return x, self.pool(x, patch_ids_BxS, valid_BxS, num_patches)
+
+  def states(self, x_BxSxD, pos_BxS, run):
+    """The encoder stage: byte states of embedded bytes, with `run` (`layers.attending`, the
+    engine's rings) saying how the layers attend; (h, what run returns besides)."""
+    return run(self.layers, x_BxSxD, pos_BxS)
 
   def pool(self, h_BxSxD, patch_ids_BxS, valid_BxS, num_patches: int):
     """Max-pool init, projection to C queries per patch, cross-attention over the patch's bytes."""
@@ -155,14 +159,14 @@ class LocalEncoder(nn.Module):
     pool = lambda scan: lambda h, i, m: kernels.max_pool(h, i, m, num_patches, scan)  # noqa: E731
     pooled = accel.by_backend(c.attention, pool(True), pool(False), h_BxSxD, patch_ids_BxS,
                               valid_BxS)
-    q_BxPxE = self.patch_embedding_projection(pooled)
-    k = c.cross_attn_k
-    q_BxQxD = q_BxPxE.reshape(b, num_patches * k, d)
     xa = self.cross_attn_layers[0]
-    if not kernels.pool_is_segmented(xa.n_heads, num_patches * k, s):
-      out = xa(q_BxQxD, h_BxSxD, kernels.patch_mask(patch_ids_BxS, valid_BxS, num_patches, k))
-      return out.reshape(b, num_patches, k * d)
+    k = c.cross_attn_k
     k_BxSxHxK, v_BxSxHxK = xa.kv(h_BxSxD)
+    if not kernels.pool_is_segmented(xa.n_heads, num_patches * k, s):
+      ok_BxPxS = ((patch_ids_BxS[:, None, :] == jnp.arange(num_patches)[None, :, None])
+                  & valid_BxS[:, None, :])
+      return self.pool_patches(pooled, k_BxSxHxK, v_BxSxHxK, ok_BxPxS)
+    q_BxQxD = self.patch_embedding_projection(pooled).reshape(b, num_patches * k, d)
     q_BxPxCxHxK = xa.query(q_BxQxD).reshape(b, num_patches, k, *k_BxSxHxK.shape[2:])
     att = lambda scan: lambda *a: kernels.patch_attend(*a, scan=scan)  # noqa: E731
     o = accel.by_backend(c.attention, att(True), att(False), q_BxPxCxHxK, k_BxSxHxK, v_BxSxHxK,
@@ -176,7 +180,8 @@ class LocalEncoder(nn.Module):
 
   def pool_patches(self, pmax_BxPxD, k_BxTxHxK, v_BxTxHxK, ok_BxPxT):
     """P patches per row from their max-pooled states and one set of byte keys/values (a
-    patch's bytes marked in ok): equals `pool` for those patches, [B, P, C·De]."""
+    patch's bytes marked in ok): C queries per patch attend its bytes, [B, P, C·De]. `pool`
+    (dense) and the decoding engine's pooling."""
     b, p, d = pmax_BxPxD.shape
     c = self.cfg.cross_attn_k
     q_BxQxD = self.patch_embedding_projection(pmax_BxPxD).reshape(b, p * c, d)
@@ -206,10 +211,14 @@ class GlobalTransformer(nn.Module):
     return x_BxPxE.astype(dtype_of(self.cfg.dtype))
 
   def __call__(self, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
-    x = self.project_in(x_BxPxE)
     mask = kernels.self_attention(self.cfg.global_, pos_BxP, doc_BxP, valid_BxP,  # [P, P], blocks
                                   attention=self.cfg.attention)
-    return run_stack(self.layers, x, pos_BxP, mask)[0]  # no final norm in the release
+    return self.latents(x_BxPxE, pos_BxP, attending(mask))[0]
+
+  def latents(self, x_BxPxE, pos_BxP, run):
+    """The global stage: patch latents of pooled patches under `run` (`states`); (o, what run
+    returns besides). No final norm in the release."""
+    return run(self.layers, self.project_in(x_BxPxE), pos_BxP)
 
 
 class LocalDecoder(nn.Module):
@@ -244,12 +253,15 @@ class LocalDecoder(nn.Module):
                   v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
     return out
 
-  def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxS):
-    """Layer i's cross-attention: each byte reads the C keys of latent lat_idx."""
-    k_BxPxCxHxK, v_BxPxCxHxK = kv_i
+  def gather_latent(self, kv_i, lat_idx_BxG):
+    """The keys/values [B, G, C, Hx, Kx] of latents lat_idx (kv_i: one layer of `latent_kv`)."""
     take = jax.vmap(lambda a, idx: a[idx])
-    return self.cross_attn_layers[i].gathered(h_BxSxD, take(k_BxPxCxHxK, lat_idx_BxS),
-                                              take(v_BxPxCxHxK, lat_idx_BxS))
+    return take(kv_i[0], lat_idx_BxG), take(kv_i[1], lat_idx_BxG)
+
+  def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxG):
+    """Layer i's cross-attention: the S positions of a row in G equal runs (G = S: one byte
+    each), run g reading the C keys of latent lat_idx[g] (`CrossAttention.latent`)."""
+    return self.cross_attn_layers[i].latent(h_BxSxD, *self.gather_latent(kv_i, lat_idx_BxG))
 
   def head(self, h_BxSxD):
     return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
@@ -258,11 +270,18 @@ class LocalDecoder(nn.Module):
     kvs = self.latent_kv(o_BxPxDg)
     mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS,
                                   attention=self.cfg.attention)
+    latent = lambda i: self.gather_latent(kvs[i], lat_idx_BxS)  # noqa: E731
+    return self.logits(h_BxSxD, pos_BxS, attending(mask), latent, sharding.constrain_rows)[0]
+
+  def logits(self, h_BxSxD, pos_BxS, run, latent, rows=lambda x: x):
+    """The decoder stage: next-byte logits (fp32) of encoder byte states under `run` (`states`),
+    layer i cross-attending `latent(i)` = the C keys/values [B, G, C, Hx, Kx] of G latents, one
+    per run of S/G positions (`CrossAttention.latent`); `rows` anchors the activations' rows
+    (training's `sharding.constrain_rows`). (logits, what run returns besides)."""
     h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
-    h, _, _ = run_stack(self.layers, h, pos_BxS, mask,
-                        cross=lambda i, x: sharding.constrain_rows(
-                          self.cross(i, x, kvs[i], lat_idx_BxS)))
-    return self.head(sharding.constrain_rows(h))
+    h, keys = run(self.layers, h, pos_BxS,
+                  lambda i, x: rows(self.cross_attn_layers[i].latent(x, *latent(i))))
+    return self.head(rows(h)), keys
 
 
 class BLT(nn.Module):
@@ -310,10 +329,16 @@ class EntropyModel(nn.Module):
     return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS):
-    x = sharding.constrain_rows(self.embed(jnp.where(valid_BxS, ids_BxS, 0)))
     mask = kernels.self_attention(self.cfg, pos_BxS, doc_BxS, valid_BxS,
                                   attention=self.attention)
-    return self.head(sharding.constrain_rows(run_stack(self.layers, x, pos_BxS, mask)[0]))
+    return self.logits(jnp.where(valid_BxS, ids_BxS, 0), pos_BxS, attending(mask),
+                       sharding.constrain_rows)[0]
+
+  def logits(self, ids_BxS, pos_BxS, run, rows=lambda x: x):
+    """The entropy stage: next-byte logits (fp32) of ids under `run` (`LocalEncoder.states`);
+    (logits, what run returns besides)."""
+    x, keys = run(self.layers, rows(self.embed(ids_BxS)), pos_BxS)
+    return self.head(rows(x)), keys
 
 
 # ------------------------------------------------------------------------------------------------
@@ -489,20 +514,27 @@ def forward(params: Params, cfg: BLTConfig, ids_BxS, start_BxS1=None, lengths_B=
                                start_BxS1, p)
 
 
+def apply_blt(params: Params, cfg: BLTConfig, fn, *args):
+  """fn(module, *args) on the BLT module: how stage functions outside it run (the decoding
+  engine's stages, BLT-D's blocks and training). `params` may hold all three stacks or, inside a
+  rematerialised layer, only the weights it reads."""
+  return blt_module(cfg).apply({"params": {k: params[k] for k in BLT_KEYS if k in params}}, *args,
+                               method=fn)
+
+
 def encode(params: Params, cfg: BLTConfig, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS,
            num_patches: int):
   """Local encoder: (byte states h_enc [B,S,De], patch inputs [B,P,C·De])."""
-  return blt_module(cfg).apply(
-    {"params": blt_params(params)}, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS,
-    num_patches, method=lambda m, *a: m.local_encoder(*a))
+  return apply_blt(params, cfg, lambda m, *a: m.local_encoder(*a), ids_BxS, pos_BxS, doc_BxS,
+                   valid_BxS, patch_ids_BxS, num_patches)
 
 
 def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, valid_BxP):
-  return blt_module(cfg).apply({"params": blt_params(params)}, x_BxPxE, pos_BxP, doc_BxP,
-                               valid_BxP, method=lambda m, *a: m.global_transformer(*a))
+  return apply_blt(params, cfg, lambda m, *a: m.global_transformer(*a), x_BxPxE, pos_BxP,
+                   doc_BxP, valid_BxP)
 
 
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
-           "entropies", "entropy_logits", "patch", "encode", "global_latents",
+           "entropies", "entropy_logits", "patch", "encode", "global_latents", "apply_blt",
            "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
            "abstract_sharded_params", "init_sharded"]

@@ -140,10 +140,6 @@ def corrupt_blocks(rng: jax.Array, ids_BxMxZ: jnp.ndarray, target_BxMxZ: jnp.nda
 # Model pieces as pure functions over parameter sub-trees (so jax.checkpoint can wrap them).
 
 
-def _apply(cfg: BLTConfig, params: Params, fn: Callable[..., Any], *args):
-  return model.blt_module(cfg).apply({"params": params}, *args, method=lambda m, *a: fn(m, *a))
-
-
 def _remat(cfg: BLTConfig, fn: Callable[..., Any]) -> Callable[..., Any]:
   return fn if cfg.remat == "none" else jax.checkpoint(fn, policy=layers.remat_policy(cfg.remat))
 
@@ -154,24 +150,6 @@ def _sub(params: Params, stack: str, names: tuple[str, ...]) -> Params:
   if all(n in tree for n in names):
     return {stack: {n: tree[n] for n in names}}
   return {stack: tree}
-
-
-def _block_cross(cfg: BLTConfig, dec, i: int, hb_BxMxZxD, kv_i, lat_BxM):
-  """Decoder cross-attention for blocks: block m reads the C keys of latent lat[m] only.
-
-  Same math as `LocalDecoder.cross` with one latent per block instead of a per-byte gather.
-  """
-  xa = dec.cross_attn_layers[i]
-  b, m, z, d = hb_BxMxZxD.shape
-  take = jax.vmap(lambda a, idx: a[idx])
-  k_BxMxCxHxK, v_BxMxCxHxK = take(kv_i[0], lat_BxM), take(kv_i[1], lat_BxM)
-  q = xa.query(hb_BxMxZxD.reshape(b, m * z, d)).reshape(b, m, z, *k_BxMxCxHxK.shape[3:])
-  sc = jnp.einsum("bmzhk,bmchk->bmzhc", q, k_BxMxCxHxK,
-                  preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  p = jax.nn.softmax(sc, axis=-1).astype(v_BxMxCxHxK.dtype)
-  o = jnp.einsum("bmzhc,bmchk->bmzhk", p, v_BxMxCxHxK)
-  x = hb_BxMxZxD.reshape(b, m * z, d)
-  return xa.output(x, o.reshape(b, m * z, *o.shape[3:])).reshape(b, m, z, d)
 
 
 def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
@@ -187,7 +165,8 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     if stack == "local_decoder":
       hc = mod.cross(i, hc, kv_i, c["lat_BxS"])
     q, k, v = blk.attn_in(hc, c["pos_BxS"])
-    # The clean stream is BLT's own local attention: same kernels, same `attention` switch.
+    # The clean stream is BLT's own local attention: same kernels, same `attention` switch
+    # (`attn_in`/`attn_out`, not the Block call: the layer is rematerialised here as a whole).
     o = kernels.LocalPattern(c["pos_BxS"], c["doc_BxS"], c["valid_BxS"], tc.window,
                              plan.clean_segment, plan.clean_chunk,
                              impl=accel.resolve(cfg.attention, q.shape[1])).attend(q, k, v)
@@ -195,9 +174,9 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
     if hb is None:
       return hc, None
     b, nm, z, d = hb.shape
-    if stack == "local_decoder":
-      hb = _block_cross(cfg, mod, i, hb, kv_i, bl["lat_BxM"])
     flat = hb.reshape(b, nm * z, d)
+    if stack == "local_decoder":  # block m reads the C keys of latent lat[m] only
+      flat = mod.cross(i, flat, kv_i, bl["lat_BxM"])
     qb, kb, vb = blk.attn_in(flat, bl["pos_BxMxZ"].reshape(b, nm * z))
     unflat = lambda x: x.reshape(b, nm, z, *x.shape[2:])
     kern = (kernels.block_dense_prefix_attend if plan.block_prefix == "dense"
@@ -211,7 +190,7 @@ def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
   names = (f"layers_{i}",) + ((f"cross_attn_layers_{i}",) if stack == "local_decoder" else ())
 
   def fn(params, hc, hb, c, bl, kv_i):
-    return _apply(cfg, _sub(params, stack, names), run, hc, hb, c, bl, kv_i)
+    return model.apply_blt(_sub(params, stack, names), cfg, run, hc, hb, c, bl, kv_i)
 
   return _remat(cfg, fn)
 
@@ -226,8 +205,8 @@ def _embed_blocks(cfg: BLTConfig, params: Params, noisy_BxMxZ, bl, ids_BxS, vali
   b, m, z = noisy_BxMxZ.shape
   ids = jnp.where(bl["valid_BxMxZ"], noisy_BxMxZ, 0)
   if cfg.diffusion.block_input == "tok_embeddings":
-    return _apply(cfg, {"local_encoder": {"tok_embeddings": params["local_encoder"][
-      "tok_embeddings"]}}, lambda mm, x: mm.local_encoder.tok_embeddings(x), ids)
+    return model.apply_blt({"local_encoder": {"tok_embeddings": params["local_encoder"][
+      "tok_embeddings"]}}, cfg, lambda mm, x: mm.local_encoder.tok_embeddings(x), ids)
   g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
   s = ids_BxS.shape[1]
   j_BxMxG = bl["start_BxM"][:, :, None] - g + jnp.arange(g, dtype=jnp.int32)[None, None, :]
@@ -237,9 +216,9 @@ def _embed_blocks(cfg: BLTConfig, params: Params, noisy_BxMxZ, bl, ids_BxS, vali
   all_ids = jnp.concatenate([ctx_ids, ids], axis=2).reshape(b * m, g + z)
   all_pos = jnp.concatenate([j_BxMxG, bl["pos_BxMxZ"]], axis=2).reshape(b * m, g + z)
   all_valid = jnp.concatenate([ctx_ok, bl["valid_BxMxZ"]], axis=2).reshape(b * m, g + z)
-  e = _apply(cfg, {"local_encoder": params["local_encoder"]},
-             lambda mm, *a: mm.local_encoder.embed(*a), all_ids, jnp.maximum(all_pos, 0),
-             all_valid)
+  e = model.apply_blt({"local_encoder": params["local_encoder"]}, cfg,
+                      lambda mm, *a: mm.local_encoder.embed(*a), all_ids, jnp.maximum(all_pos, 0),
+                      all_valid)
   return e.reshape(b, m, g + z, -1)[:, :, g:]
 
 
@@ -312,26 +291,26 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
 
   # Local encoder on the clean bytes (and the blocks for block_input="encoder_states").
   c = dict(pos_BxS=pos, doc_BxS=doc, valid_BxS=valid, lat_BxS=a["dec_ids"])
-  x = _apply(cfg, {"local_encoder": params["local_encoder"]},
-             lambda mm, *r: mm.local_encoder.embed(*r), ids, pos, valid)
+  x = model.apply_blt({"local_encoder": params["local_encoder"]}, cfg,
+                      lambda mm, *r: mm.local_encoder.embed(*r), ids, pos, valid)
   for i in range(cfg.encoder.n_layers):
     x, hb = _layer(cfg, "local_encoder", i, plan)(params, x, hb, c, bl, None)
   if with_blocks and cfg.diffusion.block_input == "encoder_states":
     hb_dec = hb
   enc_sub = {k: v for k, v in params["local_encoder"].items() if k != "hash_embeddings"}
-  x_g = _apply(cfg, {"local_encoder": enc_sub},
-               lambda mm, *r: mm.local_encoder.pool(*r), x, a["patch_ids"], valid, p)
+  x_g = model.apply_blt({"local_encoder": enc_sub}, cfg,
+                        lambda mm, *r: mm.local_encoder.pool(*r), x, a["patch_ids"], valid, p)
   o = model.global_latents(params, cfg, x_g, a["patch_pos"], a["patch_doc"], a["patch_valid"])
-  kvs = _apply(cfg, {"local_decoder": params["local_decoder"]},
-               lambda mm, oo: mm.local_decoder.latent_kv(oo), o)
+  kvs = model.apply_blt({"local_decoder": params["local_decoder"]}, cfg,
+                        lambda mm, oo: mm.local_decoder.latent_kv(oo), o)
 
   # Local decoder: both streams layer by layer; blocks read the clean K/V of the same layer.
   hc = x.astype(dt)
   hb = hb_dec.astype(dt) if with_blocks else None
   for i in range(cfg.decoder.n_layers):
     hc, hb = _layer(cfg, "local_decoder", i, plan)(params, hc, hb, c, bl, kvs[i])
-  head = lambda h: _apply(cfg, {"local_decoder": params["local_decoder"]},
-                          lambda mm, hh: mm.local_decoder.head(hh), h)
+  head = lambda h: model.apply_blt({"local_decoder": params["local_decoder"]}, cfg,  # noqa: E731
+                                   lambda mm, hh: mm.local_decoder.head(hh), h)
   clean_logits = head(hc)
   block_logits = None
   if with_blocks:
