@@ -407,7 +407,7 @@ class Trainer:
     # BLT's hash tables: gradients scattered row by row into the accumulator (RowGradient).
     # Not for BLT-D, whose block stream may embed other ids (`block_input="encoder_states"`).
     hash_rows = None
-    if tc.task == "blt" and cfg.hash.num_tables:
+    if tc.task == "blt" and not cfg.diffusion.enabled and cfg.hash.num_tables:
       hash_rows = optim.RowGradient(
         model.HASH_TABLE_PATH, lambda mb: model.hash_ids(cfg, mb["ids"], mb["valid"]),
         model.hash_rows, model.add_hash_rows)
