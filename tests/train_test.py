@@ -288,6 +288,23 @@ def test_hash_table_rows_gradient_equals_autodiff(blt_run, n_micro):
     np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=str(path))
 
 
+@pytest.mark.parametrize("block_input", ["tok_embeddings", "encoder_states"])
+def test_bltd_training_step_runs_with_hash_tables(tmp_path, block_input):
+  """BLT-D's compiled training step (tables read by both streams under "encoder_states") keeps
+  autodiff's table gradient: the BLT step's row-by-row one serves only the clean ids."""
+  c = tiny_train_config.get_config("blt")
+  c.model.diffusion.update(block_size=4, block_input=block_input)
+  c.train.update(batch_size=8, seq_len=32, export=False, tensorboard=False, progress=False)
+  tr = train.Trainer.create(c, tmp_path)
+  assert tr.cfg.diffusion.enabled and tr.cfg.hash.num_tables
+  state = tr.init_state()
+  table0 = np.asarray(state["params"]["local_encoder"]["hash_embeddings"]["embedding"])
+  state, metrics = tr.make_train_step()(state, tr.frozen, _packed_batch(8, 32))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["masked_loss"]) > 0
+  table1 = np.asarray(state["params"]["local_encoder"]["hash_embeddings"]["embedding"])
+  assert np.abs(table1 - table0).max() > 0  # the tables trained
+
+
 def test_bf16_first_moment_halves_it_and_follows_fp32_adam():
   """`train.mu_dtype="bfloat16"`: Adam's first moment is stored in bf16 (nu and the update stay
   fp32) and three steps move the parameters as fp32 Adam does, to bf16's precision."""
