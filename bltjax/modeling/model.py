@@ -51,12 +51,12 @@ class HashEmbeddings(nn.Module):
 
   @nn.compact
   def __call__(self, hash_ids_BxSxT, weight_BxSxT):
-    if self.has_variable("params", "embedding") and \
-        self.get_variable("params", "embedding").ndim == 4:
+    given = self.get_variable("params", "embedding")  # None at init
+    if given is not None and given.ndim == 4:
       # The training step passed the rows these ids select, gathered before the differentiated
       # function ([B, S, T, D]): it scatters their gradient into its accumulator itself
       # (`optim.RowGradient`, docs/accelerators.md).
-      e_BxSxTxD = self.get_variable("params", "embedding")
+      e_BxSxTxD = given
     else:
       table = self.param(
         # Rows over (fsdp, tensor); the width has no axis of its own, so the fsdp share of rows

@@ -177,7 +177,7 @@ class TrainConfig:
   weight_decay: float = 0.1  # masked off norms, embeddings and hash tables
   clip_norm: float = 1.0
   # Adam's first moment: "float32", or "bfloat16" to halve its memory (the second moment and the
-  # parameters stay fp32). BLT-1B on a v5e-8 needs it (docs/accelerators.md).
+  # parameters stay fp32); BLT-1B's v5e-8 figures with it: docs/accelerators.md.
   mu_dtype: str = "float32"
   seed: int = 0
   entropy_checkpoint: str = ""  # task blt + entropy patching: a bltjax checkpoint dir
