@@ -166,6 +166,9 @@ def memory(compiled) -> dict[str, int]:
              alias=ma.alias_size_in_bytes, temp=ma.temp_size_in_bytes,
              generated_code=ma.generated_code_size_in_bytes)
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  # Host memory the program holds (train.offload_optimizer's moments): not part of the HBM peak.
+  out["host_argument"] = getattr(ma, "host_argument_size_in_bytes", 0)
+  out["host_temp"] = getattr(ma, "host_temp_size_in_bytes", 0)
   return out
 
 
@@ -265,6 +268,10 @@ def run_train(a, log: Clock) -> dict:
     roofline_bytes_per_s=round(tokens / t, 1) if t > 0 else None,
     # Compiled flops include remat recomputation: an upper bound on true MFU at that step time.
     mfu_upper_bound=round(t_flops / t, 4) if t > 0 else None)
+  if hasattr(compiled, "gradients"):  # train.SplitStep (offloaded optimizer): each program
+    res["programs_gib_per_chip"] = {
+      name: {k: round(v / GIB, 3) for k, v in memory(getattr(compiled, name)).items()}
+      for name in ("gradients", "update")}
   return res
 
 

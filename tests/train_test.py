@@ -335,6 +335,72 @@ def test_bf16_first_moment_halves_it_and_follows_fp32_adam():
   assert np.abs(step_bf16 - step_f32).max() > 0  # it did store mu in bf16
 
 
+def test_offloaded_optimizer_matches_on_device_and_resumes(tmp_path):
+  """`train.offload_optimizer`: Adam's moments live in pinned host memory between steps; two
+  accumulated steps on a 2x2x2 mesh give the on-device run's state bit for bit (both as the two
+  programs offloading needs: `test_split_step_equals_one_program` compares those with one), and
+  a checkpoint of the offloaded state restores into host memory with the same values."""
+  from bltjax.training import checkpoint
+
+  batch = _packed_batch(8, 32)
+  out = {}
+  for offload in (False, True):
+    c = tiny_train_config.get_config("blt")
+    c.mesh.shape = (2, 2, 2)
+    c.train.update(batch_size=8, seq_len=32, grad_accum=2, offload_optimizer=offload,
+                   export=False, tensorboard=False, progress=False)
+    tr = train.Trainer.create(c, tmp_path / str(offload))
+    state, step = tr.init_state(), tr.make_train_step(split=True)
+    with sharding.use_mesh(tr.mesh):
+      for _ in range(2):
+        state, _ = step(state, tr.frozen, tr.to_global(batch))
+    kinds = {x.sharding.memory_kind for x in jax.tree.leaves(state["opt_state"]) if x.ndim}
+    assert kinds == {"pinned_host" if offload else "device"}
+    assert {x.sharding.memory_kind for x in jax.tree.leaves(state["params"])} == {"device"}
+    out[offload] = (tr, state)
+  (_, on_dev), (tr, off) = out[False], out[True]
+  # The moments trained (equal zeros would prove nothing).
+  assert max(np.abs(np.asarray(x)).max() for x in jax.tree.leaves(off["opt_state"]) if x.ndim) > 0
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(off), jax.tree.leaves(on_dev)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+  with checkpoint.TrainCheckpointer(tmp_path / "ck", async_save=False) as ck:
+    ck.save(2, off, wait=True)
+    got = ck.restore(2, tr.abstract_state)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(off)):
+    assert a.sharding.memory_kind == b.sharding.memory_kind, path
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_split_step_equals_one_program(tmp_path):
+  """The step as two programs (gradients, then the update: `train.SplitStep`) computes what the one
+  program computes. XLA fuses the gradient's final division differently across a program
+  boundary, so the moments agree to summation-order rounding (the gradients' rtol, and an atol
+  of 1e-7 of each leaf's largest value), not bit for bit."""
+  batch = _packed_batch(8, 32)
+  out = {}
+  for split in (False, True):
+    c = tiny_train_config.get_config("blt")
+    c.mesh.shape = (2, 2, 2)
+    c.train.update(batch_size=8, seq_len=32, grad_accum=2, export=False, tensorboard=False,
+                   progress=False)
+    tr = train.Trainer.create(c, tmp_path / str(split))
+    state = tr.init_state()
+    with sharding.use_mesh(tr.mesh):
+      out[split] = jax.device_get(tr.make_train_step(split=split)(state, tr.frozen,
+                                                                    tr.to_global(batch)))
+  (s1, m1), (s2, m2) = out[False], out[True]
+  assert set(m1) == set(m2)
+  for k in m1:
+    np.testing.assert_allclose(m2[k], m1[k], rtol=LOSS_RTOL, err_msg=k)
+  assert int(s2["step"]) == int(s1["step"]) == 1
+  moments = [(p, a, b) for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(s2["opt_state"]),
+                                            jax.tree.leaves(s1["opt_state"])) if a.ndim]
+  assert moments and all(np.abs(b).max() > 0 for _, _, b in moments)
+  for path, a, b in moments:
+    np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=1e-7 * np.abs(b).max(),
+                               err_msg=str(path))
+
+
 def optax_apply(p, u):
   return jax.tree.map(lambda a, b: a + b, p, u)
 

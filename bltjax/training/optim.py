@@ -115,7 +115,30 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
                          rng: jax.Array, n_micro: int, constrain: Callable | None = None,
                          weight_key: str = "weight", rows: RowGradient | None = None
                          ) -> tuple[jax.Array, dict[str, Any], Any]:
-  """Loss, metrics and gradients of the whole batch from `n_micro` scanned microbatches.
+  """Loss, metrics and gradients of the whole batch from `n_micro` scanned microbatches
+  (`gradient_sums`, then `normalize`; arguments as there)."""
+  sums = gradient_sums(loss_fn, params, batch, rng, n_micro, constrain, weight_key, rows)
+  return normalize(*sums, params, weight_key)
+
+
+def normalize(loss_sum: jax.Array, metric_sums: dict[str, Any], grad_sums: Any,
+              weight: jax.Array, params: Any, weight_key: str = "weight"
+              ) -> tuple[jax.Array, dict[str, Any], Any]:
+  """`gradient_sums`' weighted sums -> (loss, metrics, gradients in the parameters' dtypes)."""
+  denom = jnp.maximum(weight, 1e-9)
+  grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sums, params)
+  metrics = {k: (v if is_sum_metric(k, weight_key) else v / denom)
+             for k, v in metric_sums.items()}
+  return loss_sum / denom, metrics, grads
+
+
+def gradient_sums(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
+                  rng: jax.Array, n_micro: int, constrain: Callable | None = None,
+                  weight_key: str = "weight", rows: RowGradient | None = None
+                  ) -> tuple[jax.Array, dict[str, Any], Any, jax.Array]:
+  """Weighted sums (loss, metrics, fp32 gradients) over `n_micro` scanned microbatches and the
+  total weight; `normalize` divides. Kept apart so that a program may return the accumulator
+  itself (train.SplitStep: no second gradient-sized buffer for the quotient).
 
   Each microbatch's mean loss is weighted by its `metrics[weight_key]` (the number of scored
   targets) when present, so the result equals one pass over the full batch, not a mean of means.
@@ -148,14 +171,14 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
       return run
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if n_micro == 1:
+  if n_micro == 1:  # sums of one, weight 1: `normalize` leaves them as they are
     if rows is not None:
       acc = jnp.zeros(table.shape, jnp.float32)
       (loss, metrics), grads = row_grads(grad_fn)(params, batch, rng, acc)
       grads = _set(grads, rows.path, _get(grads, rows.path).astype(table.dtype))
     else:
       (loss, metrics), grads = grad_fn(params, batch, rng)
-    return loss, metrics, grads
+    return loss, metrics, grads, jnp.float32(1.0)
 
   def weighted_loss(p, mb, r):
     # The microbatch's weight (its target count, not a function of p) scales the loss, so its
@@ -195,7 +218,5 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
   m0 = zeros(dict(m_shape, loss=jax.ShapeDtypeStruct((), jnp.float32)))
   carry = (zeros(params), m0, jnp.float32(0.0))
   (g_sum, m_sum, w_sum), _ = jax.lax.scan(body, carry, (jnp.arange(n_micro), micro))
-  denom = jnp.maximum(w_sum, 1e-9)
-  grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, params)
-  metrics = {k: (v if is_sum_metric(k, weight_key) else v / denom) for k, v in m_sum.items()}
-  return metrics.pop("loss"), metrics, grads
+  loss_sum = m_sum.pop("loss")
+  return loss_sum, m_sum, g_sum, w_sum

@@ -340,8 +340,15 @@ class Trainer:
     # Adam's moments take their params' shardings, the counters are replicated. (XLA's own
     # placement, from compiling tx.init, replicates mu/nu: zeros_like carries no sharding, so
     # fsdp would not shard 2/3 of the state.)
-    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abs_opt, param_sh,
-                                   transform_non_params=lambda _: repl,
+    moment_kind = "device"
+    if tc.offload_optimizer:
+      moment_kind = "pinned_host"
+      kinds = {m.kind for m in devices[0].addressable_memories()}
+      if moment_kind not in kinds:
+        raise ConfigError(f"train.offload_optimizer: {devices[0].platform} devices have no "
+                          f"{moment_kind!r} memory (they have {sorted(kinds)})")
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh.with_memory_kind(moment_kind), abs_opt,
+                                   param_sh, transform_non_params=lambda _: repl,
                                    is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
     state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
     abstract = {
@@ -395,9 +402,11 @@ class Trainer:
 
   # -- steps ---------------------------------------------------------------------------------
 
-  def make_train_step(self):
+  def make_train_step(self, split: bool | None = None):
+    """The jitted step `step(state, frozen, batch) -> (state, metrics)`; `split`: as two programs
+    (`SplitStep`; None = when the optimizer is offloaded, which needs it)."""
     cfg, tc, tx, sched, loss_fn = self.cfg, self.r.train, self.tx, self.schedule, self.loss_fn
-    mesh, rules = self.mesh, self.r.rules
+    mesh, rules, opt_shardings = self.mesh, self.r.rules, self.state_shardings["opt_state"]
     base_key = jax.random.key(tc.seed)
 
     def constrain(y):
@@ -412,8 +421,8 @@ class Trainer:
         model.HASH_TABLE_PATH, lambda mb: model.hash_ids(cfg, mb["ids"], mb["valid"]),
         model.hash_rows, model.add_hash_rows)
 
-    def step_fn(state, frozen, batch):
-      rng = jax.random.fold_in(base_key, state["step"])
+    def gradient_sums(params, step, frozen, batch):
+      """The microbatch loop: `optim.gradient_sums` of the whole batch."""
 
       def micro_loss(p, mb, r):
         full = {**p, **frozen}
@@ -422,17 +431,41 @@ class Trainer:
           mb["start"] = losses.train_patch_starts(full, cfg, mb)
         return loss_fn(full, cfg, mb, r)
 
-      loss, metrics, grads = optim.accumulate_gradients(
-        micro_loss, state["params"], batch, rng, tc.grad_accum, constrain, rows=hash_rows)
-      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      rng = jax.random.fold_in(base_key, step)
+      return optim.gradient_sums(micro_loss, params, batch, rng, tc.grad_accum, constrain,
+                                 rows=hash_rows)
+
+    def update(state, *sums):
+      loss, metrics, grads = optim.normalize(*sums, state["params"])
+      opt_state = state["opt_state"]
+      if tc.offload_optimizer:  # the moments come in from host memory; out_shardings send them back
+        opt_state = jax.tree.map(lambda x, sh: jax.device_put(x, sh.with_memory_kind("device")),
+                                 opt_state, opt_shardings)
+      updates, opt_state = tx.update(grads, opt_state, state["params"])
       params = optax.apply_updates(state["params"], updates)
       metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),
                      lr=sched(state["step"]))
       return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
+    sh = self.state_shardings
+    if split or (split is None and tc.offload_optimizer):
+      # Two programs, so that the microbatch loop's peak never holds the moments: in one program
+      # XLA starts their copies to the device before the loop (compiled for TPU: a higher peak
+      # than not offloading; docs/accelerators.md), also behind an optimization_barrier.
+      # The first returns the fp32 accumulator itself (no gradient-sized quotient next to it).
+      return SplitStep(
+        jax.jit(gradient_sums,
+                in_shardings=(sh["params"], sh["step"], self.frozen_shardings, None),
+                out_shardings=(None, None, sh["params"], None)),
+        jax.jit(update, in_shardings=(sh, None, None, sh["params"], None),
+                out_shardings=(sh, None), donate_argnums=(0, 3)))
+
+    def step_fn(state, frozen, batch):
+      return update(state, *gradient_sums(state["params"], state["step"], frozen, batch))
+
     # The batch arrives as global arrays already split over the data axes (`to_global`).
-    return jax.jit(step_fn, in_shardings=(self.state_shardings, self.frozen_shardings, None),
-                   out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+    return jax.jit(step_fn, in_shardings=(sh, self.frozen_shardings, None),
+                   out_shardings=(sh, None), donate_argnums=(0,))
 
   def make_eval_step(self):
     cfg, tc, loss_fn = self.cfg, self.r.train, self.loss_fn
@@ -470,6 +503,50 @@ class Trainer:
     meta = {"task": self.r.train.task, "step": int(step), "train": dataclasses.asdict(self.r.train)}
     return checkpoint.export_params(self.workdir / "export", self.full_params(params), self.cfg,
                                     meta)
+
+
+class SplitStep:
+  """A training step run as two programs: `gradients(params, step, frozen, batch)` (the
+  microbatch loop's `optim.gradient_sums`) then `update(state, *sums)`. Called, lowered and
+  compiled as one jitted step is: `step(state, frozen, batch)`, `step.lower(...).compile()`; the
+  compiled pair's `memory_analysis()` is the program with the larger peak (host bytes: the
+  larger of each) and its `cost_analysis()` the sum."""
+
+  def __init__(self, gradients, update):
+    self.gradients, self.update = gradients, update
+
+  def __call__(self, state, frozen, batch):
+    return self.update(state, *self.gradients(state["params"], state["step"], frozen, batch))
+
+  def lower(self, state, frozen, batch) -> SplitStep:
+    g = self.gradients.lower(state["params"], state["step"], frozen, batch)
+    return SplitStep(g, self.update.lower(state, *g.out_info))
+
+  def compile(self) -> SplitStep:
+    return SplitStep(self.gradients.compile(), self.update.compile())
+
+  def memory_analysis(self):
+    import types
+
+    ms = [self.gradients.memory_analysis(), self.update.memory_analysis()]
+    peak = lambda m: (m.argument_size_in_bytes + m.output_size_in_bytes  # noqa: E731
+                      - m.alias_size_in_bytes + m.temp_size_in_bytes)
+    top = max(ms, key=peak)
+    out = {k: getattr(top, k) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                        "alias_size_in_bytes", "temp_size_in_bytes",
+                                        "generated_code_size_in_bytes")}
+    for k in ("host_argument_size_in_bytes", "host_temp_size_in_bytes"):
+      out[k] = max(getattr(m, k, 0) for m in ms)
+    return types.SimpleNamespace(**out)
+
+  def cost_analysis(self):
+    out: dict[str, float] = {}
+    for ca in (self.gradients.cost_analysis(), self.update.cost_analysis()):
+      ca = (ca[0] if ca else {}) if isinstance(ca, list | tuple) else (ca or {})
+      for k, v in ca.items():
+        if k in ("flops", "bytes accessed"):
+          out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def _global_norm(tree: Any) -> jax.Array:

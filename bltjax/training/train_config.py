@@ -179,6 +179,10 @@ class TrainConfig:
   # Adam's first moment: "float32", or "bfloat16" to halve its memory (the second moment and the
   # parameters stay fp32); BLT-1B's v5e-8 figures with it: docs/accelerators.md.
   mu_dtype: str = "float32"
+  # Adam's moments live in host memory (memory kind "pinned_host") between steps and visit the
+  # accelerator only for the update, after the microbatch loop: the loop's peak no longer holds
+  # them. Costs one host<->device copy of the moments per step (docs/accelerators.md).
+  offload_optimizer: bool = False
   seed: int = 0
   entropy_checkpoint: str = ""  # task blt + entropy patching: a bltjax checkpoint dir
   init_from_blt: str = ""  # task blt: start a new run from this checkpoint's BLT weights
@@ -224,6 +228,8 @@ class TrainConfig:
       _fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
     if self.mu_dtype not in ("float32", "bfloat16"):
       _fail("train.mu_dtype", f"must be 'float32' or 'bfloat16', got {self.mu_dtype!r}")
+    if not isinstance(self.offload_optimizer, bool):
+      _fail("train.offload_optimizer", f"must be true or false, got {self.offload_optimizer!r}")
     if not self.clip_norm > 0:
       _fail("train.clip_norm", f"must be positive, got {self.clip_norm}")
     if not self.min_expected_patch >= 1:
