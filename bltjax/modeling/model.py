@@ -11,8 +11,9 @@ and the stage functions `encode`, `global_latents` that BLT-D training reuses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -254,9 +255,7 @@ class LocalDecoder(nn.Module):
     return out
 
   def gather_latent(self, kv_i, lat_idx_BxG):
-    """The keys/values [B, G, C, Hx, Kx] of latents lat_idx (kv_i: one layer of `latent_kv`)."""
-    take = jax.vmap(lambda a, idx: a[idx])
-    return take(kv_i[0], lat_idx_BxG), take(kv_i[1], lat_idx_BxG)
+    return take_latent(kv_i, lat_idx_BxG)
 
   def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxG):
     """Layer i's cross-attention: the S positions of a row in G equal runs (G = S: one byte
@@ -277,11 +276,46 @@ class LocalDecoder(nn.Module):
     """The decoder stage: next-byte logits (fp32) of encoder byte states under `run` (`states`),
     layer i cross-attending `latent(i)` = the C keys/values [B, G, C, Hx, Kx] of G latents, one
     per run of S/G positions (`CrossAttention.latent`); `rows` anchors the activations' rows
-    (training's `sharding.constrain_rows`). (logits, what run returns besides)."""
-    h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
-    h, keys = run(self.layers, h, pos_BxS,
-                  lambda i, x: rows(self.cross_attn_layers[i].latent(x, *latent(i))))
-    return self.head(rows(h)), keys
+    (training's `sharding.constrain_rows`). (logits, what run returns besides).
+
+    h may be a tuple of streams (BLT-D training's clean and block streams, `per_stream`), with
+    `latent(i)` one (k, v) per stream and one logits array per stream out."""
+    dt = dtype_of(self.cfg.dtype)
+    h = per_stream(lambda x: x.astype(dt), h_BxSxD)
+    h, keys = run(self.layers, h, pos_BxS, LatentCross(self.cross_attn_layers, latent, rows))
+    return per_stream(lambda x: self.head(rows(x)), h), keys
+
+
+def take_latent(kv_i, lat_idx_BxG):
+  """The keys/values [B, G, C, Hx, Kx] of latents lat_idx (kv_i: one layer of `latent_kv`)."""
+  take = jax.vmap(lambda a, idx: a[idx])
+  return take(kv_i[0], lat_idx_BxG), take(kv_i[1], lat_idx_BxG)
+
+
+def per_stream(fn, x, *rest):
+  """fn(x, *rest) on one stream, or on each stream of a tuple (rest zipped alike; a None stream
+  stays None): how a stage carries BLT-D training's second (block) stream."""
+  if not isinstance(x, tuple):
+    return fn(x, *rest)
+  return tuple(None if xs is None else fn(xs, *r) for xs, *r in zip(x, *rest, strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentCross:
+  """The decoder's cross-attention before layer i as `run` calls it, `cross(i, x)`: the layer's
+  `CrossAttention.latent` over `latent(i)`, per stream. `at` takes the layer's module from the
+  caller: a run that lifts each layer into a transform (BLT-D training's `nn.remat`) passes the
+  module it lifted, since a lifted function may call no other module."""
+
+  layers: Sequence[CrossAttention]
+  latent: Callable[[int], Any]
+  rows: Callable[[Any], Any]
+
+  def __call__(self, i: int, x):
+    return self.at(self.layers[i], i, x)
+
+  def at(self, xa: CrossAttention, i: int, x):
+    return per_stream(lambda xs, kv: self.rows(xa.latent(xs, *kv)), x, self.latent(i))
 
 
 class BLT(nn.Module):
@@ -537,4 +571,4 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
            "entropies", "entropy_logits", "patch", "encode", "global_latents", "apply_blt",
            "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
-           "abstract_sharded_params", "init_sharded"]
+           "abstract_sharded_params", "init_sharded", "take_latent", "per_stream", "LatentCross"]
