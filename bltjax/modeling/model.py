@@ -140,6 +140,22 @@ class LocalEncoder(nn.Module):
         x = x / (len(h.group_sizes) + 1)
     return x
 
+  def embed_block(self, ids_BxZ, pos_BxZ, valid_BxZ, ctx_ids_BxG, ctx_valid_BxG):
+    """A BLT-D block's inputs (diffusion.block_input; arXiv 2605.08044 §3), for training's block
+    stream and decoding's denoising steps: "tok_embeddings", the byte table (MASK row
+    included), no hash n-grams; "encoder_states", the full embedding (then the encoder layers),
+    whose hash n-grams read the G = `block_context(cfg)` bytes before the block (ctx, none
+    before position 0) as the clean stream's do at the same positions."""
+    if self.cfg.diffusion.block_input == "tok_embeddings":
+      return self.tok_embeddings(jnp.where(valid_BxZ, ids_BxZ, 0))
+    g = ctx_ids_BxG.shape[1]
+    ctx_pos_BxG = pos_BxZ[:, :1] - g + jnp.arange(g, dtype=jnp.int32)[None]
+    all_pos = jnp.concatenate([ctx_pos_BxG, pos_BxZ], axis=1)
+    all_valid = jnp.concatenate([ctx_valid_BxG & (ctx_pos_BxG >= 0), valid_BxZ], axis=1)
+    x = self.embed(jnp.concatenate([ctx_ids_BxG, ids_BxZ], axis=1), jnp.maximum(all_pos, 0),
+                   all_valid)
+    return x[:, g:]
+
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
     mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS,
@@ -284,6 +300,11 @@ class LocalDecoder(nn.Module):
     h = per_stream(lambda x: x.astype(dt), h_BxSxD)
     h, keys = run(self.layers, h, pos_BxS, LatentCross(self.cross_attn_layers, latent, rows))
     return per_stream(lambda x: self.head(rows(x)), h), keys
+
+
+def block_context(cfg: BLTConfig) -> int:
+  """Bytes before a BLT-D block that its hash n-grams read (`LocalEncoder.embed_block`)."""
+  return max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
 
 
 def take_latent(kv_i, lat_idx_BxG):
@@ -571,4 +592,5 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
            "entropies", "entropy_logits", "patch", "encode", "global_latents", "apply_blt",
            "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
-           "abstract_sharded_params", "init_sharded", "take_latent", "per_stream", "LatentCross"]
+           "abstract_sharded_params", "init_sharded", "take_latent", "per_stream", "LatentCross",
+           "block_context"]

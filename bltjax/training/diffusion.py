@@ -190,31 +190,16 @@ def two_streams(cfg: BLTConfig, tc: TransformerConfig, plan: AttnPlan, clean_BxS
   return run
 
 
-def _embed_blocks(cfg: BLTConfig, params: Params, noisy_BxMxZ, bl, ids_BxS, valid_BxS):
-  """Block-stream decoder inputs before the encoder layers.
-
-  "tok_embeddings": the byte table (MASK row included), no hash n-grams.
-  "encoder_states": the full encoder embedding; hash n-grams read the clean bytes before the
-  block (BOE 0 before position 0), like the clean stream's hashes at the same positions.
-  """
-  b, m, z = noisy_BxMxZ.shape
-  ids = jnp.where(bl["valid_BxMxZ"], noisy_BxMxZ, 0)
-  if cfg.diffusion.block_input == "tok_embeddings":
-    return model.apply_blt({"local_encoder": {"tok_embeddings": params["local_encoder"][
-      "tok_embeddings"]}}, cfg, lambda mm, x: mm.local_encoder.tok_embeddings(x), ids)
-  g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
-  s = ids_BxS.shape[1]
+def _block_context(cfg: BLTConfig, bl: dict[str, Any], ids_BxS, valid_BxS):
+  """The G = `model.block_context` clean bytes before each block ([B·M, G] ids, valid): what
+  its hash n-grams read (`LocalEncoder.embed_block`)."""
+  b, m = bl["start_BxM"].shape
+  g, s = model.block_context(cfg), ids_BxS.shape[1]
   j_BxMxG = bl["start_BxM"][:, :, None] - g + jnp.arange(g, dtype=jnp.int32)[None, None, :]
   jc = jnp.clip(j_BxMxG, 0, s - 1).reshape(b, m * g)
-  ctx_ok = (j_BxMxG >= 0) & jnp.take_along_axis(valid_BxS, jc, axis=1).reshape(b, m, g)
-  ctx_ids = jnp.where(ctx_ok, jnp.take_along_axis(ids_BxS, jc, axis=1).reshape(b, m, g), 0)
-  all_ids = jnp.concatenate([ctx_ids, ids], axis=2).reshape(b * m, g + z)
-  all_pos = jnp.concatenate([j_BxMxG, bl["pos_BxMxZ"]], axis=2).reshape(b * m, g + z)
-  all_valid = jnp.concatenate([ctx_ok, bl["valid_BxMxZ"]], axis=2).reshape(b * m, g + z)
-  e = model.apply_blt({"local_encoder": params["local_encoder"]}, cfg,
-                      lambda mm, *a: mm.local_encoder.embed(*a), all_ids, jnp.maximum(all_pos, 0),
-                      all_valid)
-  return e.reshape(b, m, g + z, -1)[:, :, g:]
+  ok = (j_BxMxG >= 0) & jnp.take_along_axis(valid_BxS, jc, axis=1).reshape(b, m, g)
+  ids = jnp.where(ok, jnp.take_along_axis(ids_BxS, jc, axis=1).reshape(b, m, g), 0)
+  return ids.reshape(b * m, g), ok.reshape(b * m, g)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +248,7 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
   pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (b, s))
   a = model.byte_arrays(start, ids, valid, p)
 
-  bl = noisy = mask = t_B = hb = pos_b = None
+  bl = noisy = mask = t_B = blk_in = pos_b = None
   if with_blocks:
     if z <= 0:
       raise ValueError("bltd_forward: cfg.diffusion.block_size must be > 0 for the block branch")
@@ -279,14 +264,17 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
     else:
       t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
     noisy, mask = corrupt_blocks(r_mask, bl["ids_BxMxZ"], bl["target_BxMxZ"], t_B)
-    hb = _embed_blocks(cfg, params, noisy, bl, ids, valid).reshape(b, nm * z, -1)
     pos_b = bl["pos_BxMxZ"].reshape(b, nm * z)
+    flat = lambda x: x.reshape(b * nm, *x.shape[2:])  # noqa: E731
+    blk_in = (flat(jnp.where(bl["valid_BxMxZ"], noisy, 0)), flat(bl["pos_BxMxZ"]),
+              flat(bl["valid_BxMxZ"]), *_block_context(cfg, bl, ids, valid))
   enc_blocks = with_blocks and cfg.diffusion.block_input == "encoder_states"
   clean = dict(pos_BxS=pos, doc_BxS=doc, valid_BxS=valid)
 
-  def stages(m, ids, hb):
+  def stages(m, ids, blk_in):
     enc, dec = m.local_encoder, m.local_decoder
     run = lambda tc: two_streams(cfg, tc, plan, clean, bl)  # noqa: E731
+    hb = None if blk_in is None else enc.embed_block(*blk_in).reshape(b, nm * z, -1)
     # Local encoder on the clean bytes (and the blocks for block_input="encoder_states").
     (x, hb_enc), _ = enc.states((enc.embed(ids, pos, valid), hb if enc_blocks else None),
                                 (pos, pos_b), run(cfg.encoder))
@@ -299,7 +287,7 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
     return dec.logits((x, hb_enc if enc_blocks else hb), (pos, pos_b), run(cfg.decoder),
                       latent)[0]
 
-  clean_logits, block_logits = model.apply_blt(params, cfg, stages, ids, hb)
+  clean_logits, block_logits = model.apply_blt(params, cfg, stages, ids, blk_in)
   if with_blocks:
     block_logits = block_logits.reshape(b, nm, z, -1)
   return dict(clean_logits_BxSxV=clean_logits, block_logits_BxMxZxV=block_logits, blocks=bl,
