@@ -6,7 +6,8 @@ Parameter tree (plain nested dicts; docs/architecture.md names):
 Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
 `init_params`, `abstract_params`, `logical_axes`, the sharded-from-birth `param_shardings`,
 `abstract_sharded_params`, `init_sharded`, `entropy_logits`, `entropies`, `patch`, `forward`,
-and the stage functions `encode`, `global_latents` that BLT-D training reuses.
+`encode`, `global_latents`; `apply_blt` / `apply_entropy` run a function of the module (its stage
+methods, docs/architecture.md) for the decoding engine and BLT-D training.
 """
 
 from __future__ import annotations
@@ -270,13 +271,10 @@ class LocalDecoder(nn.Module):
                   v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
     return out
 
-  def gather_latent(self, kv_i, lat_idx_BxG):
-    return take_latent(kv_i, lat_idx_BxG)
-
   def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxG):
     """Layer i's cross-attention: the S positions of a row in G equal runs (G = S: one byte
     each), run g reading the C keys of latent lat_idx[g] (`CrossAttention.latent`)."""
-    return self.cross_attn_layers[i].latent(h_BxSxD, *self.gather_latent(kv_i, lat_idx_BxG))
+    return self.cross_attn_layers[i].latent(h_BxSxD, *take_latent(kv_i, lat_idx_BxG))
 
   def head(self, h_BxSxD):
     return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
@@ -285,7 +283,7 @@ class LocalDecoder(nn.Module):
     kvs = self.latent_kv(o_BxPxDg)
     mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS,
                                   attention=self.cfg.attention)
-    latent = lambda i: self.gather_latent(kvs[i], lat_idx_BxS)  # noqa: E731
+    latent = lambda i: take_latent(kvs[i], lat_idx_BxS)  # noqa: E731
     return self.logits(h_BxSxD, pos_BxS, attending(mask), latent, sharding.constrain_rows)[0]
 
   def logits(self, h_BxSxD, pos_BxS, run, latent, rows=lambda x: x):
@@ -539,9 +537,15 @@ def blt_params(params: Params) -> Params:
 # Forward functions.
 
 
+def apply_entropy(params: Params, cfg: BLTConfig, fn, *args):
+  """fn(module, *args) on the entropy model (`apply_blt`'s counterpart): its stage
+  (`EntropyModel.logits`) as scoring and the decoding engine run it."""
+  return entropy_module(cfg).apply({"params": params["entropy_model"]}, *args, method=fn)
+
+
 def entropy_logits(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
   ids_BxS, _, pos, valid, doc = defaults(ids_BxS, lengths_B, doc_BxS)
-  return entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxS, pos, doc, valid)
+  return apply_entropy(params, cfg, lambda m, *a: m(*a), ids_BxS, pos, doc, valid)
 
 
 def entropies(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
@@ -590,7 +594,7 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
 
 
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
-           "entropies", "entropy_logits", "patch", "encode", "global_latents", "apply_blt",
-           "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
+           "entropies", "entropy_logits", "apply_entropy", "patch", "encode", "global_latents",
+           "apply_blt", "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
            "abstract_sharded_params", "init_sharded", "take_latent", "per_stream", "LatentCross",
            "block_context"]
