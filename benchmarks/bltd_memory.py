@@ -141,16 +141,27 @@ def layer_residuals(cfg: BLTConfig, seq_len: int, num_blocks: int) -> float:
   s, m = seq_len, num_blocks
   params = model.abstract_params(cfg)
   plan = kernels.make_plan(cfg, s, m)
-  fn = diffusion._layer(cfg, "local_decoder", 0, plan)
   c = dict(pos_BxS=sds((1, s), jnp.int32), doc_BxS=sds((1, s), jnp.int32),
            valid_BxS=sds((1, s), bool), lat_BxS=sds((1, s), jnp.int32))
   bl = dict(pos_BxMxZ=sds((1, m, z), jnp.int32), valid_BxMxZ=sds((1, m, z), bool),
             start_BxM=sds((1, m), jnp.int32), doc_BxM=sds((1, m), jnp.int32),
             lat_BxM=sds((1, m), jnp.int32))
   kv = sds((1, m + 1, cfg.cross_attn_k, d.n_heads, d.head_dim), dt)
-  f = lambda p, hc, hb, kv_i, c, bl: sum(jnp.sum(x.astype(jnp.float32))
-                                         for x in fn(p, hc, hb, c, bl, kv_i))
-  return _bytes(saved_residuals(f, params, sds((1, s, d.dim), dt), sds((1, m, z, d.dim), dt),
+
+  def f(p, hc, hb, kv_i, c, bl):
+    run = diffusion.two_streams(cfg, d, plan, c, bl)
+
+    def layer0(mm, hc, hb):  # decoder layer 0 with its cross-attention, as training runs it
+      dec = mm.local_decoder
+      cross = model.LatentCross(dec.cross_attn_layers, lambda i: (
+        model.take_latent(kv_i, c["lat_BxS"]), model.take_latent(kv_i, bl["lat_BxM"])),
+        lambda x: x)
+      return run(dec.layers[:1], (hc, hb), (c["pos_BxS"], bl["pos_BxMxZ"].reshape(1, m * z)),
+                 cross)[0]
+
+    return sum(jnp.sum(x.astype(jnp.float32)) for x in model.apply_blt(p, cfg, layer0, hc, hb))
+
+  return _bytes(saved_residuals(f, params, sds((1, s, d.dim), dt), sds((1, m * z, d.dim), dt),
                                 (kv, kv), c, bl))
 
 

@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bltjax.decoding import options
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PATCH = 4.0  # mean patch length θ is calibrated for (BLT's release regime)
 GENERATE = ("translation", "humaneval")
@@ -420,10 +422,10 @@ def stage_samples(st: State, prompt_bytes: int = 64, new_bytes: int = 96) -> Non
     names.append(dom)
   models = []
   if st.blt_export is not None:
-    models.append(("BLT", st.blt_export, "ar"))
+    models.append(("BLT", st.blt_export, _method(lambda m: m.baseline)))
   if st.bltd_exports:
     z = max(st.bltd_exports)
-    models.append((f"BLT-D-{z}", st.bltd_exports[z], "bltd"))
+    models.append((f"BLT-D-{z}", st.bltd_exports[z], _method(lambda m: m.sweep == "alpha")))
   show = lambda b: b.decode("utf-8", "replace").replace("\n", "\\n")  # noqa: E731
   out = {}
   for label, path, method in models:
@@ -449,8 +451,9 @@ def _gen_samples(st: State, runs: list[str]) -> None:
   sc = st.scale
   t_low = min((t for t in sc.temperatures if t), default=0.0)
   a_hi = f"a{max(sc.alphas):g}" if sc.alphas else "onestep"
-  want = [f"{GEN}-BLT-ar-{_tname(t)}" for t in (t_low, 0.0)]
-  want += [f"{GEN}-BLT-D-{z}-bltd-{a_hi}-{_tname(t)}" for z in sc.block_sizes
+  base, blocks = _method(lambda m: m.baseline), _method(lambda m: m.sweep == "alpha")
+  want = [f"{GEN}-BLT-{base}-{_tname(t)}" for t in (t_low, 0.0)]
+  want += [f"{GEN}-BLT-D-{z}-{blocks}-{a_hi}-{_tname(t)}" for z in sc.block_sizes
            for t in (t_low, 0.0)]
   _say(st, "samples", "continuations of held-out prompts (from the gen runs): "
        + ", ".join(want))
@@ -478,19 +481,23 @@ def eval_plan(st: State) -> list[tuple[str, str, Path, str, list[str]]]:
   """[(run name, model label, checkpoint, suite, bltjax.eval argv tail)] for every suite x
   method at this scale."""
   sc = st.scale
+  # (label, checkpoint, BLT-D weights): the denoising methods need them (options.INFO).
   models = []
   blt = st.blt_export or st.blt_weights or st.workdir / "blt" / "export"
-  models.append(("BLT", blt, ("ar", "blts")))
+  models.append(("BLT", blt, False))
   for z in sc.block_sizes:
     models.append((f"BLT-D-{z}", st.bltd_exports.get(z, st.workdir / f"bltd-{z}" / "export"),
-                   ("ar", "bltd", "bltdv")))
+                   True))
+  base = _method(lambda m: m.baseline)
   plan = []
   for suite in (*LIKELIHOOD, *GENERATE):
     limit = sc.limits.get(suite)
     if limit == 0:
       continue
-    for label, ckpt, methods in models:
-      for m in (methods if suite in GENERATE else ("ar",)):
+    for label, ckpt, blocks in models:
+      # generation: the model's own methods and the baseline; likelihoods: the baseline
+      methods = [m.name for m in options.INFO.values() if m.baseline or m.denoises == blocks]
+      for m in (methods if suite in GENERATE else (base,)):
         tail = ["--suite", suite, "--method", m, "--name", label,
                 "--batch-size", str(sc.eval_batch)]
         if limit:
@@ -510,27 +517,33 @@ def gen_plan(st: State, models, reference: Path) -> list[tuple[str, str, Path, s
   generation scored under the BLT (the AR reference)."""
   sc = st.scale
   out = []
-  for label, ckpt, methods in models:
-    # AR runs on the BLT only: the BLT-D rows compare with the BLT's AR sampling (the BLT-D's
-    # causal path is the BLT fine-tuned; its held-out bpb is in the heldout stage).
-    settings: list[tuple[str, str, list[str]]] = [("ar", "ar", [])] if "blts" in methods else []
-    if "blts" in methods:
-      settings += [("blts", f"blts-k{k}", ["--draft-k", str(k)]) for k in sc.draft_ks]
-    if "bltd" in methods:
-      settings.append(("bltd", "bltd-onestep", ["--rule", "one_step"]))
-      settings += [("bltd", f"bltd-a{a:g}", ["--rule", "confidence", "--alpha", str(a)])
-                   for a in sc.alphas]
+  for label, ckpt, blocks in models:
+    # The baseline (AR) runs on the BLT only: the BLT-D rows compare with the BLT's AR sampling
+    # (the BLT-D's causal path is the BLT fine-tuned; its held-out bpb is in the heldout stage).
+    methods = [m for m in options.INFO.values() if m.denoises == blocks]
     for t in sc.temperatures:
-      for m, tag, extra in settings:
-        if m == "bltdv":
-          continue
-        out.append((f"gen-{label}-{tag}-{_tname(t)}", label, ckpt, GEN,
-                    _gen_tail(sc, label, m, t, reference, extra)))
-      if "bltdv" in methods:  # sampled BLT-DV needs the one-step rule (exact speculative sampling)
-        extra = ["--rule", "one_step"] if t else []
-        out.append((f"gen-{label}-bltdv-{_tname(t)}", label, ckpt, GEN,
-                    _gen_tail(sc, label, "bltdv", t, reference, extra)))
+      for m in methods:
+        for tag, extra in _gen_settings(sc, m, t):
+          out.append((f"gen-{label}-{tag}-{_tname(t)}", label, ckpt, GEN,
+                      _gen_tail(sc, label, m.name, t, reference, extra)))
   return out
+
+
+def _gen_settings(sc: Scale, m: options.MethodInfo, t: float) -> list[tuple[str, list[str]]]:
+  """(run tag, bltjax.eval flags) of one method's points in the gen sweep at temperature t: the
+  values its record sweeps (draft windows; one-step and each α of the confidence rule), else its
+  defaults, under its `sample_rule` when it samples."""
+  if m.sweep == "draft_k":
+    return [(f"{m.name}-k{k}", ["--draft-k", str(k)]) for k in sc.draft_ks]
+  if m.sweep == "alpha":
+    return [(f"{m.name}-onestep", ["--rule", "one_step"])] + [
+      (f"{m.name}-a{a:g}", ["--rule", "confidence", "--alpha", str(a)]) for a in sc.alphas]
+  return [(m.name, ["--rule", m.sample_rule] if t and m.sample_rule else [])]
+
+
+def _method(pred) -> str:
+  """The name of the first method (`options.INFO`'s order) whose record satisfies `pred`."""
+  return next(m.name for m in options.INFO.values() if pred(m))
 
 
 def _tname(t: float) -> str:

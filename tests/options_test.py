@@ -43,16 +43,19 @@ def test_bad_flag_combinations_name_the_flag(flags, msg, capsys):
 
 
 def test_no_caller_switches_on_a_method_name():
-  """The report and the option checks read the method records (`options.INFO`), never a name:
-  a method's labels, defaults and figure roles live in its record."""
+  """The report, the option checks and the reproduction's decoding runs read the method records
+  (`options.INFO`), never a name: a method's labels, defaults, sweeps and figure roles live in
+  its record."""
   from pathlib import Path
 
-  from bltjax import report
-  for mod in (report, options):
+  from bltjax import report, reproduce
+  for mod in (report, options, reproduce):
     src = Path(mod.__file__).read_text()
     if mod is options:  # its functions, past the records and the --method flag's default
       body = src[src.index("def info("):src.index("def add_args(")] + src[src.index(
         "def check_args("):]
+    elif mod is reproduce:  # its samples and evaluation plan (its training stages are bltd-Z)
+      body = src[src.index("def stage_samples("):src.index("def stage_eval(")]
     else:
       body = src
     for name in options.METHODS:

@@ -116,16 +116,13 @@ def block_logits(params, cfg: BLTConfig, st: engine.State, ids_BxZ, start_B, lat
   wb = cfg.diffusion.block_prefix_window
   every = jnp.ones((b, z, z), bool)
 
+  g = model.block_context(cfg)
+
   def run(m, ids):
     enc = m.local_encoder
-    if cfg.diffusion.block_input == "tok_embeddings":
-      x = enc.tok_embeddings(ids)
-    else:
-      g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
-      cpos = start_B[:, None] - g + jnp.arange(g, dtype=jnp.int32)[None]
-      all_pos = jnp.concatenate([cpos, pos], axis=1)
-      all_ids = jnp.concatenate([st.hist[:, st.hist.shape[1] - g:], ids], axis=1)
-      x = enc.embed(all_ids, jnp.maximum(all_pos, 0), all_pos >= 0)[:, g:]
+    x = enc.embed_block(ids, pos, jnp.ones((b, z), bool), st.hist[:, st.hist.shape[1] - g:],
+                        jnp.ones((b, g), bool))
+    if cfg.diffusion.block_input == "encoder_states":
       x, _ = enc.states(x, pos, attending(every, prefix_keys(st.enc, start_B, z, wb)))
     return m.local_decoder.logits(x, pos, attending(every, prefix_keys(st.dec, start_B, z, wb)),
                                   lambda i: (lat_k[i][:, None], lat_v[i][:, None]))[0]

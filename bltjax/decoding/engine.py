@@ -406,8 +406,7 @@ def _entropy_stage(params, cfg: BLTConfig, st: State, ids_BxQ, pos_BxQ, valid_Bx
   def ent_fn(m, ids, pos, ring):
     return m.logits(ids, pos, on_ring(ring, valid_BxQ, m.cfg.window))
 
-  e_logits, ent = model.entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxQ,
-                                                 pos_BxQ, st.ent, method=ent_fn)
+  e_logits, ent = model.apply_entropy(params, cfg, ent_fn, ids_BxQ, pos_BxQ, st.ent)
   return ent, patching.entropies_from_logits(e_logits)
 
 

@@ -98,16 +98,18 @@ def _rule(name: str, opt: Options) -> tuple[str, str]:
   return opt.rule or RULE_DEFAULTS[name], opt.eb_rule
 
 
-def _check_blocks(name: str, one_step_to_sample: str | None = None):
-  """Rule and block-latent checks; `one_step_to_sample`: the method's label when sampling needs
-  the one-step rule."""
+def _check_blocks(name: str):
+  """Rule and block-latent checks; sampling under the method's `sample_rule` only."""
+  info = options.info(name)
+
   def check_options(opt: Options) -> None:
     bltd.BlockRule(_rule(name, opt)[0], opt.alpha, opt.gamma, opt.eb_rule)
     if opt.block_latent not in BLOCK_LATENTS:
       raise ValueError(f"block_latent: unknown {opt.block_latent!r} "
                        f"({' | '.join(BLOCK_LATENTS)})")
-    if one_step_to_sample and opt.temperature > 0 and _rule(name, opt)[0] != "one_step":
-      raise ValueError(f"temperature: sampled {one_step_to_sample} needs --rule one_step "
+    rule = info.sample_rule
+    if rule and opt.temperature > 0 and _rule(name, opt)[0] != rule:
+      raise ValueError(f"temperature: sampled {info.short} needs --rule {rule} "
                        "(speculative sampling needs each draft's distribution given the drafts "
                        "before it; the confidence and entropy rules unmask out of order)")
   return check_options
@@ -127,7 +129,7 @@ METHODS: dict[str, Method] = {
   "bltdv": Method("bltdv", "BLT-DV diffusion drafts + causal verification", bltd.check_supported,
                   bltdv.cycle,
                   static=lambda cfg, opt: (cfg.diffusion.block_size + 1, _rule("bltdv", opt)),
-                  check_options=_check_blocks("bltdv", one_step_to_sample="BLT-DV"),
+                  check_options=_check_blocks("bltdv"),
                   window=lambda cfg, opt: cfg.diffusion.block_size),
 }
 

@@ -49,6 +49,7 @@ class MethodInfo:
   rule_default: str | None = None  # block denoising: the default commit rule
   sweep: str | None = None  # the option its curve sweeps: "draft_k" (BLT-S) or "alpha" (BLT-D)
   verify_passes: int = 0  # decoder passes per cycle besides denoising steps (BLT-DV verifies)
+  sample_rule: str | None = None  # the only commit rule it samples under (BLT-DV: one_step)
   style: tuple[str, str] = ("k", "*")  # figure colour and marker
   baseline: bool = False  # the method every other one is compared with (speed, bandwidth)
 
@@ -96,8 +97,10 @@ INFO: dict[str, MethodInfo] = {m.name: m for m in (
   MethodInfo("bltd", "BLT-D-{z}", "BLT-D", _BLOCK_OPTIONS + ("block_latent",),
              rule_default="confidence", sweep="alpha", style=("tab:red", "s")),
   # diffusion drafts verified causally (BLT-D weights)
+  # (sampled: speculative sampling needs each draft's distribution given the drafts before it,
+  # which only the one-step rule keeps)
   MethodInfo("bltdv", "BLT-DV-{z}", "BLT-DV", _BLOCK_OPTIONS, rule_default="entropy",
-             verify_passes=1, style=("tab:green", "^")),
+             verify_passes=1, sample_rule="one_step", style=("tab:green", "^")),
 )}
 METHODS = tuple(INFO)
 RULE_DEFAULTS = {m.name: m.rule_default for m in INFO.values() if m.denoises}

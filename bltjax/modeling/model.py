@@ -6,13 +6,15 @@ Parameter tree (plain nested dicts; docs/architecture.md names):
 Public functions are pure over `(params, cfg, arrays)` so they can be jitted with shardings:
 `init_params`, `abstract_params`, `logical_axes`, the sharded-from-birth `param_shardings`,
 `abstract_sharded_params`, `init_sharded`, `entropy_logits`, `entropies`, `patch`, `forward`,
-and the stage functions `encode`, `global_latents` that BLT-D training reuses.
+`encode`, `global_latents`; `apply_blt` / `apply_entropy` run a function of the module (its stage
+methods, docs/architecture.md) for the decoding engine and BLT-D training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -139,6 +141,22 @@ class LocalEncoder(nn.Module):
         x = x / (len(h.group_sizes) + 1)
     return x
 
+  def embed_block(self, ids_BxZ, pos_BxZ, valid_BxZ, ctx_ids_BxG, ctx_valid_BxG):
+    """A BLT-D block's inputs (diffusion.block_input; arXiv 2605.08044 §3), for training's block
+    stream and decoding's denoising steps: "tok_embeddings", the byte table (MASK row
+    included), no hash n-grams; "encoder_states", the full embedding (then the encoder layers),
+    whose hash n-grams read the G = `block_context(cfg)` bytes before the block (ctx, none
+    before position 0) as the clean stream's do at the same positions."""
+    if self.cfg.diffusion.block_input == "tok_embeddings":
+      return self.tok_embeddings(jnp.where(valid_BxZ, ids_BxZ, 0))
+    g = ctx_ids_BxG.shape[1]
+    ctx_pos_BxG = pos_BxZ[:, :1] - g + jnp.arange(g, dtype=jnp.int32)[None]
+    all_pos = jnp.concatenate([ctx_pos_BxG, pos_BxZ], axis=1)
+    all_valid = jnp.concatenate([ctx_valid_BxG & (ctx_pos_BxG >= 0), valid_BxZ], axis=1)
+    x = self.embed(jnp.concatenate([ctx_ids_BxG, ids_BxZ], axis=1), jnp.maximum(all_pos, 0),
+                   all_valid)
+    return x[:, g:]
+
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
     mask = kernels.self_attention(self.cfg.encoder, pos_BxS, doc_BxS, valid_BxS,
@@ -253,15 +271,10 @@ class LocalDecoder(nn.Module):
                   v.reshape(b, p, c.cross_attn_k, *v.shape[2:])))
     return out
 
-  def gather_latent(self, kv_i, lat_idx_BxG):
-    """The keys/values [B, G, C, Hx, Kx] of latents lat_idx (kv_i: one layer of `latent_kv`)."""
-    take = jax.vmap(lambda a, idx: a[idx])
-    return take(kv_i[0], lat_idx_BxG), take(kv_i[1], lat_idx_BxG)
-
   def cross(self, i: int, h_BxSxD, kv_i, lat_idx_BxG):
     """Layer i's cross-attention: the S positions of a row in G equal runs (G = S: one byte
     each), run g reading the C keys of latent lat_idx[g] (`CrossAttention.latent`)."""
-    return self.cross_attn_layers[i].latent(h_BxSxD, *self.gather_latent(kv_i, lat_idx_BxG))
+    return self.cross_attn_layers[i].latent(h_BxSxD, *take_latent(kv_i, lat_idx_BxG))
 
   def head(self, h_BxSxD):
     return self.output(self.norm(h_BxSxD))  # fp32 logits (Einsum out_dtype)
@@ -270,18 +283,58 @@ class LocalDecoder(nn.Module):
     kvs = self.latent_kv(o_BxPxDg)
     mask = kernels.self_attention(self.cfg.decoder, pos_BxS, doc_BxS, valid_BxS,
                                   attention=self.cfg.attention)
-    latent = lambda i: self.gather_latent(kvs[i], lat_idx_BxS)  # noqa: E731
+    latent = lambda i: take_latent(kvs[i], lat_idx_BxS)  # noqa: E731
     return self.logits(h_BxSxD, pos_BxS, attending(mask), latent, sharding.constrain_rows)[0]
 
   def logits(self, h_BxSxD, pos_BxS, run, latent, rows=lambda x: x):
     """The decoder stage: next-byte logits (fp32) of encoder byte states under `run` (`states`),
     layer i cross-attending `latent(i)` = the C keys/values [B, G, C, Hx, Kx] of G latents, one
     per run of S/G positions (`CrossAttention.latent`); `rows` anchors the activations' rows
-    (training's `sharding.constrain_rows`). (logits, what run returns besides)."""
-    h = h_BxSxD.astype(dtype_of(self.cfg.dtype))
-    h, keys = run(self.layers, h, pos_BxS,
-                  lambda i, x: rows(self.cross_attn_layers[i].latent(x, *latent(i))))
-    return self.head(rows(h)), keys
+    (training's `sharding.constrain_rows`). (logits, what run returns besides).
+
+    h may be a tuple of streams (BLT-D training's clean and block streams, `per_stream`), with
+    `latent(i)` one (k, v) per stream and one logits array per stream out."""
+    dt = dtype_of(self.cfg.dtype)
+    h = per_stream(lambda x: x.astype(dt), h_BxSxD)
+    h, keys = run(self.layers, h, pos_BxS, LatentCross(self.cross_attn_layers, latent, rows))
+    return per_stream(lambda x: self.head(rows(x)), h), keys
+
+
+def block_context(cfg: BLTConfig) -> int:
+  """Bytes before a BLT-D block that its hash n-grams read (`LocalEncoder.embed_block`)."""
+  return max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
+
+
+def take_latent(kv_i, lat_idx_BxG):
+  """The keys/values [B, G, C, Hx, Kx] of latents lat_idx (kv_i: one layer of `latent_kv`)."""
+  take = jax.vmap(lambda a, idx: a[idx])
+  return take(kv_i[0], lat_idx_BxG), take(kv_i[1], lat_idx_BxG)
+
+
+def per_stream(fn, x, *rest):
+  """fn(x, *rest) on one stream, or on each stream of a tuple (rest zipped alike; a None stream
+  stays None): how a stage carries BLT-D training's second (block) stream."""
+  if not isinstance(x, tuple):
+    return fn(x, *rest)
+  return tuple(None if xs is None else fn(xs, *r) for xs, *r in zip(x, *rest, strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentCross:
+  """The decoder's cross-attention before layer i as `run` calls it, `cross(i, x)`: the layer's
+  `CrossAttention.latent` over `latent(i)`, per stream. `at` takes the layer's module from the
+  caller: a run that lifts each layer into a transform (BLT-D training's `nn.remat`) passes the
+  module it lifted, since a lifted function may call no other module."""
+
+  layers: Sequence[CrossAttention]
+  latent: Callable[[int], Any]
+  rows: Callable[[Any], Any]
+
+  def __call__(self, i: int, x):
+    return self.at(self.layers[i], i, x)
+
+  def at(self, xa: CrossAttention, i: int, x):
+    return per_stream(lambda xs, kv: self.rows(xa.latent(xs, *kv)), x, self.latent(i))
 
 
 class BLT(nn.Module):
@@ -484,9 +537,15 @@ def blt_params(params: Params) -> Params:
 # Forward functions.
 
 
+def apply_entropy(params: Params, cfg: BLTConfig, fn, *args):
+  """fn(module, *args) on the entropy model (`apply_blt`'s counterpart): its stage
+  (`EntropyModel.logits`) as scoring and the decoding engine run it."""
+  return entropy_module(cfg).apply({"params": params["entropy_model"]}, *args, method=fn)
+
+
 def entropy_logits(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
   ids_BxS, _, pos, valid, doc = defaults(ids_BxS, lengths_B, doc_BxS)
-  return entropy_module(cfg).apply({"params": params["entropy_model"]}, ids_BxS, pos, doc, valid)
+  return apply_entropy(params, cfg, lambda m, *a: m(*a), ids_BxS, pos, doc, valid)
 
 
 def entropies(params: Params, cfg: BLTConfig, ids_BxS, lengths_B=None, doc_BxS=None):
@@ -535,6 +594,7 @@ def global_latents(params: Params, cfg: BLTConfig, x_BxPxE, pos_BxP, doc_BxP, va
 
 
 __all__ = ["BLT", "EntropyModel", "init_params", "abstract_params", "logical_axes", "forward",
-           "entropies", "entropy_logits", "patch", "encode", "global_latents", "apply_blt",
-           "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
-           "abstract_sharded_params", "init_sharded"]
+           "entropies", "entropy_logits", "apply_entropy", "patch", "encode", "global_latents",
+           "apply_blt", "byte_arrays", "doc_ids_from_ids", "defaults", "param_shardings",
+           "abstract_sharded_params", "init_sharded", "take_latent", "per_stream", "LatentCross",
+           "block_context"]

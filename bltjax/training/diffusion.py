@@ -46,23 +46,26 @@ BLT-D costs more than BLT: N/S = 1 + Z·M/S ≈ 1 + Z/n_p (5 at n_p = 4, Z = 16)
 Public API:
   build_blocks, sample_t, corrupt_blocks                    §3.1 / §3.2
   bltd_forward, bltd_loss                                   training (§3.8)
-The attention kernels and their plan live in `kernels.py` (one set for BLT and BLT-D training);
-the slow references the tests compare against in tests/bltd_reference.py.
+  two_streams                                               how both streams attend per layer
+Both streams run through the model's stage methods (`LocalEncoder.states`, `LocalDecoder.logits`)
+under `two_streams`, as decoding runs them under its rings. The attention kernels and their plan
+live in `kernels.py` (one set for BLT and BLT-D training); the slow references the tests compare
+against in tests/bltd_reference.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bltjax.config import BOS_ID, EOS_ID, MASK_ID, OFFSET, BLTConfig
-from bltjax.modeling import accel, kernels, layers, model, patching
+from bltjax.config import BOS_ID, EOS_ID, MASK_ID, OFFSET, BLTConfig, TransformerConfig
+from bltjax.modeling import accel, kernels, model, patching
 from bltjax.modeling.kernels import AttnPlan
-from bltjax.modeling.layers import dtype_of
+from bltjax.modeling.layers import remat_policy
 from bltjax.training import losses
 
 Params = dict[str, Any]
@@ -137,89 +140,66 @@ def corrupt_blocks(rng: jax.Array, ids_BxMxZ: jnp.ndarray, target_BxMxZ: jnp.nda
 
 
 # ------------------------------------------------------------------------------------------------
-# Model pieces as pure functions over parameter sub-trees (so jax.checkpoint can wrap them).
+# The two streams through the model's stages (`LocalEncoder.states`, `LocalDecoder.logits`).
 
 
-def _remat(cfg: BLTConfig, fn: Callable[..., Any]) -> Callable[..., Any]:
-  return fn if cfg.remat == "none" else jax.checkpoint(fn, policy=layers.remat_policy(cfg.remat))
+def two_streams(cfg: BLTConfig, tc: TransformerConfig, plan: AttnPlan, clean_BxS: dict[str, Any],
+                bl: dict[str, Any] | None):
+  """How a local stack attends in BLT-D training, as the stages take it (`layers.attending`'s
+  contract, `run(layers, x, pos, cross=None) -> (x, None)`) over two streams: x = (clean h
+  [B, S, D], block h [B, M·Z, D] or None), pos likewise.
 
-
-def _sub(params: Params, stack: str, names: tuple[str, ...]) -> Params:
-  """Only the layer's own weights enter a rematerialised layer (no zero cotangents elsewhere)."""
-  tree = params[stack]
-  if all(n in tree for n in names):
-    return {stack: {n: tree[n] for n in names}}
-  return {stack: tree}
-
-
-def _layer(cfg: BLTConfig, stack: str, i: int, plan: AttnPlan):
-  """One encoder/decoder layer over both streams: (clean h, block h or None) -> same + clean kv.
-
-  The clean half never reads block arrays, so with hb=None it is exactly the BLT layer.
+  Per layer, the clean stream is BLT's local attention (`LocalPattern`, `plan.clean_*`; it never
+  reads block arrays, so with no block stream this is exactly the BLT layer) and the blocks
+  attend their own slots plus the clean stream's keys/values of the same layer within
+  diffusion.block_prefix_window (`plan.block_*`). Each layer, the decoder's cross-attention
+  included, is rematerialised as a whole under `cfg.remat`, over its own weights only.
   """
-  tc = cfg.decoder if stack == "local_decoder" else cfg.encoder
-
-  def run(m, hc, hb, c, bl, kv_i):
-    mod = getattr(m, stack)
-    blk = mod.layers[i]
-    if stack == "local_decoder":
-      hc = mod.cross(i, hc, kv_i, c["lat_BxS"])
-    q, k, v = blk.attn_in(hc, c["pos_BxS"])
-    # The clean stream is BLT's own local attention: same kernels, same `attention` switch
-    # (`attn_in`/`attn_out`, not the Block call: the layer is rematerialised here as a whole).
-    o = kernels.LocalPattern(c["pos_BxS"], c["doc_BxS"], c["valid_BxS"], tc.window,
-                             plan.clean_segment, plan.clean_chunk,
-                             impl=accel.resolve(cfg.attention, q.shape[1])).attend(q, k, v)
-    hc = blk.attn_out(hc, o)
-    if hb is None:
-      return hc, None
-    b, nm, z, d = hb.shape
-    flat = hb.reshape(b, nm * z, d)
-    if stack == "local_decoder":  # block m reads the C keys of latent lat[m] only
-      flat = mod.cross(i, flat, kv_i, bl["lat_BxM"])
-    qb, kb, vb = blk.attn_in(flat, bl["pos_BxMxZ"].reshape(b, nm * z))
-    unflat = lambda x: x.reshape(b, nm, z, *x.shape[2:])
-    kern = (kernels.block_dense_prefix_attend if plan.block_prefix == "dense"
+  c = clean_BxS
+  clean = kernels.LocalPattern(c["pos_BxS"], c["doc_BxS"], c["valid_BxS"], tc.window,
+                               plan.clean_segment, plan.clean_chunk,
+                               impl=accel.resolve(cfg.attention, c["pos_BxS"].shape[1]))
+  blocks = (kernels.block_dense_prefix_attend if plan.block_prefix == "dense"
             else kernels.block_prefix_attend)
-    ob = kern(unflat(qb), unflat(kb), unflat(vb), bl["valid_BxMxZ"], bl["start_BxM"],
-              bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"],
-              cfg.diffusion.block_prefix_window, plan.block_chunk)
-    hb = blk.attn_out(flat, ob.reshape(b, nm * z, *ob.shape[3:])).reshape(b, nm, z, d)
-    return hc, hb
 
-  names = (f"layers_{i}",) + ((f"cross_attn_layers_{i}",) if stack == "local_decoder" else ())
+  def run(layers, x, pos, cross=None):
+    pos_c, pos_b = pos
+    for i, blk in enumerate(layers):
+      def layer(blk, xa, h, i=i):
+        if xa is not None:
+          h = cross.at(xa, i, h)
+        hc, hb = h
+        # `attn_in`/`attn_out`, not the Block call: the layer is rematerialised here as a whole.
+        q, k, v = blk.attn_in(hc, pos_c)
+        hc = blk.attn_out(hc, clean.attend(q, k, v))
+        if hb is None:
+          return hc, None
+        b, n = hb.shape[:2]
+        qb, kb, vb = blk.attn_in(hb, pos_b)
+        unflat = lambda y: y.reshape(*bl["valid_BxMxZ"].shape, *y.shape[2:])  # noqa: E731
+        ob = blocks(unflat(qb), unflat(kb), unflat(vb), bl["valid_BxMxZ"], bl["start_BxM"],
+                    bl["doc_BxM"], k, v, c["valid_BxS"], c["doc_BxS"],
+                    cfg.diffusion.block_prefix_window, plan.block_chunk)
+        return hc, blk.attn_out(hb, ob.reshape(b, n, *ob.shape[3:]))
 
-  def fn(params, hc, hb, c, bl, kv_i):
-    return model.apply_blt(_sub(params, stack, names), cfg, run, hc, hb, c, bl, kv_i)
+      if cfg.remat != "none":
+        layer = nn.remat(layer, policy=remat_policy(cfg.remat))
+      x = layer(blk, None if cross is None else cross.layers[i], x)
+    return x, None
 
-  return _remat(cfg, fn)
+  return run
 
 
-def _embed_blocks(cfg: BLTConfig, params: Params, noisy_BxMxZ, bl, ids_BxS, valid_BxS):
-  """Block-stream decoder inputs before the encoder layers.
-
-  "tok_embeddings": the byte table (MASK row included), no hash n-grams.
-  "encoder_states": the full encoder embedding; hash n-grams read the clean bytes before the
-  block (BOE 0 before position 0), like the clean stream's hashes at the same positions.
-  """
-  b, m, z = noisy_BxMxZ.shape
-  ids = jnp.where(bl["valid_BxMxZ"], noisy_BxMxZ, 0)
-  if cfg.diffusion.block_input == "tok_embeddings":
-    return model.apply_blt({"local_encoder": {"tok_embeddings": params["local_encoder"][
-      "tok_embeddings"]}}, cfg, lambda mm, x: mm.local_encoder.tok_embeddings(x), ids)
-  g = max(cfg.hash.group_sizes) - 1 if cfg.hash.num_tables else 0
-  s = ids_BxS.shape[1]
+def _block_context(cfg: BLTConfig, bl: dict[str, Any], ids_BxS, valid_BxS):
+  """The G = `model.block_context` clean bytes before each block ([B·M, G] ids, valid): what
+  its hash n-grams read (`LocalEncoder.embed_block`)."""
+  b, m = bl["start_BxM"].shape
+  g, s = model.block_context(cfg), ids_BxS.shape[1]
   j_BxMxG = bl["start_BxM"][:, :, None] - g + jnp.arange(g, dtype=jnp.int32)[None, None, :]
   jc = jnp.clip(j_BxMxG, 0, s - 1).reshape(b, m * g)
-  ctx_ok = (j_BxMxG >= 0) & jnp.take_along_axis(valid_BxS, jc, axis=1).reshape(b, m, g)
-  ctx_ids = jnp.where(ctx_ok, jnp.take_along_axis(ids_BxS, jc, axis=1).reshape(b, m, g), 0)
-  all_ids = jnp.concatenate([ctx_ids, ids], axis=2).reshape(b * m, g + z)
-  all_pos = jnp.concatenate([j_BxMxG, bl["pos_BxMxZ"]], axis=2).reshape(b * m, g + z)
-  all_valid = jnp.concatenate([ctx_ok, bl["valid_BxMxZ"]], axis=2).reshape(b * m, g + z)
-  e = model.apply_blt({"local_encoder": params["local_encoder"]}, cfg,
-                      lambda mm, *a: mm.local_encoder.embed(*a), all_ids, jnp.maximum(all_pos, 0),
-                      all_valid)
-  return e.reshape(b, m, g + z, -1)[:, :, g:]
+  ok = (j_BxMxG >= 0) & jnp.take_along_axis(valid_BxS, jc, axis=1).reshape(b, m, g)
+  ids = jnp.where(ok, jnp.take_along_axis(ids_BxS, jc, axis=1).reshape(b, m, g), 0)
+  return ids.reshape(b * m, g), ok.reshape(b * m, g)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,9 +247,8 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
   plan = kernels.make_plan(cfg, s, nm, clean_segment, block_chunk, block_prefix)
   pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (b, s))
   a = model.byte_arrays(start, ids, valid, p)
-  dt = dtype_of(cfg.dtype)
 
-  bl = noisy = mask = t_B = hb = None
+  bl = noisy = mask = t_B = blk_in = pos_b = None
   if with_blocks:
     if z <= 0:
       raise ValueError("bltd_forward: cfg.diffusion.block_size must be > 0 for the block branch")
@@ -285,36 +264,32 @@ def bltd_forward(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], 
     else:
       t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
     noisy, mask = corrupt_blocks(r_mask, bl["ids_BxMxZ"], bl["target_BxMxZ"], t_B)
-    hb = _embed_blocks(cfg, params, noisy, bl, ids, valid)
-    if cfg.diffusion.block_input == "tok_embeddings":
-      hb_dec, hb = hb, None  # no encoder layers on the block stream
+    pos_b = bl["pos_BxMxZ"].reshape(b, nm * z)
+    flat = lambda x: x.reshape(b * nm, *x.shape[2:])  # noqa: E731
+    blk_in = (flat(jnp.where(bl["valid_BxMxZ"], noisy, 0)), flat(bl["pos_BxMxZ"]),
+              flat(bl["valid_BxMxZ"]), *_block_context(cfg, bl, ids, valid))
+  enc_blocks = with_blocks and cfg.diffusion.block_input == "encoder_states"
+  clean = dict(pos_BxS=pos, doc_BxS=doc, valid_BxS=valid)
 
-  # Local encoder on the clean bytes (and the blocks for block_input="encoder_states").
-  c = dict(pos_BxS=pos, doc_BxS=doc, valid_BxS=valid, lat_BxS=a["dec_ids"])
-  x = model.apply_blt({"local_encoder": params["local_encoder"]}, cfg,
-                      lambda mm, *r: mm.local_encoder.embed(*r), ids, pos, valid)
-  for i in range(cfg.encoder.n_layers):
-    x, hb = _layer(cfg, "local_encoder", i, plan)(params, x, hb, c, bl, None)
-  if with_blocks and cfg.diffusion.block_input == "encoder_states":
-    hb_dec = hb
-  enc_sub = {k: v for k, v in params["local_encoder"].items() if k != "hash_embeddings"}
-  x_g = model.apply_blt({"local_encoder": enc_sub}, cfg,
-                        lambda mm, *r: mm.local_encoder.pool(*r), x, a["patch_ids"], valid, p)
-  o = model.global_latents(params, cfg, x_g, a["patch_pos"], a["patch_doc"], a["patch_valid"])
-  kvs = model.apply_blt({"local_decoder": params["local_decoder"]}, cfg,
-                        lambda mm, oo: mm.local_decoder.latent_kv(oo), o)
+  def stages(m, ids, blk_in):
+    enc, dec = m.local_encoder, m.local_decoder
+    run = lambda tc: two_streams(cfg, tc, plan, clean, bl)  # noqa: E731
+    hb = None if blk_in is None else enc.embed_block(*blk_in).reshape(b, nm * z, -1)
+    # Local encoder on the clean bytes (and the blocks for block_input="encoder_states").
+    (x, hb_enc), _ = enc.states((enc.embed(ids, pos, valid), hb if enc_blocks else None),
+                                (pos, pos_b), run(cfg.encoder))
+    o = m.global_transformer(enc.pool(x, a["patch_ids"], valid, p), a["patch_pos"],
+                             a["patch_doc"], a["patch_valid"])
+    kvs = dec.latent_kv(o)
+    # Local decoder: both streams layer by layer; block m reads the C keys of latent m only.
+    latent = lambda i: (model.take_latent(kvs[i], a["dec_ids"]),  # noqa: E731
+                        None if bl is None else model.take_latent(kvs[i], bl["lat_BxM"]))
+    return dec.logits((x, hb_enc if enc_blocks else hb), (pos, pos_b), run(cfg.decoder),
+                      latent)[0]
 
-  # Local decoder: both streams layer by layer; blocks read the clean K/V of the same layer.
-  hc = x.astype(dt)
-  hb = hb_dec.astype(dt) if with_blocks else None
-  for i in range(cfg.decoder.n_layers):
-    hc, hb = _layer(cfg, "local_decoder", i, plan)(params, hc, hb, c, bl, kvs[i])
-  head = lambda h: model.apply_blt({"local_decoder": params["local_decoder"]}, cfg,  # noqa: E731
-                                   lambda mm, hh: mm.local_decoder.head(hh), h)
-  clean_logits = head(hc)
-  block_logits = None
+  clean_logits, block_logits = model.apply_blt(params, cfg, stages, ids, blk_in)
   if with_blocks:
-    block_logits = head(hb.reshape(b, nm * z, -1)).reshape(b, nm, z, -1)
+    block_logits = block_logits.reshape(b, nm, z, -1)
   return dict(clean_logits_BxSxV=clean_logits, block_logits_BxMxZxV=block_logits, blocks=bl,
               noisy_BxMxZ=noisy, mask_BxMxZ=mask, t_B=t_B, valid_BxS=valid, start_BxS1=start)
 
@@ -414,5 +389,5 @@ def bltd_loss(params: Params, cfg: BLTConfig, batch: dict[str, jnp.ndarray], rng
   return loss_from_outputs(cfg, batch, out)
 
 
-__all__ = ["build_blocks", "sample_t", "corrupt_blocks", "bltd_forward", "bltd_loss",
+__all__ = ["build_blocks", "sample_t", "corrupt_blocks", "two_streams", "bltd_forward", "bltd_loss",
            "loss_from_outputs", "clean_targets", "MASK_ID"]
