@@ -9,9 +9,10 @@ fsdp sharding; point train.entropy_checkpoint at an entropy_100m run's export.
 
 Global batch 256 rows of 8192 bytes in microbatches of 1 row per chip (train.rows_per_chip), so
 grad_accum is derived from the slice: 16 on v5e-16, 32 on v5e-8 (16 GiB HBM per chip), remat
-"full". docs/accelerators.md has the TPU compiler's memory figures (benchmarks/tpu_compile.py):
-on v5e-8 this step does not fit (17.8 GiB per chip with the einsum attention); v5e-16 is not
-yet compiled.
+"full", Adam's moments in host memory between steps (train.offload_optimizer): on v5e-8 the step
+then fits, where with the moments on the chips it needs 17.8 GiB per chip (TPU compiler's
+figures, einsum attention, docs/accelerators.md "Training step"). On slices where the moments
+fit (v5e-16 and larger) --config.train.offload_optimizer=false saves the copies.
 """
 
 from bltjax.training.train_config import base_config, entropy_stack, global_stack, stack
@@ -30,6 +31,7 @@ def get_config():
   c.train.steps = 100_000
   c.train.batch_size = 256
   c.train.rows_per_chip = 1  # grad_accum = 256 / (1 x chips): 16 on v5e-16, 32 on v5e-8
+  c.train.offload_optimizer = True  # the moments in host memory: what lets v5e-8 fit
   c.train.seq_len = 8192
   c.train.min_expected_patch = 2.0
   c.train.lr = 4e-4

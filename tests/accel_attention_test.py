@@ -242,7 +242,7 @@ def test_model_with_pallas_equals_xla():
 
 
 def test_bltd_forward_with_pallas_equals_xla():
-  """BLT-D's clean stream (`diffusion._layer`) and pooling take the switch too: block and clean
+  """BLT-D's clean stream (`diffusion.two_streams`) and pooling take the switch too: block and clean
   logits with attention="pallas" equal "xla" (documents that reuse an id, padding)."""
   from bltjax.training import diffusion
   from tests import diffusion_test as dt
