@@ -215,3 +215,23 @@ def test_ngram_valid_mask():
     np.testing.assert_array_equal(got[..., 3 * f + 0], np.array(want_n1, bool))
     np.testing.assert_array_equal(got[..., 3 * f + 1], np.array(want_n3, bool))
     np.testing.assert_array_equal(got[..., 3 * f + 2], np.array(want_n4, bool))
+
+
+def test_hash_rows_lookups_equal_numpy_indexing():
+  """Both table lookups (per table: TPU; one gather: elsewhere) select table t's row ids[..., t],
+  as numpy indexing does, and their gradients scatter alike (repeated ids included)."""
+  from bltjax.modeling import model  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  table = rng.standard_normal((3, 11, 4)).astype(np.float32)
+  ids = rng.integers(0, 11, size=(2, 5, 3)).astype(np.int32)
+  ids[0, :, 1] = 7  # one row read five times
+  want = np.stack([table[t][ids[..., t]] for t in range(3)], axis=2)
+  g = rng.standard_normal(want.shape).astype(np.float32)
+  want_grad = np.zeros_like(table)
+  for t in range(3):
+    np.add.at(want_grad[t], ids[..., t], g[:, :, t])
+  for fn in (model.hash_rows, model.hash_rows_per_table, model.hash_rows_one_gather):
+    np.testing.assert_array_equal(jax.jit(fn)(table, ids), want)
+    grad = jax.grad(lambda tb, fn=fn: jnp.sum(fn(tb, ids) * g))(jnp.asarray(table))
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)

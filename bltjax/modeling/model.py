@@ -74,14 +74,29 @@ class HashEmbeddings(nn.Module):
     return jnp.sum(e_BxSxTxD * w_BxSxTx1, axis=2).astype(self.dtype)
 
 
-# One table at a time: indexing [T, vocab, D] with (table, row) pairs makes XLA flatten it to
-# [T·vocab, D], and on TPU that reshape is a copy of the whole shard (vocab 500002 is not a
+# On TPU one table at a time: indexing [T, vocab, D] with (table, row) pairs makes XLA flatten
+# it to [T·vocab, D], and on TPU that reshape is a copy of the whole shard (vocab 500002 is not a
 # multiple of the 8-row tile): a bf16 table copy for the gather, a second fp32 table for the
-# gradient's scatter (1.43 GiB per chip for BLT-1B on 8 chips, docs/accelerators.md).
+# gradient's scatter (1.43 GiB per chip for BLT-1B on 8 chips, docs/accelerators.md). Elsewhere
+# the flattening is free, and one gather is one kernel where T per-table gathers are T, each
+# recomputing the hash ids it reads (XLA:CPU, BLT-S k=8 decoding: 12 more kernels per draft
+# step, docs/benchmarks.md).
 def hash_rows(table_TxVxD, hash_ids_BxSxT):
-  """The rows [B, S, T, D] the hash ids select, table t for id column t."""
+  """The rows [B, S, T, D] the hash ids select, table t for id column t (the same values
+  whichever lookup the backend gets)."""
+  return jax.lax.platform_dependent(table_TxVxD, hash_ids_BxSxT, tpu=hash_rows_per_table,
+                                    default=hash_rows_one_gather)
+
+
+def hash_rows_per_table(table_TxVxD, hash_ids_BxSxT):
+  """`hash_rows` one table at a time (TPU)."""
   return jnp.stack([table_TxVxD[t][hash_ids_BxSxT[..., t]]
                     for t in range(table_TxVxD.shape[0])], axis=2)
+
+
+def hash_rows_one_gather(table_TxVxD, hash_ids_BxSxT):
+  """`hash_rows` as one gather over (table, row) pairs (CPU, GPU)."""
+  return table_TxVxD[jnp.arange(table_TxVxD.shape[0]), hash_ids_BxSxT]
 
 
 def add_hash_rows(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
