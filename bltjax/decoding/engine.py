@@ -601,7 +601,7 @@ def encoder_states(m, cfg: BLTConfig, hist_BxQxNh, pos_BxQ, valid_BxQ, ring: Rin
   b, q, nh = hist_BxQxNh.shape
   hpos = pos_BxQ[..., None] - (nh - 1) + jnp.arange(nh)[None, None]
   e = enc.embed(hist_BxQxNh.reshape(b * q, nh), hpos.reshape(b * q, nh),
-                hpos.reshape(b * q, nh) >= 0)[:, -1].reshape(b, q, -1)
+                hpos.reshape(b * q, nh) >= 0, first=nh - 1).reshape(b, q, -1)
   return enc.states(e, pos_BxQ, on_ring(ring, valid_BxQ, cfg.encoder.window))
 
 

@@ -140,10 +140,12 @@ class LocalEncoder(nn.Module):
                                              "embed_local", dt, pdt,
                                              c.cross_attn_residual == "double")]
 
-  def embed(self, ids_BxS, pos_BxS, valid_BxS):
-    """Byte embedding plus the hash n-gram embeddings (no scaling in the release)."""
+  def embed(self, ids_BxS, pos_BxS, valid_BxS, first: int = 0):
+    """Byte embedding plus the hash n-gram embeddings (no scaling in the release) of positions
+    first.. [B, S - first, De]; the positions before `first` are only the bytes their n-grams
+    read (the decoding engine's id histories, a BLT-D block's context), never looked up."""
     c = self.cfg
-    x = self.tok_embeddings(jnp.where(valid_BxS, ids_BxS, 0))
+    x = self.tok_embeddings(jnp.where(valid_BxS, ids_BxS, 0)[:, first:])
     if c.hash.num_tables:
       h = c.hash
       hash_ids_BxSxT = hash_ids(c, ids_BxS, valid_BxS)
@@ -151,7 +153,7 @@ class LocalEncoder(nn.Module):
       if h.short_ngrams == "omit":
         w_BxSxT = hashing.ngram_valid_mask(pos_BxS, group_sizes=h.group_sizes,
                                            nb_functions=h.nb_functions).astype(jnp.float32)
-      x = x + self.hash_embeddings(hash_ids_BxSxT, w_BxSxT)
+      x = x + self.hash_embeddings(hash_ids_BxSxT[:, first:], w_BxSxT[:, first:])
       if h.normalize == "mean":
         x = x / (len(h.group_sizes) + 1)
     return x
@@ -168,9 +170,8 @@ class LocalEncoder(nn.Module):
     ctx_pos_BxG = pos_BxZ[:, :1] - g + jnp.arange(g, dtype=jnp.int32)[None]
     all_pos = jnp.concatenate([ctx_pos_BxG, pos_BxZ], axis=1)
     all_valid = jnp.concatenate([ctx_valid_BxG & (ctx_pos_BxG >= 0), valid_BxZ], axis=1)
-    x = self.embed(jnp.concatenate([ctx_ids_BxG, ids_BxZ], axis=1), jnp.maximum(all_pos, 0),
-                   all_valid)
-    return x[:, g:]
+    return self.embed(jnp.concatenate([ctx_ids_BxG, ids_BxZ], axis=1), jnp.maximum(all_pos, 0),
+                      all_valid, first=g)
 
   def __call__(self, ids_BxS, pos_BxS, doc_BxS, valid_BxS, patch_ids_BxS, num_patches: int):
     x = sharding.constrain_rows(self.embed(ids_BxS, pos_BxS, valid_BxS))
