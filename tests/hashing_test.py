@@ -217,11 +217,10 @@ def test_ngram_valid_mask():
     np.testing.assert_array_equal(got[..., 3 * f + 2], np.array(want_n4, bool))
 
 
-def test_hash_rows_lookups_equal_numpy_indexing():
-  """Both table lookups (per table: TPU; one gather: elsewhere) select table t's row ids[..., t],
-  as numpy indexing does, and their gradients scatter alike (repeated ids included)."""
-  from bltjax.modeling import model  # noqa: PLC0415
-
+def test_hash_rows_and_their_scatter_equal_numpy_indexing():
+  """`hash_rows` selects table t's rows ids[..., t] as numpy indexing does; its gradient and
+  `add_hash_rows` (the training step's scatter, into an accumulator with padded rows) add
+  them back alike, repeated ids included."""
   rng = np.random.default_rng(0)
   table = rng.standard_normal((3, 11, 4)).astype(np.float32)
   ids = rng.integers(0, 11, size=(2, 5, 3)).astype(np.int32)
@@ -231,7 +230,10 @@ def test_hash_rows_lookups_equal_numpy_indexing():
   want_grad = np.zeros_like(table)
   for t in range(3):
     np.add.at(want_grad[t], ids[..., t], g[:, :, t])
-  for fn in (model.hash_rows, model.hash_rows_per_table, model.hash_rows_one_gather):
-    np.testing.assert_array_equal(jax.jit(fn)(table, ids), want)
-    grad = jax.grad(lambda tb, fn=fn: jnp.sum(fn(tb, ids) * g))(jnp.asarray(table))
-    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(jax.jit(hashing.hash_rows)(table, ids), want)
+  grad = jax.grad(lambda tb: jnp.sum(hashing.hash_rows(tb, ids) * g))(jnp.asarray(table))
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+  acc = hashing.hash_gradient_zeros(jnp.asarray(table))
+  assert acc.shape == (3, 16, 4)
+  acc = jax.jit(hashing.add_hash_rows)(acc, ids, jnp.asarray(g))
+  np.testing.assert_allclose(hashing.hash_gradient(acc, table), want_grad, rtol=1e-6, atol=1e-6)

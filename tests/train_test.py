@@ -238,9 +238,8 @@ def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1, 
     return loss_fn(p, r.model, mb, rng)
 
   # The training step's row-by-row hash-table gradient (optim.RowGradient), else autodiff's.
-  hash_rows = optim.RowGradient(
-    model.HASH_TABLE_PATH, lambda mb: model.hash_ids(r.model, mb["ids"], mb["valid"]),
-    model.hash_rows, model.add_hash_rows) if rows else None
+  hash_rows = train.hash_row_gradient(
+    r.model, jax.tree.map(lambda x: x.sharding, params)) if rows else None
 
   @jax.jit
   def f(p, b):

@@ -12,7 +12,8 @@ must be bit-exact. JAX runs with 32-bit integers by default and bltjax does not 
 `(hi, lo)`. `hash_ngram_ids_np` is the plain uint64 NumPy reference it is tested against.
 
 Tables are ordered function-major: `table_index = f * len(group_sizes) + j`, and function `f`
-uses `PRIMES[f % 11]`, as in the HF port.
+uses `PRIMES[f % 11]`, as in the HF port. `hash_rows` looks the ids up in the [T, V, D] tables,
+`add_hash_rows` scatters a gradient back (the training step's `optim.RowGradient`).
 """
 
 import functools
@@ -219,3 +220,34 @@ def ngram_valid_mask(
   n_T = np.array([n for _, n in _table_layout(group_sizes, nb_functions)], dtype=np.int32)
   n_T = n_T.reshape((1,) * pos_BxS.ndim + (-1,))
   return pos_BxS[..., None] >= n_T - 1
+
+
+# All tables in one batched gather / scatter (`vmap` over the table axis), on every backend:
+# indexing `table[t]` makes XLA:TPU copy the slice (vocab 500002 is not a multiple of the 8-row
+# tile): with slices one decoding step of BLT-1B on one v5e chip copied the whole bf16 table
+# (5.7 GiB of temporaries, 12 GB accessed; compiled for TPU v5e by XLA, docs/accelerators.md),
+# and XLA:CPU ran T gathers, each recomputing the hash ids (docs/benchmarks.md).
+def hash_rows(table_TxVxD, hash_ids_BxSxT):
+  """The rows [B, S, T, D] the hash ids select, table t for id column t."""
+  return jax.vmap(lambda tab_VxD, ids_BxS: tab_VxD[ids_BxS], in_axes=(0, 2),
+                  out_axes=2)(table_TxVxD, hash_ids_BxSxT)
+
+
+def add_hash_rows(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
+  """`acc` plus the rows' gradient scattered back (the transpose of `hash_rows`). `acc` may
+  have more rows than the ids reach (`hash_gradient_zeros`)."""
+  return jax.vmap(lambda a_VxD, ids_BxS, g_BxSxD: a_VxD.at[ids_BxS].add(g_BxSxD),
+                  in_axes=(0, 2, 2))(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD.astype(acc_TxVxD.dtype))
+
+
+def hash_gradient_zeros(table_TxVxD, row_multiple: int = 8):
+  """An fp32 accumulator for the tables' gradient, rows padded to `row_multiple`: on TPU a
+  scatter into [T, 500002, D] copies the accumulator (1.43 GiB per chip for BLT-1B on 8 chips),
+  one into whole 8-row tiles works in place. `hash_gradient` drops the padding."""
+  t, v, d = table_TxVxD.shape
+  return jnp.zeros((t, -(-v // row_multiple) * row_multiple, d), jnp.float32)
+
+
+def hash_gradient(acc_TxVpxD, table_TxVxD):
+  """The tables' gradient from a padded accumulator (`hash_gradient_zeros`)."""
+  return acc_TxVpxD[:, :table_TxVxD.shape[1]]

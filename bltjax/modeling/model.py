@@ -66,45 +66,12 @@ class HashEmbeddings(nn.Module):
         "embedding", nn.with_logical_partitioning(trunc_normal(self.dim**-0.5),
                                                   ("hash_tables", "hash_vocab", None)),
         (self.num_tables, self.vocab, self.dim), self.param_dtype)
-      e_BxSxTxD = hash_rows(table, hash_ids_BxSxT)
+      e_BxSxTxD = hashing.hash_rows(table, hash_ids_BxSxT)
     # Summed in the tables' precision, then cast: were the rows cast first, XLA would cast the
     # whole table once (a bf16 copy of every shard, 0.73 GiB per chip for BLT-1B on 8 chips)
     # and gather from that. (A 0/1-weighted sum of T rows: no matmul.)
     w_BxSxTx1 = weight_BxSxT.astype(e_BxSxTxD.dtype)[..., None]
     return jnp.sum(e_BxSxTxD * w_BxSxTx1, axis=2).astype(self.dtype)
-
-
-# On TPU one table at a time: indexing [T, vocab, D] with (table, row) pairs makes XLA flatten
-# it to [T·vocab, D], and on TPU that reshape is a copy of the whole shard (vocab 500002 is not a
-# multiple of the 8-row tile): a bf16 table copy for the gather, a second fp32 table for the
-# gradient's scatter (1.43 GiB per chip for BLT-1B on 8 chips, docs/accelerators.md). Elsewhere
-# the flattening is free, and one gather is one kernel where T per-table gathers are T, each
-# recomputing the hash ids it reads (XLA:CPU, BLT-S k=8 decoding: 12 more kernels per draft
-# step, docs/benchmarks.md).
-def hash_rows(table_TxVxD, hash_ids_BxSxT):
-  """The rows [B, S, T, D] the hash ids select, table t for id column t (the same values
-  whichever lookup the backend gets)."""
-  return jax.lax.platform_dependent(table_TxVxD, hash_ids_BxSxT, tpu=hash_rows_per_table,
-                                    default=hash_rows_one_gather)
-
-
-def hash_rows_per_table(table_TxVxD, hash_ids_BxSxT):
-  """`hash_rows` one table at a time (TPU)."""
-  return jnp.stack([table_TxVxD[t][hash_ids_BxSxT[..., t]]
-                    for t in range(table_TxVxD.shape[0])], axis=2)
-
-
-def hash_rows_one_gather(table_TxVxD, hash_ids_BxSxT):
-  """`hash_rows` as one gather over (table, row) pairs (CPU, GPU)."""
-  return table_TxVxD[jnp.arange(table_TxVxD.shape[0]), hash_ids_BxSxT]
-
-
-def add_hash_rows(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
-  """`acc` plus the rows' gradient scattered back (the transpose of `hash_rows`)."""
-  for t in range(acc_TxVxD.shape[0]):
-    acc_TxVxD = acc_TxVxD.at[t].set(
-      acc_TxVxD[t].at[hash_ids_BxSxT[..., t]].add(g_BxSxTxD[:, :, t].astype(acc_TxVxD.dtype)))
-  return acc_TxVxD
 
 
 def hash_ids(cfg: BLTConfig, ids_BxS, valid_BxS):
