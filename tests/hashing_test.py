@@ -218,9 +218,9 @@ def test_ngram_valid_mask():
 
 
 def test_hash_rows_and_their_scatter_equal_numpy_indexing():
-  """`hash_rows` selects table t's rows ids[..., t] as numpy indexing does; its gradient and
-  `add_hash_rows` (the training step's scatter, into an accumulator with padded rows) add
-  them back alike, repeated ids included."""
+  """Both lookups (`hash_rows`, batched; `hash_rows_per_table`, the training step's) select table
+  t's rows ids[..., t] as numpy indexing does; their gradients and `add_hash_rows_per_table`
+  (the training step's scatter) add them back alike, repeated ids included."""
   rng = np.random.default_rng(0)
   table = rng.standard_normal((3, 11, 4)).astype(np.float32)
   ids = rng.integers(0, 11, size=(2, 5, 3)).astype(np.int32)
@@ -230,10 +230,9 @@ def test_hash_rows_and_their_scatter_equal_numpy_indexing():
   want_grad = np.zeros_like(table)
   for t in range(3):
     np.add.at(want_grad[t], ids[..., t], g[:, :, t])
-  np.testing.assert_array_equal(jax.jit(hashing.hash_rows)(table, ids), want)
-  grad = jax.grad(lambda tb: jnp.sum(hashing.hash_rows(tb, ids) * g))(jnp.asarray(table))
-  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
-  acc = hashing.hash_gradient_zeros(jnp.asarray(table))
-  assert acc.shape == (3, 16, 4)
-  acc = jax.jit(hashing.add_hash_rows)(acc, ids, jnp.asarray(g))
-  np.testing.assert_allclose(hashing.hash_gradient(acc, table), want_grad, rtol=1e-6, atol=1e-6)
+  for fn in (hashing.hash_rows, hashing.hash_rows_per_table):
+    np.testing.assert_array_equal(jax.jit(fn)(table, ids), want)
+    grad = jax.grad(lambda tb, fn=fn: jnp.sum(fn(tb, ids) * g))(jnp.asarray(table))
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+  acc = jax.jit(hashing.add_hash_rows_per_table)(jnp.zeros_like(table), ids, jnp.asarray(g))
+  np.testing.assert_allclose(acc, want_grad, rtol=1e-6, atol=1e-6)

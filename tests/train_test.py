@@ -238,8 +238,7 @@ def _loss_and_grads(r, params_host, batch_host, mesh_shape, devices, n_micro=1, 
     return loss_fn(p, r.model, mb, rng)
 
   # The training step's row-by-row hash-table gradient (optim.RowGradient), else autodiff's.
-  hash_rows = train.hash_row_gradient(
-    r.model, jax.tree.map(lambda x: x.sharding, params)) if rows else None
+  hash_rows = train.hash_row_gradient(r.model) if rows else None
 
   @jax.jit
   def f(p, b):

@@ -12,8 +12,8 @@ must be bit-exact. JAX runs with 32-bit integers by default and bltjax does not 
 `(hi, lo)`. `hash_ngram_ids_np` is the plain uint64 NumPy reference it is tested against.
 
 Tables are ordered function-major: `table_index = f * len(group_sizes) + j`, and function `f`
-uses `PRIMES[f % 11]`, as in the HF port. `hash_rows` looks the ids up in the [T, V, D] tables,
-`add_hash_rows` scatters a gradient back (the training step's `optim.RowGradient`).
+uses `PRIMES[f % 11]`, as in the HF port. `hash_rows` looks the ids up in the [T, V, D] tables;
+`add_hash_rows_per_table` scatters a gradient back (the training step's `optim.RowGradient`).
 """
 
 import functools
@@ -222,10 +222,10 @@ def ngram_valid_mask(
   return pos_BxS[..., None] >= n_T - 1
 
 
-# All tables in one batched gather / scatter (`vmap` over the table axis), on every backend:
-# indexing `table[t]` makes XLA:TPU copy the slice (vocab 500002 is not a multiple of the 8-row
-# tile): with slices one decoding step of BLT-1B on one v5e chip copied the whole bf16 table
-# (5.7 GiB of temporaries, 12 GB accessed; compiled for TPU v5e by XLA, docs/accelerators.md),
+# The model's lookup: all tables in one batched gather (`vmap` over the table axis). Indexing
+# `table[t]` makes XLA:TPU copy the slice (vocab 500002 is not a multiple of the 8-row tile):
+# with slices one decoding step of BLT-1B on one v5e chip copied the whole bf16 table (5.7 GiB
+# of temporaries, 12.3 GB accessed; compiled for TPU v5e by XLA, benchmarks/hash_lookup_tpu.py),
 # and XLA:CPU ran T gathers, each recomputing the hash ids (docs/benchmarks.md).
 def hash_rows(table_TxVxD, hash_ids_BxSxT):
   """The rows [B, S, T, D] the hash ids select, table t for id column t."""
@@ -233,21 +233,20 @@ def hash_rows(table_TxVxD, hash_ids_BxSxT):
                   out_axes=2)(table_TxVxD, hash_ids_BxSxT)
 
 
-def add_hash_rows(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
-  """`acc` plus the rows' gradient scattered back (the transpose of `hash_rows`). `acc` may
-  have more rows than the ids reach (`hash_gradient_zeros`)."""
-  return jax.vmap(lambda a_VxD, ids_BxS, g_BxSxD: a_VxD.at[ids_BxS].add(g_BxSxD),
-                  in_axes=(0, 2, 2))(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD.astype(acc_TxVxD.dtype))
+# The training step's lookup and scatter (`optim.RowGradient`): one table at a time. In an
+# isolated accumulation loop the batched forms are smaller, but the whole BLT-1B step at 8k
+# bytes on v5e:2x4 compiles to 16.07 GiB per chip with them (refused; 15.65 with these) and
+# 15.25 against 15.08 under a 15 GiB limit: the compiler packs the step worse (compiled for TPU
+# v5e by XLA; docs/accelerators.md, "Hash-table lookups").
+def hash_rows_per_table(table_TxVxD, hash_ids_BxSxT):
+  """`hash_rows`, one table at a time."""
+  return jnp.stack([table_TxVxD[t][hash_ids_BxSxT[..., t]]
+                    for t in range(table_TxVxD.shape[0])], axis=2)
 
 
-def hash_gradient_zeros(table_TxVxD, row_multiple: int = 8):
-  """An fp32 accumulator for the tables' gradient, rows padded to `row_multiple`: on TPU a
-  scatter into [T, 500002, D] copies the accumulator (1.43 GiB per chip for BLT-1B on 8 chips),
-  one into whole 8-row tiles works in place. `hash_gradient` drops the padding."""
-  t, v, d = table_TxVxD.shape
-  return jnp.zeros((t, -(-v // row_multiple) * row_multiple, d), jnp.float32)
-
-
-def hash_gradient(acc_TxVpxD, table_TxVxD):
-  """The tables' gradient from a padded accumulator (`hash_gradient_zeros`)."""
-  return acc_TxVpxD[:, :table_TxVxD.shape[1]]
+def add_hash_rows_per_table(acc_TxVxD, hash_ids_BxSxT, g_BxSxTxD):
+  """`acc` plus the rows' gradient scattered back (the transpose of `hash_rows`)."""
+  for t in range(acc_TxVxD.shape[0]):
+    acc_TxVxD = acc_TxVxD.at[t].set(
+      acc_TxVxD[t].at[hash_ids_BxSxT[..., t]].add(g_BxSxTxD[:, :, t].astype(acc_TxVxD.dtype)))
+  return acc_TxVxD

@@ -92,19 +92,14 @@ class RowGradient:
   parameters (the model reads a leaf of rank `table.ndim + 1` as rows already gathered); their
   gradient is then scattered into the accumulator itself. Autodiff's gradient of a lookup is a
   table-sized scatter into zeros that XLA need not fuse into the accumulator's add.
-  `zeros(table)` makes the accumulator (it may be larger than the table, e.g. rows padded to
-  whole tiles) and `finish(acc, table)` the table-shaped gradient from it.
   """
   path: tuple[str, ...]
   ids: Callable[[dict[str, jax.Array]], jax.Array]
   gather: Callable[[jax.Array, jax.Array], jax.Array]
   scatter_add: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-  zeros: Callable[[jax.Array], jax.Array] = lambda table: jnp.zeros(table.shape, jnp.float32)
-  finish: Callable[[jax.Array, jax.Array], jax.Array] = lambda acc, table: acc
 
 
-def get_path(tree: Any, path: tuple[str, ...]) -> Any:
-  """The subtree at `path` (dict keys)."""
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
   for k in path:
     tree = tree[k]
   return tree
@@ -123,18 +118,14 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict[str, jax.Arra
   """Loss, metrics and gradients of the whole batch from `n_micro` scanned microbatches
   (`gradient_sums`, then `normalize`; arguments as there)."""
   sums = gradient_sums(loss_fn, params, batch, rng, n_micro, constrain, weight_key, rows)
-  return normalize(*sums, params, weight_key, rows)
+  return normalize(*sums, params, weight_key)
 
 
 def normalize(loss_sum: jax.Array, metric_sums: dict[str, Any], grad_sums: Any,
-              weight: jax.Array, params: Any, weight_key: str = "weight",
-              rows: RowGradient | None = None) -> tuple[jax.Array, dict[str, Any], Any]:
-  """`gradient_sums`' weighted sums -> (loss, metrics, gradients in the parameters' dtypes);
-  `rows` as given to `gradient_sums` (its accumulator is finished here)."""
+              weight: jax.Array, params: Any, weight_key: str = "weight"
+              ) -> tuple[jax.Array, dict[str, Any], Any]:
+  """`gradient_sums`' weighted sums -> (loss, metrics, gradients in the parameters' dtypes)."""
   denom = jnp.maximum(weight, 1e-9)
-  if rows is not None:
-    table = get_path(params, rows.path)
-    grad_sums = _set(grad_sums, rows.path, rows.finish(get_path(grad_sums, rows.path), table))
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sums, params)
   metrics = {k: (v if is_sum_metric(k, weight_key) else v / denom)
              for k, v in metric_sums.items()}
@@ -147,9 +138,7 @@ def gradient_sums(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
                   ) -> tuple[jax.Array, dict[str, Any], Any, jax.Array]:
   """Weighted sums (loss, metrics, fp32 gradients) over `n_micro` scanned microbatches and the
   total weight; `normalize` divides. Kept apart so that a program may return the accumulator
-  itself (train.SplitStep: no second gradient-sized buffer for the quotient). A `rows` table's
-  entry is its accumulator as `rows.zeros` made it (padded rows too): `normalize` finishes it,
-  so that the loop's carry is the returned buffer.
+  itself (train.SplitStep: no second gradient-sized buffer for the quotient).
 
   Each microbatch's mean loss is weighted by its `metrics[weight_key]` (the number of scored
   targets) when present, so the result equals one pass over the full batch, not a mean of means.
@@ -167,7 +156,7 @@ def gradient_sums(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
     rows: a table whose gradient is scattered row by row (`RowGradient`), or None.
   """
   if rows is not None:
-    table = get_path(params, rows.path)
+    table = _get(params, rows.path)
 
     def row_grads(fn):
       """fn's (value, grads) with the table's rows gathered first and its gradient scattered
@@ -177,14 +166,16 @@ def gradient_sums(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
         ids = rows.ids(mb)
         (value, grads) = fn(_set(p, rows.path, rows.gather(table, ids)), mb, r)
         return value, _set(grads, rows.path,
-                           rows.scatter_add(acc, ids, get_path(grads, rows.path)))
+                           rows.scatter_add(acc, ids, _get(grads, rows.path)))
 
       return run
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if n_micro == 1:  # sums of one, weight 1: `normalize` leaves them as they are
     if rows is not None:
-      (loss, metrics), grads = row_grads(grad_fn)(params, batch, rng, rows.zeros(table))
+      acc = jnp.zeros(table.shape, jnp.float32)
+      (loss, metrics), grads = row_grads(grad_fn)(params, batch, rng, acc)
+      grads = _set(grads, rows.path, _get(grads, rows.path).astype(table.dtype))
     else:
       (loss, metrics), grads = grad_fn(params, batch, rng)
     return loss, metrics, grads, jnp.float32(1.0)
@@ -213,21 +204,19 @@ def gradient_sums(loss_fn: LossFn, params: Any, batch: dict[str, jax.Array],
       (_, (loss, metrics, w)), grads = weighted_grad_fn(params, mb, r)
       g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), g_acc, grads)
     else:  # the table's entry already holds the accumulator with this microbatch scattered in
-      acc = get_path(g_acc, rows.path)
+      acc = _get(g_acc, rows.path)
       (_, (loss, metrics, w)), grads = row_grads(weighted_grad_fn)(params, mb, r, acc)
       g_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32),
                            _set(g_acc, rows.path, jnp.zeros((), jnp.float32)),
                            _set(grads, rows.path, jnp.zeros((), jnp.float32)))
-      g_acc = _set(g_acc, rows.path, get_path(grads, rows.path))
+      g_acc = _set(g_acc, rows.path, _get(grads, rows.path))
     metrics = dict(metrics, loss=loss)
     m_acc = {k: m_acc[k] + (v if is_sum_metric(k, weight_key) else w * v)
              for k, v in metrics.items()}
     return (g_acc, m_acc, w_acc + w), None
 
   m0 = zeros(dict(m_shape, loss=jax.ShapeDtypeStruct((), jnp.float32)))
-  g0 = zeros(params) if rows is None else _set(
-    zeros(_set(params, rows.path, jnp.zeros((), jnp.float32))), rows.path, rows.zeros(table))
-  carry = (g0, m0, jnp.float32(0.0))
+  carry = (zeros(params), m0, jnp.float32(0.0))
   (g_sum, m_sum, w_sum), _ = jax.lax.scan(body, carry, (jnp.arange(n_micro), micro))
   loss_sum = m_sum.pop("loss")
   return loss_sum, m_sum, g_sum, w_sum

@@ -299,25 +299,16 @@ def get_loss_fn(cfg: BLTConfig, task: str, max_patches: int | None = None) -> lo
   return fn
 
 
-def hash_row_gradient(cfg: BLTConfig, param_shardings: Any) -> optim.RowGradient | None:
-  """BLT's hash tables as an `optim.RowGradient` (None without tables): the rows gathered
-  before the gradient, theirs scattered into an fp32 accumulator placed like the table (its
-  `param_shardings` entry), rows padded to whole 8-row tiles per shard
-  (`hashing.hash_gradient_zeros`). Not for BLT-D, whose block stream may embed other ids
+def hash_row_gradient(cfg: BLTConfig) -> optim.RowGradient | None:
+  """BLT's hash tables as an `optim.RowGradient` (None without tables): the rows gathered before
+  the gradient, theirs scattered into the fp32 accumulator, one table at a time
+  (`hashing.hash_rows_per_table`). Not for BLT-D, whose block stream may embed other ids
   (`block_input="encoder_states"`)."""
   if not cfg.hash.num_tables:
     return None
-  table_sharding = optim.get_path(param_shardings, model.HASH_TABLE_PATH)
-
-  def zeros(table):
-    shards = table.shape[1] // table_sharding.shard_shape(table.shape)[1]
-    return jax.lax.with_sharding_constraint(hashing.hash_gradient_zeros(table, 8 * shards),
-                                            table_sharding)
-
   return optim.RowGradient(model.HASH_TABLE_PATH,
                            lambda mb: model.hash_ids(cfg, mb["ids"], mb["valid"]),
-                           hashing.hash_rows, hashing.add_hash_rows, zeros,
-                           hashing.hash_gradient)
+                           hashing.hash_rows_per_table, hashing.add_hash_rows_per_table)
 
 
 @dataclasses.dataclass
@@ -434,7 +425,7 @@ class Trainer:
       spec = P(None, rules.batch, *([None] * (y.ndim - 2)))
       return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
 
-    hash_rows = (hash_row_gradient(cfg, self.state_shardings["params"])
+    hash_rows = (hash_row_gradient(cfg)
                  if tc.task == "blt" and not cfg.diffusion.enabled else None)
 
     def gradient_sums(params, step, frozen, batch):
@@ -452,7 +443,7 @@ class Trainer:
                                  rows=hash_rows)
 
     def update(state, *sums):
-      loss, metrics, grads = optim.normalize(*sums, state["params"], rows=hash_rows)
+      loss, metrics, grads = optim.normalize(*sums, state["params"])
       opt_state = state["opt_state"]
       if tc.offload_optimizer:  # the moments come in from host memory; out_shardings send them back
         opt_state = jax.tree.map(lambda x, sh: jax.device_put(x, sh.with_memory_kind("device")),
