@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _compiled import cost, memory  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 from tpu_compile import topology_devices  # noqa: E402
@@ -49,11 +50,8 @@ def batched_add(acc_TxVxD, ids_BxSxT, g_BxSxTxD):
 
 
 def figures(compiled) -> dict:
-  m = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return {"temp_gib": round(m.temp_size_in_bytes / GIB, 3),
-          "bytes_accessed_gb": round(float(cost.get("bytes accessed", 0.0)) / 1e9, 3)}
+  return {"temp_gib": round(memory(compiled)["temp"] / GIB, 3),
+          "bytes_accessed_gb": round(cost(compiled)["bytes_accessed"] / 1e9, 3)}
 
 
 def decode(batch: int) -> list[dict]:

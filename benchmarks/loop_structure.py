@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _compiled import cost, memory  # noqa: E402
+
 # Instructions that launch nothing on XLA:CPU.
 FREE = {"parameter", "constant", "bitcast", "tuple", "get-tuple-element"}
 _INSTR = re.compile(r"\s*(?:ROOT\s+)?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(")
@@ -72,13 +74,11 @@ def figures(compiled) -> dict:
   hlo = compiled.as_text()
   comps = computations(hlo)
   ops = collections.Counter(op for lines in comps.values() for ln in lines if (op := opcode(ln)))
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  mem = compiled.memory_analysis()
+  cst = cost(compiled)
   return dict(kernels_per_body=[n for _, n in while_bodies(comps)],
               hlo_instructions=sum(ops.values()), fusions=ops["fusion"], gathers=ops["gather"],
-              flops=cost.get("flops"), bytes_accessed=cost.get("bytes accessed"),
-              temp_bytes=getattr(mem, "temp_size_in_bytes", None)), hlo
+              flops=cst["flops"], bytes_accessed=cst["bytes_accessed"],
+              temp_bytes=memory(compiled)["temp"]), hlo
 
 
 def loop_call(params, cfg, prompt: bytes, spec, max_new: int):

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _compiled import cost, memory  # noqa: E402
+
 GIB = 2**30
 LABEL = "compiled for TPU by XLA, predicted, not measured"
 
@@ -158,30 +160,6 @@ def set_attention(c, attention: str | None) -> str:
                      "`attention` field (only the XLA attention exists)")
   c.model.attention = attention
   return attention
-
-
-def memory(compiled) -> dict[str, int]:
-  ma = compiled.memory_analysis()
-  out = dict(argument=ma.argument_size_in_bytes, output=ma.output_size_in_bytes,
-             alias=ma.alias_size_in_bytes, temp=ma.temp_size_in_bytes,
-             generated_code=ma.generated_code_size_in_bytes)
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  # Host memory the program holds (train.offload_optimizer's moments): not part of the HBM peak.
-  out["host_argument"] = getattr(ma, "host_argument_size_in_bytes", 0)
-  out["host_temp"] = getattr(ma, "host_temp_size_in_bytes", 0)
-  return out
-
-
-def cost(compiled) -> dict[str, float]:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, list | tuple):  # older JAX: one dict per program
-    ca = ca[0] if ca else {}
-  ca = ca or {}
-  out = dict(flops=float(ca.get("flops", 0.0)),
-             bytes_accessed=float(ca.get("bytes accessed", 0.0)))
-  opt = float(ca.get("optimal_seconds", -1.0))
-  out["optimal_seconds"] = opt if opt > 0 else None  # negative = not valid (loops)
-  return out
 
 
 def roofline_seconds(c: dict[str, float], chip: Chip) -> float:
